@@ -1,0 +1,251 @@
+// Zero-copy views of a trainer's batch: padded (B x T row-major with an optional 0/1 mask)
+// or packed (one token array with sequence offsets), over Eigen objects or raw buffers.
+#pragma once
+
+#include "errors.hpp"
+
+#include <Eigen/Core>
+#include <type_traits>
+
+namespace klgrad {
+
+using Eigen::Index;
+
+namespace detail {
+
+/// Rows of a 2-D buffer: row r starts at data + r * stride and holds cols elements.
+template <class T>
+struct strided_rows {
+  T* data = nullptr;
+  Index rows = 0, cols = 0, stride = 0;
+  T* row(Index r) const { return data + r * stride; }
+  bool present() const { return data != nullptr; }
+};
+
+inline std::string shape_text(Index rows, Index cols) { return cat(rows, "x", cols); }
+
+/// A view of any Eigen object with direct access whose rows are contiguous (row-major, or a
+/// single row / column). Raises shape_error otherwise: no copy is ever made.
+template <class D>
+auto rows_of(const Eigen::DenseBase<D>& x, const char* name) {
+  static_assert(bool(D::Flags & Eigen::DirectAccessBit),
+                "klgrad: batch arrays need direct memory access (an Array, Matrix, Map or "
+                "Ref), not an unevaluated expression");
+  using S = std::remove_reference_t<decltype(*x.derived().data())>;
+  strided_rows<S> v;
+  v.data = x.derived().data();
+  v.rows = x.rows();
+  v.cols = x.cols();
+  const bool row_major = bool(D::IsRowMajor);
+  if (row_major && x.innerStride() == 1) {
+    v.stride = x.outerStride();
+  } else if (!row_major && (x.rows() == 1 || x.cols() == 1)) {
+    // A vector: elements are innerStride() apart, so contiguous only with stride 1.
+    if (x.innerStride() != 1 && x.size() > 1)
+      raise<shape_error>(cat(name, " must be contiguous (inner stride 1), got inner stride ",
+                             x.innerStride()));
+    v.stride = x.rows() == 1 ? x.cols() : 1;
+  } else {
+    raise<shape_error>(cat(name, " is ", shape_text(x.rows(), x.cols()),
+                           " column-major; klgrad reads a trainer's B x T buffer row-major "
+                           "(use Eigen::RowMajor or a row-major Map)"));
+  }
+  return v;
+}
+
+/// A 1-D view (packed batches): any vector, row or column, contiguous.
+template <class D>
+auto vector_of(const Eigen::DenseBase<D>& x, const char* name) {
+  if (x.rows() != 1 && x.cols() != 1 && x.size() != 0)
+    raise<shape_error>(cat(name, " is ", shape_text(x.rows(), x.cols()),
+                           " but a packed batch takes 1-D arrays"));
+  if (x.innerStride() != 1 && x.size() > 1)
+    raise<shape_error>(cat(name, " must be contiguous (inner stride 1), got inner stride ",
+                           x.innerStride()));
+  using S = std::remove_reference_t<decltype(*x.derived().data())>;
+  strided_rows<S> v;
+  v.data = x.derived().data();
+  v.rows = 1;
+  v.cols = x.size();
+  v.stride = x.size();
+  return v;
+}
+
+template <class A, class B>
+void require_same_shape(const strided_rows<A>& a, const char* a_name, const strided_rows<B>& b,
+                        const char* b_name) {
+  if (a.rows != b.rows || a.cols != b.cols)
+    raise<shape_error>(cat("shape mismatch: ", a_name, " is ", shape_text(a.rows, a.cols),
+                           " but ", b_name, " is ", shape_text(b.rows, b.cols)));
+}
+
+/// The tokens of one sequence, as the kernels see them.
+template <class T, class M>
+struct sequence_view {
+  const T* logp;
+  const T* ref;
+  const T* behavior;  ///< nullptr when the batch has no behaviour log-probs
+  const M* mask;      ///< nullptr when every token is valid
+  Index size;         ///< positions, valid or not
+  Index first;        ///< flat index of the first position (for error messages)
+  Index row;          ///< sequence index
+};
+
+}  // namespace detail
+
+/// Padded batch: B sequences of T positions, row-major; token (b, t) is valid where
+/// mask(b, t) != 0 (every token when there is no mask). Masked positions are never read
+/// into a result, whatever they hold.
+template <class T, class M = T>
+struct padded_batch {
+  using scalar = T;
+  using mask_scalar = M;
+  detail::strided_rows<const T> logp, ref, behavior;
+  detail::strided_rows<const M> mask;
+
+  Index sequences() const { return logp.rows; }
+  Index positions() const { return logp.cols; }
+  bool has_behavior() const { return behavior.present(); }
+
+  detail::sequence_view<T, M> sequence(Index b) const {
+    return {logp.row(b), ref.row(b), behavior.present() ? behavior.row(b) : nullptr,
+            mask.present() ? mask.row(b) : nullptr, logp.cols, b * logp.cols, b};
+  }
+
+  /// The same batch with behaviour log-probs lb (same shape), for importance weights.
+  template <class D>
+  padded_batch with_behavior(const Eigen::DenseBase<D>& lb) const {
+    padded_batch out = *this;
+    out.behavior = detail::rows_of(lb, "behavior");
+    detail::require_same_shape(logp, "logp", out.behavior, "behavior");
+    return out;
+  }
+};
+
+/// Packed batch ("remove padding"): all tokens in one array; sequence b holds the tokens
+/// offsets[b] .. offsets[b+1]-1; offsets has B+1 non-decreasing entries from 0 to N.
+template <class T, class M = T, class O = Index>
+struct packed_batch {
+  using scalar = T;
+  using mask_scalar = M;
+  const T* logp = nullptr;
+  const T* ref = nullptr;
+  const T* behavior = nullptr;
+  const M* mask = nullptr;
+  const O* offsets = nullptr;
+  Index tokens = 0;      ///< N
+  Index count = 0;       ///< B
+
+  Index sequences() const { return count; }
+  Index positions() const { return tokens; }
+  bool has_behavior() const { return behavior != nullptr; }
+
+  detail::sequence_view<T, M> sequence(Index b) const {
+    const Index start = Index(offsets[b]), size = Index(offsets[b + 1]) - start;
+    return {logp + start, ref + start, behavior ? behavior + start : nullptr,
+            mask ? mask + start : nullptr, size, start, b};
+  }
+
+  template <class D>
+  packed_batch with_behavior(const Eigen::DenseBase<D>& lb) const {
+    auto v = detail::vector_of(lb, "behavior");
+    if (v.cols != tokens)
+      detail::raise<shape_error>(detail::cat("shape mismatch: logp has ", tokens,
+                                             " tokens but behavior has ", v.cols));
+    packed_batch out = *this;
+    out.behavior = v.data;
+    return out;
+  }
+};
+
+/// A padded batch over logp and ref (B x T, row-major), every token valid.
+template <class L, class R>
+auto padded(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref) {
+  using T = std::remove_const_t<typename L::Scalar>;
+  static_assert(std::is_same_v<T, typename R::Scalar>, "klgrad: logp and ref differ in type");
+  static_assert(std::is_floating_point_v<T>, "klgrad: log-probabilities must be float or double");
+  padded_batch<T, T> b;
+  b.logp = detail::rows_of(logp, "logp");
+  b.ref = detail::rows_of(ref, "ref");
+  detail::require_same_shape(b.logp, "logp", b.ref, "ref");
+  return b;
+}
+
+/// A padded batch with a mask (any arithmetic type; nonzero = valid).
+template <class L, class R, class K>
+auto padded(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
+            const Eigen::DenseBase<K>& mask) {
+  using T = std::remove_const_t<typename L::Scalar>;
+  using M = std::remove_const_t<typename K::Scalar>;
+  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
+  auto unmasked = padded(logp, ref);
+  padded_batch<T, M> b;
+  b.logp = unmasked.logp;
+  b.ref = unmasked.ref;
+  b.mask = detail::rows_of(mask, "mask");
+  detail::require_same_shape(b.logp, "logp", b.mask, "mask");
+  return b;
+}
+
+namespace detail {
+template <class O>
+void check_offsets(const O* offsets, Index count, Index tokens) {
+  if (count < 0) raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
+  if (Index(offsets[0]) != 0)
+    raise<input_error>(cat("offsets[0] must be 0, got ", Index(offsets[0])));
+  for (Index b = 0; b < count; ++b)
+    if (offsets[b + 1] < offsets[b])
+      raise<input_error>(cat("offsets must be non-decreasing: offsets[", b + 1, "] = ",
+                             Index(offsets[b + 1]), " < offsets[", b, "] = ",
+                             Index(offsets[b])));
+  if (Index(offsets[count]) != tokens)
+    raise<shape_error>(cat("shape mismatch: offsets end at ", Index(offsets[count]),
+                           " but logp has ", tokens, " tokens"));
+}
+}  // namespace detail
+
+/// A packed batch over 1-D logp and ref with B+1 sequence offsets (any integer type).
+template <class L, class R, class F>
+auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
+            const Eigen::DenseBase<F>& offsets) {
+  using T = std::remove_const_t<typename L::Scalar>;
+  using O = std::remove_const_t<typename F::Scalar>;
+  static_assert(std::is_same_v<T, typename R::Scalar>, "klgrad: logp and ref differ in type");
+  static_assert(std::is_floating_point_v<T>, "klgrad: log-probabilities must be float or double");
+  static_assert(std::is_integral_v<O>, "klgrad: offsets must be integers");
+  auto lp = detail::vector_of(logp, "logp"), lr = detail::vector_of(ref, "ref");
+  auto off = detail::vector_of(offsets, "offsets");
+  detail::require_same_shape(lp, "logp", lr, "ref");
+  packed_batch<T, T, O> b;
+  b.logp = lp.data;
+  b.ref = lr.data;
+  b.offsets = off.data;
+  b.tokens = lp.cols;
+  b.count = off.cols - 1;
+  detail::check_offsets(b.offsets, b.count, b.tokens);
+  return b;
+}
+
+/// A packed batch with a per-token mask (nonzero = valid).
+template <class L, class R, class F, class K>
+auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
+            const Eigen::DenseBase<F>& offsets, const Eigen::DenseBase<K>& mask) {
+  auto base = packed(logp, ref, offsets);
+  using T = typename decltype(base)::scalar;
+  using M = std::remove_const_t<typename K::Scalar>;
+  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
+  auto m = detail::vector_of(mask, "mask");
+  if (m.cols != base.tokens)
+    detail::raise<shape_error>(detail::cat("shape mismatch: logp has ", base.tokens,
+                                           " tokens but mask has ", m.cols));
+  packed_batch<T, M, std::remove_const_t<typename F::Scalar>> b;
+  b.logp = base.logp;
+  b.ref = base.ref;
+  b.offsets = base.offsets;
+  b.tokens = base.tokens;
+  b.count = base.count;
+  b.mask = m.data;
+  return b;
+}
+
+}  // namespace klgrad

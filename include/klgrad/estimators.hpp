@@ -1,0 +1,133 @@
+// The k-estimators of the log-ratio s = log pi - log ref: value k(s) and derivative k'(s),
+// as scalar reference functions and as Eigen array expressions.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+#include <string_view>
+#include <type_traits>
+
+namespace klgrad {
+
+/// Runtime name of an estimator (the spec grammar's EST).
+enum class estimator { k1, k2, k3, abs };
+
+inline constexpr estimator all_estimators[] = {estimator::k1, estimator::k2, estimator::k3,
+                                               estimator::abs};
+
+inline constexpr std::string_view to_string(estimator e) {
+  switch (e) {
+    case estimator::k1: return "k1";
+    case estimator::k2: return "k2";
+    case estimator::k3: return "k3";
+    case estimator::abs: return "abs";
+  }
+  return "?";
+}
+
+namespace detail {
+/// The scalar overloads take floating-point numbers only, so that Eigen arrays pick the
+/// array overloads.
+template <class T>
+using scalar_only = std::enable_if_t<std::is_floating_point_v<T>, T>;
+
+/// Largest argument given to exp anywhere in the library: exp of it times another such
+/// factor stays below the largest finite T (float: 43.4, double: 353.9).
+template <class T>
+inline T exp_bound() {
+  return std::log(std::numeric_limits<T>::max()) / T(2) - T(1);
+}
+/// Largest |s| fed to a polynomial estimator: k2(s) times a weight exp(exp_bound) stays
+/// finite (float: about 2.6e9).
+template <class T>
+inline T polynomial_bound() {
+  return std::exp(exp_bound<T>() / T(2));
+}
+}  // namespace detail
+
+/// k1(s) = s: unbiased for KL(pi||ref) on-policy, can be negative.
+struct k1 {
+  static constexpr estimator id = estimator::k1;
+  template <class T> static detail::scalar_only<T> value(T s) { return s; }
+  template <class T> static detail::scalar_only<T> derivative(T) { return T(1); }
+  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
+    return s.derived() * typename D::Scalar(1);
+  }
+  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
+    return D::PlainObject::Constant(s.rows(), s.cols(), typename D::Scalar(1));
+  }
+  /// The range of s on which value and derivative are finite with room for a weight.
+  template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
+  template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
+};
+
+/// k2(s) = s^2 / 2: biased (equal to KL to second order), >= 0; k2'(s) = s.
+struct k2 {
+  static constexpr estimator id = estimator::k2;
+  template <class T> static detail::scalar_only<T> value(T s) { return s * s * T(0.5); }
+  template <class T> static detail::scalar_only<T> derivative(T s) { return s; }
+  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
+    return s.square() * typename D::Scalar(0.5);
+  }
+  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
+    return s.derived() * typename D::Scalar(1);
+  }
+  template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
+  template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
+};
+
+/// k3(s) = exp(-s) - 1 + s, computed as expm1(-s) + s (no cancellation near 0):
+/// unbiased for KL(pi||ref), >= 0; k3'(s) = 1 - exp(-s) = -expm1(-s).
+struct k3 {
+  static constexpr estimator id = estimator::k3;
+  template <class T> static detail::scalar_only<T> value(T s) { return std::expm1(-s) + s; }
+  template <class T> static detail::scalar_only<T> derivative(T s) { return -std::expm1(-s); }
+  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
+    return (-s).expm1() + s;
+  }
+  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
+    return -((-s).expm1());
+  }
+  /// exp(-s) must stay finite with room for a weight: s >= -exp_bound.
+  template <class T> static T lowest_safe() { return -detail::exp_bound<T>(); }
+  template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
+};
+
+/// abs(s) = |s|; derivative sign(s), 0 at s = 0 (as autograd gives).
+struct abs {
+  static constexpr estimator id = estimator::abs;
+  template <class T> static detail::scalar_only<T> value(T s) { return std::abs(s); }
+  template <class T> static detail::scalar_only<T> derivative(T s) { return T((s > T(0)) - (s < T(0))); }
+  template <class D> static auto value(const Eigen::ArrayBase<D>& s) { return s.abs(); }
+  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) { return s.sign(); }
+  template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
+  template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
+};
+
+/// Calls f(Tag{}) with the tag type of a runtime estimator: the one place where a runtime
+/// estimator becomes a compile-time one.
+template <class F>
+decltype(auto) visit(estimator e, F&& f) {
+  switch (e) {
+    case estimator::k1: return f(k1{});
+    case estimator::k2: return f(k2{});
+    case estimator::k3: return f(k3{});
+    case estimator::abs: break;
+  }
+  return f(abs{});
+}
+
+/// Scalar reference: k(s) for a runtime estimator.
+template <class T>
+T value(estimator e, T s) {
+  return visit(e, [s](auto tag) { return decltype(tag)::value(s); });
+}
+
+/// Scalar reference: k'(s) for a runtime estimator.
+template <class T>
+T derivative(estimator e, T s) {
+  return visit(e, [s](auto tag) { return decltype(tag)::derivative(s); });
+}
+
+}  // namespace klgrad

@@ -1,0 +1,430 @@
+// The batch kernel: for every token of a padded or packed batch, the value a spec logs and
+// the coefficient d(loss)/d(log pi) a trainer back-propagates, plus a summary.
+#pragma once
+
+#include "aggregation.hpp"
+#include "batch.hpp"
+#include "errors.hpp"
+#include "estimators.hpp"
+#include "importance.hpp"
+#include "spec.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace klgrad {
+
+/// What to do with a non-finite log-probability in a valid (unmasked) token.
+enum class nonfinite_policy {
+  raise,     ///< raise input_error naming the argument, the position and the value (default)
+  propagate  ///< compute anyway: NaN and inf flow into that token's (and its level's) results
+};
+
+/// Per-call settings that are not part of the spec.
+struct options {
+  batch_counts counts;  ///< global N_tokens / B_nonempty for data-parallel shards
+  nonfinite_policy nonfinite = nonfinite_policy::raise;
+};
+
+/// What evaluate() returns besides the per-token arrays.
+struct summary {
+  double loss = 0;         ///< beta * sum a_{b,t} v_{b,t}: this batch's share of the loss
+  double kl = 0;           ///< mean value per valid token
+  double kl_sequence = 0;  ///< mean over non-empty sequences of the sequence's summed value
+  Index tokens = 0;        ///< valid tokens in this batch
+  Index sequences = 0;     ///< non-empty sequences in this batch
+  Index guarded = 0;       ///< tokens whose log-ratio or log-weight was clamped to stay finite
+  Index dropped = 0;       ///< tokens dropped by the is-mask band
+};
+
+namespace detail {
+
+inline constexpr Index chunk_size = 256;
+
+/// Per-token quantities of one chunk, computed once and shared by every level.
+template <class T>
+struct chunk {
+  using array = Eigen::Array<T, Eigen::Dynamic, 1>;
+  using map = Eigen::Map<array>;
+  alignas(64) T valid[chunk_size];  ///< 1 for a valid token, 0 for a masked one
+  alignas(64) T s[chunk_size];      ///< guarded log-ratio, 0 where masked
+  alignas(64) T va[chunk_size];     ///< value estimator k_a(s)
+  alignas(64) T gb[chunk_size];     ///< gradient estimator's derivative k_b'(s)
+  alignas(64) T used[chunk_size];   ///< weight multiplying the token (1 without weights)
+  alignas(64) T grad[chunk_size];   ///< d(used)/d(lp) (differentiable, not truncated)
+  alignas(64) T check[chunk_size];  ///< finite-input probe: 0 iff the inputs are finite
+  Index n = 0;
+  map m(T* p) { return map(p, n); }
+};
+
+/// Settings of one evaluate() call, resolved once.
+template <class T>
+struct plan {
+  const spec* s;
+  nonfinite_policy nonfinite;
+  T lowest, highest;       ///< guard on the log-ratio for the estimators in use
+  T reward, loss;          ///< 1/0 switches for the placement's parts
+  T log_bound;             ///< guard on log weights
+  T log_clip, clip;        ///< truncation (log C = +inf when off)
+  T log_lo, log_hi;        ///< band mask in log space
+  Index tokens = 0, sequences = 0;  ///< N_tokens and B_nonempty used by the aggregation
+};
+
+template <class T>
+[[noreturn]] void report_nonfinite(const char* name, Index row, Index position, Index flat, T v) {
+  raise<input_error>(cat(name, " at sequence ", row, ", position ", position, " (flat token ",
+                         flat, ") is ", v,
+                         ", not finite, in an unmasked token; mask it out, or pass "
+                         "nonfinite_policy::propagate to compute anyway"));
+}
+
+template <class T, class M>
+[[noreturn]] void find_nonfinite(const sequence_view<T, M>& q, Index i0, Index n) {
+  for (Index i = i0; i < i0 + n; ++i) {
+    if (q.mask && q.mask[i] == M(0)) continue;
+    if (!std::isfinite(q.logp[i])) report_nonfinite("logp", q.row, i, q.first + i, q.logp[i]);
+    if (!std::isfinite(q.ref[i])) report_nonfinite("ref", q.row, i, q.first + i, q.ref[i]);
+    if (q.behavior && !std::isfinite(q.behavior[i]))
+      report_nonfinite("behavior", q.row, i, q.first + i, q.behavior[i]);
+  }
+  raise<input_error>("non-finite input detected but not located");  // unreachable
+}
+
+template <class T, class M>
+Index count_valid(const sequence_view<T, M>& q) {
+  if (!q.mask) return q.size;
+  Index n = 0;
+  for (Index i = 0; i < q.size; ++i) n += q.mask[i] != M(0);
+  return n;
+}
+
+template <class T, class M>
+bool any_valid(const sequence_view<T, M>& q) {
+  if (!q.mask) return q.size > 0;
+  for (Index i = 0; i < q.size; ++i)
+    if (q.mask[i] != M(0)) return true;
+  return false;
+}
+
+/// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
+template <class T>
+void saturate(T* x, Index n) {
+  const T top = std::numeric_limits<T>::max();
+  for (Index i = 0; i < n; ++i) x[i] = x[i] > top ? top : (x[i] < -top ? -top : x[i]);
+}
+
+/// Fills the chunk for positions i0 .. i0+n-1 of a sequence: mask, guarded log-ratio,
+/// estimator value and derivative, weights. Returns how many tokens a guard clamped and
+/// adds the band-dropped tokens to `dropped`.
+template <class Ea, class Eb, class T, class M>
+Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const plan<T>& p,
+           Index& dropped) {
+  c.n = n;
+  const T* lp = q.logp + i0;
+  const T* lr = q.ref + i0;
+  const T lo = p.lowest, hi = p.highest;
+  Index guarded = 0;
+  if (q.mask) {
+    const M* mk = q.mask + i0;
+    for (Index i = 0; i < n; ++i) {
+      const bool m = mk[i] != M(0);
+      const T d = m ? lp[i] - lr[i] : T(0);
+      c.valid[i] = m ? T(1) : T(0);
+      c.check[i] = m ? (lp[i] - lp[i]) + (lr[i] - lr[i]) : T(0);
+      guarded += (d < lo) | (d > hi);
+      c.s[i] = d < lo ? lo : (d > hi ? hi : d);
+    }
+  } else {
+    for (Index i = 0; i < n; ++i) {
+      const T d = lp[i] - lr[i];
+      c.valid[i] = T(1);
+      c.check[i] = (lp[i] - lp[i]) + (lr[i] - lr[i]);
+      guarded += (d < lo) | (d > hi);
+      c.s[i] = d < lo ? lo : (d > hi ? hi : d);
+    }
+  }
+  auto S = c.m(c.s), VA = c.m(c.va), GB = c.m(c.gb);
+  if constexpr (std::is_same_v<Ea, k3> && std::is_same_v<Eb, k3>) {
+    GB = k3::derivative(S);  // one expm1 serves both: k3(s) = s - k3'(s)
+    VA = S - GB;
+  } else {
+    VA = Ea::value(S);
+    GB = Eb::derivative(S);
+  }
+  const importance& is = p.s->importance;
+  if (!is.active()) {
+    c.m(c.used).setOnes();
+    c.m(c.grad).setZero();
+    if (p.nonfinite == nonfinite_policy::raise && !c.m(c.check).allFinite())
+      find_nonfinite(q, i0, n);
+    return guarded;
+  }
+  // Log weights, reusing `grad` for log w until the weights are known.
+  const T* lb = q.behavior + i0;
+  T* lw = c.grad;
+  const T bound = p.log_bound;
+  for (Index i = 0; i < n; ++i) {
+    const bool m = c.valid[i] != T(0);
+    const T d = m ? lp[i] - lb[i] : T(0);
+    c.check[i] += m ? lb[i] - lb[i] : T(0);
+    guarded += (d < -bound) | (d > bound);
+    lw[i] = d < -bound ? -bound : (d > bound ? bound : d);
+  }
+  if (p.nonfinite == nonfinite_policy::raise && !c.m(c.check).allFinite())
+    find_nonfinite(q, i0, n);
+  c.m(c.used) = c.m(lw).exp();
+  const bool differentiable = is.mode == weighting::differentiable;
+  const T clip = p.clip, log_clip = p.log_clip, log_lo = p.log_lo, log_hi = p.log_hi;
+  Index drops = 0;
+  for (Index i = 0; i < n; ++i) {
+    const bool drop = (lw[i] < log_lo) | (lw[i] > log_hi);
+    const bool truncated = lw[i] > log_clip;
+    const T w = c.used[i];
+    drops += drop & (c.valid[i] != T(0));
+    c.used[i] = drop ? T(0) : (truncated ? clip : w);
+    c.grad[i] = (drop | truncated | !differentiable) ? T(0) : w;
+  }
+  dropped += drops;
+  return guarded;
+}
+
+/// Writes coef = scale * valid * C where, with R the in-reward penalty at the level and A,
+/// D the as-loss term's value and derivative at the level,
+///   none:           C = [reward] R + [loss] D
+///   detached:       C = used ([reward] R + [loss] D)
+///   differentiable: C = grad ([reward] R + [loss] A) + [loss] used D
+/// R, A, D are arrays over the chunk or scalars broadcast over it.
+template <class T, class R, class A, class D>
+void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, T scale,
+             T* coef) {
+  typename chunk<T>::map out(coef, c.n);
+  auto valid = c.m(c.valid);
+  const T in = p.reward, ls = p.loss;
+  switch (p.s->importance.mode) {
+    case weighting::none:
+      out = scale * valid * (in * r + ls * d);
+      break;
+    case weighting::detached:
+      out = scale * valid * c.m(c.used) * (in * r + ls * d);
+      break;
+    case weighting::differentiable:
+      out = scale * valid * (c.m(c.grad) * (in * r + ls * a) + ls * c.m(c.used) * d);
+      break;
+  }
+  saturate(coef, c.n);
+}
+
+/// Runs one sequence: writes its values and coefficients, returns its summed value.
+template <class Ea, class Eb, class T, class M>
+double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
+                    chunk<T>& c, summary& out) {
+  const spec& s = *p.s;
+  const Index n_b = count_valid(q);
+  if (n_b == 0) {
+    std::fill(value, value + q.size, T(0));
+    std::fill(coef, coef + q.size, T(0));
+    return 0.0;
+  }
+  const T scale = T(s.beta * aggregation_weight(s.aggregation, s.aggregation_norm, n_b,
+                                                p.tokens, p.sequences));
+  auto scalar = [&](T x) { return chunk<T>::array::Constant(c.n, x); };
+  double total = 0.0;
+  switch (s.level) {
+    case level::token:
+      for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+        const Index n = std::min(chunk_size, q.size - i0);
+        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
+        auto VA = c.m(c.va);
+        typename chunk<T>::map V(value + i0, n);
+        V = c.m(c.used) * VA;  // masked tokens have s = 0 and k(0) = 0 for every estimator
+        total += double(V.sum());
+        combine(c, p, VA, VA, c.m(c.gb), scale, coef + i0);
+      }
+      break;
+    case level::to_go: {
+      // Pass 1: penalties k_a(s_t) into coef; pass 2: reward-to-go backwards over valid
+      // tokens; pass 3: weights and scale.
+      for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+        const Index n = std::min(chunk_size, q.size - i0);
+        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
+        typename chunk<T>::map(coef + i0, n) = c.m(c.valid) * c.m(c.va);
+      }
+      const T gamma = T(s.gamma);
+      const T top = std::numeric_limits<T>::max();
+      T running = 0;
+      for (Index t = q.size - 1; t >= 0; --t) {
+        if (q.mask && q.mask[t] == M(0)) continue;
+        running = coef[t] + gamma * running;
+        running = running > top ? top : (running < -top ? -top : running);
+        coef[t] = running;
+      }
+      Index ignored = 0;
+      for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+        const Index n = std::min(chunk_size, q.size - i0);
+        fill<Ea, Eb>(c, q, i0, n, p, ignored);
+        typename chunk<T>::map R(coef + i0, n), V(value + i0, n);
+        V = c.m(c.used) * c.m(c.va);
+        total += double(V.sum());
+        const typename chunk<T>::array r = R;  // combine writes over coef
+        combine(c, p, r, r, scalar(T(0)), scale, coef + i0);
+      }
+      break;
+    }
+    case level::sequence: {
+      // Pass 1: the sequence sums K = sum k_a(s_t) and S = sum s_t; pass 2: broadcast.
+      double penalty = 0.0, log_ratio = 0.0;
+      for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+        const Index n = std::min(chunk_size, q.size - i0);
+        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
+        penalty += double((c.m(c.valid) * c.m(c.va)).sum());
+        log_ratio += double(c.m(c.s).sum());
+      }
+      const T lo = p.lowest, hi = p.highest;
+      T S = T(log_ratio);
+      if (S < lo || S > hi) {
+        ++out.guarded;
+        S = std::clamp(S, lo, hi);
+      }
+      const T top = std::numeric_limits<T>::max();
+      const T K = T(std::clamp(penalty, -double(top), double(top)));
+      const T A = Ea::value(S), D = Eb::derivative(S);
+      const T share = A / T(n_b);
+      Index ignored = 0;
+      for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+        const Index n = std::min(chunk_size, q.size - i0);
+        fill<Ea, Eb>(c, q, i0, n, p, ignored);
+        typename chunk<T>::map V(value + i0, n);
+        if (has_loss_part(s.term.where))
+          V = c.m(c.used) * c.m(c.valid) * share;
+        else
+          V = c.m(c.used) * c.m(c.va);
+        total += double(V.sum());
+        combine(c, p, scalar(K), scalar(A), scalar(D), scale, coef + i0);
+      }
+      break;
+    }
+  }
+  out.tokens += n_b;
+  out.sequences += 1;
+  out.loss += double(scale) * total;
+  return total;
+}
+
+template <class T, class M>
+T* output_row(const padded_batch<T, M>&, const strided_rows<T>& out,
+              const sequence_view<T, M>& q) {
+  return out.row(q.row);
+}
+template <class T, class M, class O>
+T* output_row(const packed_batch<T, M, O>&, const strided_rows<T>& out,
+              const sequence_view<T, M>& q) {
+  return out.data + q.first;
+}
+
+/// A writable view of an output array (Eigen's idiom for writing through a const
+/// reference, so that temporaries such as Maps can be passed).
+template <class T, class M, class V>
+strided_rows<T> output_view(const padded_batch<T, M>& b, const Eigen::DenseBase<V>& x,
+                            const char* name) {
+  const auto v = rows_of(x, name);
+  require_same_shape(b.logp, "logp", v, name);
+  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+}
+template <class T, class M, class O, class V>
+strided_rows<T> output_view(const packed_batch<T, M, O>& b, const Eigen::DenseBase<V>& x,
+                            const char* name) {
+  const auto v = vector_of(x, name);
+  if (v.cols != b.tokens)
+    raise<shape_error>(cat("shape mismatch: logp has ", b.tokens, " tokens but ", name,
+                           " has ", v.cols));
+  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+}
+
+template <class Ea, class Eb, class Batch, class T>
+summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
+            const strided_rows<T>& coef, const options& opt) {
+  plan<T> p;
+  p.s = &s;
+  p.nonfinite = opt.nonfinite;
+  p.lowest = std::max(Ea::template lowest_safe<T>(), Eb::template lowest_safe<T>());
+  p.highest = std::min(Ea::template highest_safe<T>(), Eb::template highest_safe<T>());
+  p.reward = has_reward_part(s.term.where) ? T(1) : T(0);
+  p.loss = has_loss_part(s.term.where) ? T(1) : T(0);
+  p.log_bound = exp_bound<T>();
+  const importance& is = s.importance;
+  const T inf = std::numeric_limits<T>::infinity();
+  p.clip = is.truncated() ? T(is.clip) : inf;
+  p.log_clip = is.truncated() ? std::log(T(is.clip)) : inf;
+  p.log_lo = is.mask_lo > 0 ? std::log(T(is.mask_lo)) : -inf;
+  p.log_hi = is.mask_hi < std::numeric_limits<double>::infinity() ? std::log(T(is.mask_hi)) : inf;
+  if (is.active() && !batch.has_behavior())
+    raise<input_error>(cat("spec '", to_string(s), "' weights tokens by pi/mu (is=",
+                           to_string(is.mode), ") but the batch has no behavior log-probs; "
+                           "add them with .with_behavior(lb)"));
+
+  // Counts the aggregation needs before the first coefficient: N_tokens for token-mean,
+  // B_nonempty for the sequence means, unless the caller passed global ones.
+  const bool need_tokens = s.aggregation == aggregation::token_mean && opt.counts.tokens < 0;
+  const bool need_sequences = s.aggregation != aggregation::token_mean &&
+                              s.aggregation != aggregation::token_sum &&
+                              opt.counts.sequences < 0;
+  if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
+    raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
+                       "local batch");
+  p.tokens = opt.counts.tokens;
+  p.sequences = opt.counts.sequences;
+  if (need_tokens || need_sequences) {
+    Index tokens = 0, sequences = 0;
+    for (Index b = 0; b < batch.sequences(); ++b) {
+      const auto q = batch.sequence(b);
+      if (need_tokens) {
+        const Index n = count_valid(q);
+        tokens += n;
+        sequences += n > 0;
+      } else {
+        sequences += any_valid(q);
+      }
+    }
+    if (need_tokens) p.tokens = tokens;
+    if (need_sequences) p.sequences = sequences;
+  }
+
+  summary out;
+  chunk<T> c;
+  double total = 0.0;
+  for (Index b = 0; b < batch.sequences(); ++b) {
+    const auto q = batch.sequence(b);
+    total += run_sequence<Ea, Eb>(q, output_row(batch, value, q), output_row(batch, coef, q),
+                                  p, c, out);
+  }
+  out.kl = out.tokens > 0 ? total / double(out.tokens) : 0.0;
+  out.kl_sequence = out.sequences > 0 ? total / double(out.sequences) : 0.0;
+  return out;
+}
+
+}  // namespace detail
+
+/// Evaluates a spec on a batch. Writes, for every position, value (the divergence estimate
+/// the configuration logs) and coef (beta * a_{b,t} * c_{b,t}, the detached coefficient to
+/// back-propagate through log pi: loss_surrogate = sum coef * logp); masked positions get 0.
+/// value and coef are caller-owned arrays (or Maps) of the batch's shape and scalar type.
+template <class Batch, class V, class C>
+summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& value,
+                 const Eigen::DenseBase<C>& coef, const options& opt = {}) {
+  using T = typename Batch::scalar;
+  static_assert(std::is_same_v<typename V::Scalar, T> && std::is_same_v<typename C::Scalar, T>,
+                "klgrad: value and coef must have the batch's scalar type");
+  const auto vo = detail::output_view(batch, value, "value");
+  const auto co = detail::output_view(batch, coef, "coef");
+  summary out = visit(s.term.value_estimator, [&](auto a) {
+    return visit(s.term.gradient_estimator, [&](auto b) {
+      return detail::run<decltype(a), decltype(b)>(s, batch, vo, co, opt);
+    });
+  });
+  return out;
+}
+
+}  // namespace klgrad

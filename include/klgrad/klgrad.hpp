@@ -1,0 +1,13 @@
+// Umbrella header: everything klgrad offers.
+#pragma once
+
+#include "aggregation.hpp"
+#include "batch.hpp"
+#include "errors.hpp"
+#include "estimators.hpp"
+#include "evaluate.hpp"
+#include "importance.hpp"
+#include "level.hpp"
+#include "placement.hpp"
+#include "spec.hpp"
+#include "version.hpp"
