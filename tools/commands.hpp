@@ -37,5 +37,6 @@ inline nlohmann::json read_json(const std::string& path) {
 }
 
 void add_eval(CLI::App& app);
+void add_audit(CLI::App&);
 
 }  // namespace klgrad::cli

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", klgrad::version_string);
   app.require_subcommand(1);
   klgrad::cli::add_eval(app);
+  klgrad::cli::add_audit(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
