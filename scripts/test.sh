@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# klgrad's CI: installs missing packages, then
+#   (i)   gcc, Release, warnings as errors: build everything, run every test
+#   (ii)  clang++-14, warnings as errors: build everything, run every test
+#   (iii) gcc with ASan + UBSan, RelWithDebInfo: unit tests (build tests skipped)
+# each in its own build directory (build-ci-gcc, build-ci-clang, build-ci-asan).
+# KLGRAD_CI_QUICK=1 runs only (i). KLGRAD_CI_JOBS sets the parallelism (default 2).
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=${KLGRAD_CI_JOBS:-2}
+
+bash scripts/setup.sh
+
+summaries=()
+
+# run_config NAME BUILD_DIR CTEST_ARGS -- CMAKE_ARGS...
+run_config() {
+  local name=$1 dir=$2 ctest_args=$3
+  shift 4
+  echo "=== ${name}: configure ${dir}"
+  cmake -S "$root" -B "$root/$dir" -G Ninja -DKLGRAD_WERROR=ON "$@"
+  echo "=== ${name}: build"
+  cmake --build "$root/$dir" -j "$jobs"
+  echo "=== ${name}: test"
+  local log="$root/$dir/ctest.log" rc=0
+  # shellcheck disable=SC2086
+  (cd "$root/$dir" && ctest --output-on-failure -j "$jobs" $ctest_args) 2>&1 | tee "$log" ||
+    rc=$?
+  summaries+=("${name}: $(grep -E '^[0-9]+% tests passed' "$log" || echo 'no ctest summary')")
+  if [[ $rc -ne 0 ]]; then
+    echo "=== ${name}: FAILED" >&2
+    exit "$rc"
+  fi
+}
+
+print_summary() {
+  echo "=== summary"
+  local s
+  for s in "${summaries[@]}"; do echo "$s"; done
+}
+trap print_summary EXIT
+
+run_config "gcc Release" build-ci-gcc "" -- \
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++
+
+if [[ "${KLGRAD_CI_QUICK:-0}" == 1 ]]; then
+  exit 0
+fi
+
+run_config "clang-14 Release" build-ci-clang "" -- \
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+run_config "gcc ASan+UBSan" build-ci-asan "-LE build" -- \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DKLGRAD_SANITIZE=ON \
+  -DKLGRAD_BUILD_EXAMPLES=ON -DKLGRAD_BUILD_TOOLS=ON
