@@ -19,3 +19,46 @@ TEST_CASE("spec: defaults and the issue's examples parse", "[spec]") {
                            "k3-as-loss,is=differentiable,agg=seq-mean-token-mean,beta=0.04"})
     CHECK(to_string(parse_spec(text)) == text);
 }
+
+TEST_CASE("spec: canonical form round-trips and drops defaults", "[spec]") {
+  CHECK(to_string(parse_spec("k3~k3-as-loss,is=none,level=token,agg=token-mean,beta=1")) == "k3-as-loss");
+  CHECK(to_string(parse_spec("k3~k2-both,beta=0.04,agg=seq-mean-token-sum-norm,agg-norm=4096")) ==
+        "k3~k2-both,agg=seq-mean-token-sum-norm,agg-norm=4096,beta=0.04");
+  CHECK(to_string(parse_spec("abs-in-reward,gamma=0.99,level=to-go,is=detached,is-mask=0.5:inf")) ==
+        "abs-in-reward,is=detached,is-mask=0.5:inf,level=to-go,gamma=0.99");
+  for (const char* text : {"k2-both,is=differentiable,is-clip=2.5,is-mask=0.1:10,level=sequence,"
+                           "agg=seq-mean-token-mean,beta=0.001",
+                           "k1-in-reward,level=to-go,gamma=0.3333333333333333"}) {
+    const auto s = parse_spec(text);
+    CHECK(parse_spec(to_string(s)) == s);
+    CHECK(to_string(s) == text);
+  }
+}
+
+TEST_CASE("spec: every bad spec says which word is wrong and what is allowed", "[spec][errors]") {
+  using Catch::Contains;
+  CHECK_THROWS_AS(parse_spec("k4-as-loss"), klgrad::spec_error);
+  CHECK_THROWS_WITH(parse_spec("k4-as-loss"), Contains("unknown estimator 'k4'") && Contains("k1|k2|k3|abs"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-penalty"), Contains("in-reward|as-loss|both"));
+  CHECK_THROWS_WITH(parse_spec("k3~k2~k1-as-loss"), Contains("more than one '~'"));
+  CHECK_THROWS_WITH(parse_spec(""), Contains("EST[~EST]-PLACEMENT"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,is=always"), Contains("unknown is 'always'") && Contains("none|detached|differentiable"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,level=prefix"), Contains("unknown level 'prefix'") && Contains("token|to-go|sequence"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=mean"), Contains("unknown agg 'mean'") && Contains("seq-mean-token-sum-norm"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,temperature=2"), Contains("unknown key 'temperature'") && Contains("is-clip"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,beta"), Contains("'beta' is not key=value"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,beta=abc"), Contains("beta='abc' is not a finite number"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,beta=nan"), Contains("not a finite number"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,beta=-1"), Contains("beta=-1 must be >= 0"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,beta=1,beta=2"), Contains("key 'beta' given twice"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,level=to-go"), Contains("level=to-go sums in-reward penalties"));
+  CHECK_THROWS_WITH(parse_spec("k3-both,level=to-go"), Contains("level=token or level=sequence"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,gamma=0.9"), Contains("gamma discounts a reward-to-go"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,level=to-go,gamma=1.5"), Contains("must lie in [0, 1]"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,is-clip=2"), Contains("need an importance weight"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,is=detached,is-clip=0"), Contains("is-clip=0 must be > 0"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,is=detached,is-mask=2:1"), Contains("needs 0 <= LO < HI"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,is=detached,is-mask=2"), Contains("must be LO:HI"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=seq-mean-token-sum-norm"), Contains("needs agg-norm=L"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-norm=3"), Contains("applies only to agg=seq-mean-token-sum-norm"));
+}

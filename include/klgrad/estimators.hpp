@@ -77,14 +77,50 @@ struct k2 {
   template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
 };
 
-/// k3(s) = exp(-s) - 1 + s, computed as expm1(-s) + s (no cancellation near 0):
-/// unbiased for KL(pi||ref), >= 0; k3'(s) = 1 - exp(-s) = -expm1(-s).
+namespace detail {
+/// Below this |s|, k3 is summed from its Taylor series: expm1(-s) + s still cancels there
+/// (its error is about ulp(s) while k3 is about s^2/2).
+inline constexpr double k3_series_radius = 0.5;
+
+constexpr double factorial(int n) { return n <= 1 ? 1.0 : n * factorial(n - 1); }
+
+/// sum_{j=J}^{N} (-x)^(j-J) / (j+2)! by Horner's rule, as one expression (no temporaries).
+template <class T, int J, int N, class X>
+auto k3_horner(const X& x) {
+  constexpr double c = 1.0 / factorial(J + 2);
+  if constexpr (J == N)
+    return x * T(0) + T(c);
+  else
+    return T(c) - x * k3_horner<T, J + 1, N>(x);
+}
+
+/// k3(x) = x^2 sum_{j>=0} (-x)^j / (j+2)! for |x| <= 0.5, with enough terms for full
+/// precision (float 9, double 16: the first omitted term is below eps * x^2 / 2).
+template <class T, class X>
+auto k3_series(const X& x) {
+  constexpr int last = std::is_same_v<T, float> ? 8 : 15;
+  return x * x * k3_horner<T, 0, last>(x);
+}
+}  // namespace detail
+
+/// k3(s) = exp(-s) - 1 + s: unbiased for KL(pi||ref), >= 0; k3'(s) = 1 - exp(-s),
+/// computed as -expm1(-s). The value is expm1(-s) + s for |s| > 0.5 and its Taylor series
+/// below, so that it keeps full relative precision as s -> 0 (never exp(-s) - 1 + s).
 struct k3 {
   static constexpr estimator id = estimator::k3;
-  template <class T> static detail::scalar_only<T> value(T s) { return std::expm1(-s) + s; }
+  template <class T> static detail::scalar_only<T> value(T s) {
+    return std::abs(s) <= T(detail::k3_series_radius) ? T(detail::k3_series<T>(s))
+                                                       : std::expm1(-s) + s;
+  }
   template <class T> static detail::scalar_only<T> derivative(T s) { return -std::expm1(-s); }
+  /// Both branches are evaluated (vectorised, one expression, no temporaries) and blended
+  /// arithmetically; the series gets s clamped to its radius so that it stays finite.
   template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
-    return (-s).expm1() + s;
+    using T = typename D::Scalar;
+    const T r = T(detail::k3_series_radius);
+    const auto small = (s.abs() <= r).template cast<T>();
+    return small * detail::k3_series<T>(s.max(-r).min(r)) +
+           (T(1) - small) * ((-s).expm1() + s);
   }
   template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
     return -((-s).expm1());

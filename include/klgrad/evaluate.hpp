@@ -109,6 +109,18 @@ bool any_valid(const sequence_view<T, M>& q) {
   return false;
 }
 
+/// sum of x in double, in a fixed order of indices (four interleaved partial sums), so
+/// that the result does not depend on where the array sits in memory.
+template <class T>
+double sum_in_double(const T* x, Index n) {
+  double p[4] = {0, 0, 0, 0};
+  Index i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) p[j] += double(x[i + j]);
+  for (; i < n; ++i) p[0] += double(x[i]);
+  return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
 /// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
 template <class T>
 void saturate(T* x, Index n) {
@@ -147,13 +159,8 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     }
   }
   auto S = c.m(c.s), VA = c.m(c.va), GB = c.m(c.gb);
-  if constexpr (std::is_same_v<Ea, k3> && std::is_same_v<Eb, k3>) {
-    GB = k3::derivative(S);  // one expm1 serves both: k3(s) = s - k3'(s)
-    VA = S - GB;
-  } else {
-    VA = Ea::value(S);
-    GB = Eb::derivative(S);
-  }
+  VA = Ea::value(S);
+  GB = Eb::derivative(S);
   const importance& is = p.s->importance;
   if (!is.active()) {
     c.m(c.used).setOnes();
@@ -240,7 +247,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
         auto VA = c.m(c.va);
         typename chunk<T>::map V(value + i0, n);
         V = c.m(c.used) * VA;  // masked tokens have s = 0 and k(0) = 0 for every estimator
-        total += double(V.sum());
+        total += sum_in_double(value + i0, n);
         combine(c, p, VA, VA, c.m(c.gb), scale, coef + i0);
       }
       break;
@@ -267,7 +274,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
         fill<Ea, Eb>(c, q, i0, n, p, ignored);
         typename chunk<T>::map R(coef + i0, n), V(value + i0, n);
         V = c.m(c.used) * c.m(c.va);
-        total += double(V.sum());
+        total += sum_in_double(value + i0, n);
         const typename chunk<T>::array r = R;  // combine writes over coef
         combine(c, p, r, r, scalar(T(0)), scale, coef + i0);
       }
@@ -279,8 +286,9 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
         out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
-        penalty += double((c.m(c.valid) * c.m(c.va)).sum());
-        log_ratio += double(c.m(c.s).sum());
+        c.m(c.check) = c.m(c.valid) * c.m(c.va);
+        penalty += sum_in_double(c.check, n);
+        log_ratio += sum_in_double(c.s, n);
       }
       const T lo = p.lowest, hi = p.highest;
       T S = T(log_ratio);
@@ -301,7 +309,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
           V = c.m(c.used) * c.m(c.valid) * share;
         else
           V = c.m(c.used) * c.m(c.va);
-        total += double(V.sum());
+        total += sum_in_double(value + i0, n);
         combine(c, p, scalar(K), scalar(A), scalar(D), scale, coef + i0);
       }
       break;
@@ -309,7 +317,8 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
   }
   out.tokens += n_b;
   out.sequences += 1;
-  out.loss += double(scale) * total;
+  const double top = std::numeric_limits<double>::max();
+  out.loss = std::clamp(out.loss + double(scale) * total, -top, top);
   return total;
 }
 

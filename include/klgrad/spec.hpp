@@ -82,7 +82,11 @@ inline double parse_number(std::string_view text, std::string_view key, std::str
 /// Shortest decimal text that reads back as exactly v.
 inline std::string format_number(double v) {
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  char buf[32];
+  char buf[40];
+  if (v == std::floor(v) && std::abs(v) < 1e15) {  // integers without an exponent
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+    return buf;
+  }
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof buf, "%.*g", precision, v);
     if (std::strtod(buf, nullptr) == v) break;
