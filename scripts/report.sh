@@ -9,7 +9,8 @@ bash scripts/setup.sh
 CXX=${CXX:-g++} cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DKLGRAD_BUILD_TOOLS=ON \
   >/dev/null
 cmake --build build --target klgrad_cli -j "${KLGRAD_JOBS:-2}"
-if ! build/tools/klgrad --help 2>/dev/null | grep -qw report; then
+help=$(build/tools/klgrad --help 2>&1 || true)
+if ! grep -qE '^[[:space:]]+report([[:space:]]|$)' <<<"$help"; then
   echo "report.sh: this klgrad has no 'report' subcommand yet" >&2
   exit 2
 fi
