@@ -109,21 +109,42 @@ auto k3_series(const X& x) {
 struct k3 {
   static constexpr estimator id = estimator::k3;
   template <class T> static detail::scalar_only<T> value(T s) {
-    return std::abs(s) <= T(detail::k3_series_radius) ? T(detail::k3_series<T>(s))
-                                                       : std::expm1(-s) + s;
+    return std::abs(s) < T(detail::k3_series_radius) ? T(detail::k3_series<T>(s))
+                                                      : std::expm1(-s) + s;
   }
   template <class T> static detail::scalar_only<T> derivative(T s) { return -std::expm1(-s); }
-  /// Both branches are evaluated (vectorised, one expression, no temporaries) and blended
-  /// arithmetically; the series gets s clamped to its radius so that it stays finite.
+  /// Array forms, one exp per element: for |s| < 0.5 the series k3 = s^2 P(s) and
+  /// k3' = s - k3 (no cancellation there: k3 << s); beyond, k3' = 1 - exp(-s) and
+  /// k3 = s - k3', where the rounding of exp(-s) costs at most a few ulp (k3 >= 0.1 there).
+  /// Both branches are evaluated (vectorised, one expression, no temporaries) and blended by
+  /// a weight that is exactly 1 for |s| < 0.5 and 0 otherwise: r - |s| is 0 or at least
+  /// ulp(0.5), and 2^64 times it saturates to 1 (a comparison cast to T would stop Eigen
+  /// from vectorising). The series gets s clamped to its radius so that it stays finite.
+  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
+    using T = typename D::Scalar;
+    const auto w = series_weight(s);
+    return w * (s - detail::k3_series<T>(clamped(s))) + (T(1) - w) * (T(1) - (-s).exp());
+  }
   template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
+    return value_given_derivative(s, derivative(s));
+  }
+  /// k3 from s and k3'(s) already computed by derivative(): saves the exp when a kernel
+  /// needs both.
+  template <class D, class G>
+  static auto value_given_derivative(const Eigen::ArrayBase<D>& s, const Eigen::ArrayBase<G>& d) {
+    using T = typename D::Scalar;
+    const auto w = series_weight(s);
+    return w * detail::k3_series<T>(clamped(s)) + (T(1) - w) * (s - d);
+  }
+  template <class D> static auto series_weight(const Eigen::ArrayBase<D>& s) {
     using T = typename D::Scalar;
     const T r = T(detail::k3_series_radius);
-    const auto small = (s.abs() <= r).template cast<T>();
-    return small * detail::k3_series<T>(s.max(-r).min(r)) +
-           (T(1) - small) * ((-s).expm1() + s);
+    return ((r - s.abs()) * T(18446744073709551616.0)).max(T(0)).min(T(1));
   }
-  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
-    return -((-s).expm1());
+  template <class D> static auto clamped(const Eigen::ArrayBase<D>& s) {
+    using T = typename D::Scalar;
+    const T r = T(detail::k3_series_radius);
+    return s.max(-r).min(r);
   }
   /// exp(-s) must stay finite with room for a weight: s >= -exp_bound.
   template <class T> static T lowest_safe() { return -detail::exp_bound<T>(); }

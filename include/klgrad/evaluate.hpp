@@ -55,7 +55,7 @@ struct chunk {
   alignas(64) T gb[chunk_size];     ///< gradient estimator's derivative k_b'(s)
   alignas(64) T used[chunk_size];   ///< weight multiplying the token (1 without weights)
   alignas(64) T grad[chunk_size];   ///< d(used)/d(lp) (differentiable, not truncated)
-  alignas(64) T check[chunk_size];  ///< finite-input probe: 0 iff the inputs are finite
+  alignas(64) T scratch[chunk_size];  ///< weighted values, sums, copies
   Index n = 0;
   map m(T* p) { return map(p, n); }
 };
@@ -109,16 +109,13 @@ bool any_valid(const sequence_view<T, M>& q) {
   return false;
 }
 
-/// sum of x in double, in a fixed order of indices (four interleaved partial sums), so
-/// that the result does not depend on where the array sits in memory.
+/// The weighted values of a chunk (used * k_a), summed. The chunk buffers always sit at the
+/// same alignment, so Eigen's vectorised sum adds in the same order whatever the layout of
+/// the caller's arrays: shards reproduce the unsharded sums.
 template <class T>
-double sum_in_double(const T* x, Index n) {
-  double p[4] = {0, 0, 0, 0};
-  Index i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) p[j] += double(x[i + j]);
-  for (; i < n; ++i) p[0] += double(x[i]);
-  return (p[0] + p[1]) + (p[2] + p[3]);
+double weighted_values(chunk<T>& c) {
+  c.m(c.scratch) = c.m(c.used) * c.m(c.va);
+  return double(c.m(c.scratch).sum());
 }
 
 /// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
@@ -139,13 +136,16 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
   const T* lr = q.ref + i0;
   const T lo = p.lowest, hi = p.highest;
   Index guarded = 0;
+  // x - x is 0 for finite x and NaN otherwise; "!= 0" turns that into an integer OR that
+  // vectorises (a floating-point sum would not, and Eigen's allFinite() is scalar here).
+  int nonfinite = 0;
   if (q.mask) {
     const M* mk = q.mask + i0;
     for (Index i = 0; i < n; ++i) {
       const bool m = mk[i] != M(0);
       const T d = m ? lp[i] - lr[i] : T(0);
       c.valid[i] = m ? T(1) : T(0);
-      c.check[i] = m ? (lp[i] - lp[i]) + (lr[i] - lr[i]) : T(0);
+      nonfinite |= m & ((lp[i] - lp[i]) + (lr[i] - lr[i]) != T(0));
       guarded += (d < lo) | (d > hi);
       c.s[i] = d < lo ? lo : (d > hi ? hi : d);
     }
@@ -153,20 +153,20 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     for (Index i = 0; i < n; ++i) {
       const T d = lp[i] - lr[i];
       c.valid[i] = T(1);
-      c.check[i] = (lp[i] - lp[i]) + (lr[i] - lr[i]);
+      nonfinite |= (lp[i] - lp[i]) + (lr[i] - lr[i]) != T(0);
       guarded += (d < lo) | (d > hi);
       c.s[i] = d < lo ? lo : (d > hi ? hi : d);
     }
   }
   auto S = c.m(c.s), VA = c.m(c.va), GB = c.m(c.gb);
-  VA = Ea::value(S);
   GB = Eb::derivative(S);
+  if constexpr (std::is_same_v<Ea, k3> && std::is_same_v<Eb, k3>)
+    VA = k3::value_given_derivative(S, GB);  // one exp serves both
+  else
+    VA = Ea::value(S);
   const importance& is = p.s->importance;
   if (!is.active()) {
-    c.m(c.used).setOnes();
-    c.m(c.grad).setZero();
-    if (p.nonfinite == nonfinite_policy::raise && !c.m(c.check).allFinite())
-      find_nonfinite(q, i0, n);
+    if (p.nonfinite == nonfinite_policy::raise && nonfinite) find_nonfinite(q, i0, n);
     return guarded;
   }
   // Log weights, reusing `grad` for log w until the weights are known.
@@ -176,12 +176,11 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
   for (Index i = 0; i < n; ++i) {
     const bool m = c.valid[i] != T(0);
     const T d = m ? lp[i] - lb[i] : T(0);
-    c.check[i] += m ? lb[i] - lb[i] : T(0);
+    nonfinite |= m & (lb[i] - lb[i] != T(0));
     guarded += (d < -bound) | (d > bound);
     lw[i] = d < -bound ? -bound : (d > bound ? bound : d);
   }
-  if (p.nonfinite == nonfinite_policy::raise && !c.m(c.check).allFinite())
-    find_nonfinite(q, i0, n);
+  if (p.nonfinite == nonfinite_policy::raise && nonfinite) find_nonfinite(q, i0, n);
   c.m(c.used) = c.m(lw).exp();
   const bool differentiable = is.mode == weighting::differentiable;
   const T clip = p.clip, log_clip = p.log_clip, log_lo = p.log_lo, log_hi = p.log_hi;
@@ -221,7 +220,9 @@ void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, 
       out = scale * valid * (c.m(c.grad) * (in * r + ls * a) + ls * c.m(c.used) * d);
       break;
   }
-  saturate(coef, c.n);
+  // At token level every term is below max / e^2 (the guards), so only a scale above 1 or
+  // a level sum can overflow.
+  if (scale > T(1) || p.s->level != level::token) saturate(coef, c.n);
 }
 
 /// Runs one sequence: writes its values and coefficients, returns its summed value.
@@ -244,11 +245,10 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
         out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
-        auto VA = c.m(c.va);
-        typename chunk<T>::map V(value + i0, n);
-        V = c.m(c.used) * VA;  // masked tokens have s = 0 and k(0) = 0 for every estimator
-        total += sum_in_double(value + i0, n);
-        combine(c, p, VA, VA, c.m(c.gb), scale, coef + i0);
+        // Masked tokens have s = 0, and k(0) = 0 for every estimator.
+        total += weighted_values(c);
+        typename chunk<T>::map(value + i0, n) = c.m(c.scratch);
+        combine(c, p, c.m(c.va), c.m(c.va), c.m(c.gb), scale, coef + i0);
       }
       break;
     case level::to_go: {
@@ -272,11 +272,11 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
         fill<Ea, Eb>(c, q, i0, n, p, ignored);
-        typename chunk<T>::map R(coef + i0, n), V(value + i0, n);
-        V = c.m(c.used) * c.m(c.va);
-        total += sum_in_double(value + i0, n);
-        const typename chunk<T>::array r = R;  // combine writes over coef
-        combine(c, p, r, r, scalar(T(0)), scale, coef + i0);
+        total += weighted_values(c);
+        typename chunk<T>::map(value + i0, n) = c.m(c.scratch);
+        // combine writes over coef, which holds R: copy R into the chunk first.
+        c.m(c.scratch) = typename chunk<T>::map(coef + i0, n);
+        combine(c, p, c.m(c.scratch), c.m(c.scratch), scalar(T(0)), scale, coef + i0);
       }
       break;
     }
@@ -286,9 +286,9 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
         out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
-        c.m(c.check) = c.m(c.valid) * c.m(c.va);
-        penalty += sum_in_double(c.check, n);
-        log_ratio += sum_in_double(c.s, n);
+        c.m(c.scratch) = c.m(c.valid) * c.m(c.va);
+        penalty += double(c.m(c.scratch).sum());
+        log_ratio += double(c.m(c.s).sum());
       }
       const T lo = p.lowest, hi = p.highest;
       T S = T(log_ratio);
@@ -304,12 +304,13 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
         fill<Ea, Eb>(c, q, i0, n, p, ignored);
-        typename chunk<T>::map V(value + i0, n);
-        if (has_loss_part(s.term.where))
-          V = c.m(c.used) * c.m(c.valid) * share;
-        else
-          V = c.m(c.used) * c.m(c.va);
-        total += sum_in_double(value + i0, n);
+        if (has_loss_part(s.term.where)) {
+          c.m(c.scratch) = c.m(c.used) * c.m(c.valid) * share;
+          total += double(c.m(c.scratch).sum());
+        } else {
+          total += weighted_values(c);
+        }
+        typename chunk<T>::map(value + i0, n) = c.m(c.scratch);
         combine(c, p, scalar(K), scalar(A), scalar(D), scale, coef + i0);
       }
       break;
@@ -403,6 +404,10 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
 
   summary out;
   chunk<T> c;
+  if (!is.active()) {  // fill() leaves the weights alone then
+    std::fill(c.used, c.used + chunk_size, T(1));
+    std::fill(c.grad, c.grad + chunk_size, T(0));
+  }
   double total = 0.0;
   for (Index b = 0; b < batch.sequences(); ++b) {
     const auto q = batch.sequence(b);
