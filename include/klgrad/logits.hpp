@@ -1,0 +1,583 @@
+// Exact per-state divergences between the policy's and the reference's full softmax rows
+// (reverse KL, forward KL, generalised Jensen-Shannon, top-k forward KL) and their exact
+// gradients with respect to the policy logits, streamed one row at a time.
+#pragma once
+
+#include "aggregation.hpp"
+#include "batch.hpp"
+#include "errors.hpp"
+#include "streaming.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace klgrad {
+
+/// Which divergence between pi = softmax(z / tau) and ref = softmax(z_ref / tau) a row gets.
+enum class divergence {
+  reverse_kl,     ///< RKL = KL(pi || ref) = sum pi (log pi - log ref)
+  forward_kl,     ///< FKL = KL(ref || pi) = sum ref (log ref - log pi)
+  jensen_shannon  ///< JSD_lambda = lambda KL(ref || M) + (1 - lambda) KL(pi || M),
+                  ///< M = lambda ref + (1 - lambda) pi
+};
+
+inline constexpr std::string_view to_string(divergence d) {
+  switch (d) {
+    case divergence::reverse_kl: return "reverse-kl";
+    case divergence::forward_kl: return "forward-kl";
+    case divergence::jensen_shannon: return "jensen-shannon";
+  }
+  return "?";
+}
+
+/// Settings of a full-vocabulary call.
+struct logits_options {
+  double temperature = 1.0;  ///< tau, dividing both z and z_ref
+  /// JSD mixing weight: the reference's share of M (the GKD paper's and TRL's beta);
+  /// 0 < lambda < 1. JSD / lambda -> FKL as lambda -> 0, JSD / (1 - lambda) -> RKL as
+  /// lambda -> 1.
+  double lambda = 0.5;
+  /// The rows hold normalised log-probabilities (log_softmax already applied) instead of
+  /// logits: the log-sum-exp is skipped (it is 0), temperature must be 1, and gradients are
+  /// with respect to the logits those log-probabilities came from.
+  bool log_probs = false;
+  klgrad::aggregation aggregation = aggregation::token_mean;
+  double aggregation_norm = 0.0;  ///< L of seq_mean_token_sum_norm
+  double beta = 1.0;
+  batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
+};
+
+/// What a full-vocabulary call returns besides the per-row arrays.
+struct logits_summary {
+  double loss = 0;       ///< beta * sum_rows a_{b,t} * value: this batch's share of the loss
+  double mean = 0;       ///< mean value over valid rows
+  Index rows = 0;        ///< valid rows
+  Index sequences = 0;   ///< non-empty sequences
+};
+
+/// N rows of policy and reference logits (N x V, row-major), seen as a padded batch of
+/// B sequences of T positions (N = B * T) with an optional B x T mask (nonzero = valid).
+/// Masked rows are never read.
+template <class T, class M = T>
+struct logit_batch {
+  using scalar = T;
+  using mask_scalar = M;
+  detail::strided_rows<const T> z, ref;
+  detail::strided_rows<const M> mask;  ///< B x T, or absent
+  Index sequences = 1;                 ///< B
+  Index positions = 0;                 ///< T
+
+  Index rows() const { return z.rows; }
+  Index vocabulary() const { return z.cols; }
+  bool valid(Index r) const {
+    return !mask.present() || mask.row(r / positions)[r % positions] != M(0);
+  }
+};
+
+/// Rows z and z_ref (N x V) forming B = N / positions sequences of `positions` rows each
+/// (positions = 0: one sequence of N rows); every row valid.
+template <class Z, class R>
+auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
+                Index positions = 0) {
+  using T = std::remove_const_t<typename Z::Scalar>;
+  static_assert(std::is_same_v<T, std::remove_const_t<typename R::Scalar>>,
+                "klgrad: z and z_ref differ in type");
+  static_assert(std::is_floating_point_v<T>, "klgrad: logits must be float or double");
+  logit_batch<T, T> b;
+  b.z = detail::rows_of(z, "z");
+  b.ref = detail::rows_of(z_ref, "z_ref");
+  detail::require_same_shape(b.z, "z", b.ref, "z_ref");
+  const Index n = b.z.rows;
+  if (positions < 0 || (positions > 0 && n % positions != 0))
+    detail::raise<shape_error>(detail::cat("shape mismatch: z has ", n,
+                                           " rows, not a multiple of positions = ", positions));
+  b.positions = positions > 0 ? positions : n;
+  b.sequences = b.positions > 0 ? n / b.positions : 0;
+  if (n == 0) b.positions = 1;
+  return b;
+}
+
+/// Rows z and z_ref (N x V, N = B * T) of a padded batch with a B x T mask (row-major, any
+/// arithmetic type, nonzero = valid). Masked rows are never read, whatever they hold.
+template <class Z, class R, class K>
+auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
+                const Eigen::DenseBase<K>& mask) {
+  using T = std::remove_const_t<typename Z::Scalar>;
+  using M = std::remove_const_t<typename K::Scalar>;
+  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
+  const auto all = logit_rows(z, z_ref);
+  logit_batch<T, M> b;
+  b.z = all.z;
+  b.ref = all.ref;
+  b.mask = detail::rows_of(mask, "mask");
+  if (b.mask.rows * b.mask.cols != b.z.rows)
+    detail::raise<shape_error>(detail::cat(
+        "shape mismatch: z is ", detail::shape_text(b.z.rows, b.z.cols), " (N = ", b.z.rows,
+        " rows) but mask is ", detail::shape_text(b.mask.rows, b.mask.cols),
+        "; a B x T mask needs N = B * T"));
+  b.sequences = b.mask.rows;
+  b.positions = b.mask.cols;
+  if (b.positions == 0) b.positions = 1;
+  return b;
+}
+
+namespace detail {
+
+/// What a row kernel reports besides its value.
+enum row_status : int {
+  row_ok = 0,
+  row_bad_z = 1,         ///< z's row has a NaN / +inf, or no finite entry
+  row_bad_ref = 2,       ///< the same for z_ref
+  row_infinite_rkl = 3,  ///< gradient asked where RKL = +inf (pi > 0 where ref = 0)
+  row_nan = 4,           ///< a NaN value: look for the bad entry in both rows
+};
+inline constexpr Index row_status_count = 8;
+
+struct row_result {
+  double value;
+  int status;
+};
+
+/// Runs row(r, scale, grad_row) -> row_result over the valid rows, writes values, zeroes
+/// masked rows (value and gradient), applies the aggregation and raises for the first bad
+/// row. scale = beta * a_{b,t}; grad_row is nullptr without a gradient.
+template <class T, class M, class RowFn>
+logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows<T>* grad,
+                        const logits_options& opt, RowFn&& row) {
+  const Index V = b.vocabulary(), P = b.positions;
+  if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
+    raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
+                       "local batch");
+  if (opt.aggregation == aggregation::seq_mean_token_sum_norm && !(opt.aggregation_norm > 0))
+    raise<input_error>(cat("seq-mean-token-sum-norm needs aggregation_norm > 0, got ",
+                           opt.aggregation_norm));
+  auto count = [&](Index s) {
+    if (!b.mask.present()) return P;
+    const M* m = b.mask.row(s);
+    Index n = 0;
+    for (Index t = 0; t < P; ++t) n += m[t] != M(0);
+    return n;
+  };
+  Index tokens = 0, sequences = 0;
+  for (Index s = 0; s < b.sequences; ++s) {
+    const Index n = count(s);
+    tokens += n;
+    sequences += n > 0;
+  }
+  const Index n_tokens = opt.counts.tokens > 0 ? opt.counts.tokens : tokens;
+  const Index n_sequences = opt.counts.sequences > 0 ? opt.counts.sequences : sequences;
+
+  double loss = 0, total = 0;
+  Index first_bad = std::numeric_limits<Index>::max();  // row_status_count * row + status
+  for (Index s = 0; s < b.sequences; ++s) {
+    const Index n_b = count(s);
+    const double scale =
+        n_b > 0 ? opt.beta * aggregation_weight(opt.aggregation, opt.aggregation_norm, n_b,
+                                                n_tokens, n_sequences)
+                : 0.0;
+    const Index r0 = s * P;
+#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
+#pragma omp parallel for schedule(static) reduction(+ : loss, total) reduction(min : first_bad)
+#endif
+    for (Index r = r0; r < r0 + P; ++r) {
+      T* g = grad ? grad->row(r) : nullptr;
+      if (!b.valid(r)) {
+        value[r] = T(0);
+        if (g) std::fill(g, g + V, T(0));
+        continue;
+      }
+      const row_result out = row(r, scale, g);
+      if (out.status != row_ok) {
+        first_bad = std::min(first_bad, row_status_count * r + out.status);
+        continue;
+      }
+      value[r] = T(out.value);
+      total += out.value;
+      loss += scale * out.value;
+    }
+  }
+  if (first_bad != std::numeric_limits<Index>::max()) {
+    const Index r = first_bad / row_status_count;
+    const int status = int(first_bad % row_status_count);
+    const Index place = b.mask.present() || b.sequences > 1 ? P : 0;
+    if (status == row_bad_z || (status == row_nan && first_invalid(b.z.row(r), V) >= 0))
+      report_bad_row(b.z.row(r), V, "z", r, place);
+    if (status == row_bad_ref || status == row_nan)
+      report_bad_row(b.ref.row(r), V, "z_ref", r, place);
+    raise<input_error>(cat("z_ref ", row_place(r, place),
+                           " gives zero probability (a -inf logit) to an entry where pi is "
+                           "positive: RKL = +inf and its gradient is undefined"));
+  }
+  logits_summary sum;
+  sum.loss = loss;
+  sum.rows = tokens;
+  sum.sequences = sequences;
+  sum.mean = tokens > 0 ? total / double(tokens) : 0.0;
+  return sum;
+}
+
+template <class T, class M>
+void check_options(const logit_batch<T, M>&, const logits_options& opt) {
+  check_temperature(opt.temperature);
+  if (opt.log_probs && opt.temperature != 1.0)
+    raise<input_error>(cat("temperature ", opt.temperature,
+                           " given with log_probs = true: a temperature divides logits; "
+                           "normalised log-probabilities take temperature 1"));
+}
+
+template <class T, class M, class D>
+T* value_output(const logit_batch<T, M>& b, const Eigen::DenseBase<D>& value) {
+  static_assert(std::is_same_v<typename D::Scalar, T>, "klgrad: value must have z's type");
+  return const_cast<T*>(flat_of(value, "value", b.rows(), b.z.rows, b.z.cols));
+}
+
+template <class T, class M, class D>
+strided_rows<T> grad_output(const logit_batch<T, M>& b, const Eigen::DenseBase<D>& grad) {
+  static_assert(std::is_same_v<typename D::Scalar, T>, "klgrad: grad must have z's type");
+  const auto v = rows_of(grad, "grad");
+  require_same_shape(b.z, "z", v, "grad");
+  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+}
+
+/// The first pass over a row pair: online for logits, plain for log-probabilities.
+template <bool HasY, bool Weighted, class T>
+online_state<T> first_pass(const T* x, const T* y, Index V, T it, bool log_probs) {
+  if (log_probs) {
+    if constexpr (Weighted) return normalized_pass<true>(x, y, V);
+    online_state<T> s = normalized_pass<false>(x, y, V);
+    if constexpr (HasY) s.sy = normalized_pass<false>(y, y, V).sx;
+    return s;
+  }
+  return online_pass<HasY, Weighted>(x, y, V, it);
+}
+
+/// KL(softmax(x) || softmax(y)) of one row, x = xs * it, y = ys * it, from the first pass:
+/// w / sx - log sx + log sy.
+template <class T>
+double kl_of(const online_state<T>& s) {
+  return s.w / s.sx - s.log_sx() + s.log_sy();
+}
+
+/// RKL of a row (pi = softmax(z it), ref = softmax(z_ref it)) and, with g, its gradient
+///   dRKL/dz_j = it * pi_j (log pi_j - log ref_j - RKL)
+///            = it * pi_j (t_j - w / sx),  t_j = (x_j - cx) - (y_j - cy),
+/// written as g = scale * dRKL/dz.
+template <class T>
+row_result reverse_row(const T* z, const T* zr, Index V, T it, bool log_probs, double scale,
+                       T* g) {
+  const online_state<T> s = first_pass<true, true>(z, zr, V, it, log_probs);
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
+  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
+  const double value = kl_of(s);
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  if (!std::isfinite(value)) return {value, row_infinite_rkl};
+  const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), K = T(s.w / s.sx);
+  const T c = T(scale) * it;
+  for_each_packet<T>(V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P itp = splat<P>(it);
+    const P X = ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cx));
+    const P Y = ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cy));
+    const P p = v_exp(ei::psub(X, splat<P>(lsx)));
+    const P t = ei::psub(ei::psub(X, Y), splat<P>(K));
+    store(g, i, where_positive(p, ei::pmul(splat<P>(c), ei::pmul(p, t))));
+  });
+  return {value, row_ok};
+}
+
+/// FKL of a row and, with g, its gradient dFKL/dz_j = it * (pi_j - ref_j), written as
+/// g = scale * dFKL/dz. The first pass runs with the roles swapped (x = z_ref, y = z).
+template <class T>
+row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, double scale,
+                       T* g) {
+  const online_state<T> s = first_pass<true, true>(zr, z, V, it, log_probs);
+  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_z};
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_ref};
+  const double value = kl_of(s);
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  // (z it - c) - log s: subtracting the shift first keeps log pi accurate when |z| is large.
+  const T cz = s.cy, cr = s.cx, lsz = T(s.log_sy()), lsr = T(s.log_sx());
+  const T c = T(scale) * it;
+  for_each_packet<T>(V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P itp = splat<P>(it);
+    const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cz)), splat<P>(lsz));
+    const P lr = ei::psub(ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cr)), splat<P>(lsr));
+    const P p = v_exp(lp), r = v_exp(lr);
+    store(g, i, ei::pmul(splat<P>(c), ei::psub(p, r)));
+  });
+  return {value, row_ok};
+}
+
+/// Generalised Jensen-Shannon of a row, M = lambda ref + (1 - lambda) pi:
+///   JSD = lambda sum ref (log ref - log M) + (1 - lambda) sum pi (log pi - log M).
+/// Since dJSD/dpi_j = (1 - lambda) log(pi_j / M_j) (the other terms cancel), through the
+/// softmax
+///   dJSD/dz_j = it (1 - lambda) pi_j (u_j - U),  u_j = log pi_j - log M_j,
+///   U = sum pi u = KL(pi || M),
+/// the RKL gradient with ref replaced by M, times (1 - lambda). Pass 1 gives the two
+/// log-sum-exps, pass 2 the value (and u into g), pass 3 the gradient.
+template <class T>
+row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_probs,
+                              double lambda, double scale, T* g) {
+  online_state<T> s = first_pass<true, false>(z, zr, V, it, log_probs);
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
+  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
+  const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), lsy = T(s.log_sy());
+  const T lam = T(lambda), mu = T(1 - lambda), tiny = std::numeric_limits<T>::min();
+  const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
+    using P = std::remove_pointer_t<decltype(acc)>;
+    const P itp = splat<P>(it);
+    const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cx)), splat<P>(lsx));
+    const P lr = ei::psub(ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cy)), splat<P>(lsy));
+    const P p = v_exp(lp), q = v_exp(lr);
+    const P m = ei::pmax(ei::padd(ei::pmul(splat<P>(lam), q), ei::pmul(splat<P>(mu), p)),
+                         splat<P>(tiny));
+    const P lm = v_log(m);
+    const P u = where_positive(p, ei::psub(lp, lm));
+    if (g) store(g, i, u);
+    acc[0] = ei::padd(acc[0], ei::pmul(p, u));
+    acc[1] = ei::padd(acc[1], where_positive(q, ei::pmul(q, ei::psub(lr, lm))));
+  });
+  const double U = r[0], Kr = r[1];
+  const double value = lambda * Kr + (1 - lambda) * U;
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  const T c = T(scale * (1 - lambda)) * it, Ut = T(U);
+  for_each_packet<T>(V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
+                          splat<P>(lsx));
+    const P p = v_exp(lp);
+    store(g, i, ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g, i), splat<P>(Ut)))));
+  });
+  return {value, row_ok};
+}
+
+
+/// The k largest entries of a reference row, written to idx[0..k) in descending order of
+/// value, ties broken by the smaller index (a deterministic torch.topk). One scan with a
+/// k-heap held in idx; blocks whose maximum does not beat the heap's worst are skipped.
+template <class T, class I>
+void select_top_k(const T* zr, Index V, I* idx, Index k) {
+  auto better = [zr](I a, I b) {
+    const T va = zr[Index(a)], vb = zr[Index(b)];
+    return va > vb || (va == vb && a < b);
+  };
+  for (Index j = 0; j < k; ++j) idx[j] = I(j);
+  std::make_heap(idx, idx + k, better);  // front: the worst kept entry
+  T threshold = zr[Index(idx[0])];
+  constexpr Index block = 64;
+  for (Index j0 = k; j0 < V; j0 += block) {
+    const Index n = std::min(block, V - j0);
+    if (!(max_of(zr + j0, n) > threshold)) continue;
+    for (Index j = j0; j < j0 + n; ++j) {
+      if (!(zr[j] > threshold)) continue;  // a tie loses: j is later than every kept index
+      std::pop_heap(idx, idx + k, better);
+      idx[k - 1] = I(j);
+      std::push_heap(idx, idx + k, better);
+      threshold = zr[Index(idx[0])];
+    }
+  }
+  std::sort_heap(idx, idx + k, better);
+}
+
+/// Top-k forward KL of a row: K = the reference's k largest logits, the reference
+/// renormalised over K (rt_i = ref_i / sum_K ref), the policy NOT renormalised (its full
+/// softmax, as distillation trainers that keep the teacher's top-k logits do):
+///   FKL_k = sum_{i in K} rt_i (log rt_i - log pi_i)
+///         = KL(rt || pi restricted to K, renormalised) - log pi(K) >= 0,
+///   dFKL_k/dz_j = it (pi_j - rt_j [j in K])   (since sum_K rt = 1).
+/// k = V gives FKL exactly.
+template <class T, class I>
+row_result top_k_row(const T* z, const T* zr, Index V, T it, bool log_probs, I* idx, Index k,
+                     double scale, T* g) {
+  const T total = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(zr, V).sum();
+  if ((std::isnan(total) || total == std::numeric_limits<T>::infinity()) &&
+      first_invalid(zr, V) >= 0)
+    return {0, row_bad_ref};
+  select_top_k(zr, V, idx, k);
+  const T top = zr[Index(idx[0])] * it;
+  if (top == -std::numeric_limits<T>::infinity()) return {0, row_bad_ref};
+  const online_state<T> s =
+      log_probs ? normalized_pass<false>(z, z, V) : online_pass<false, false>(z, z, V, it);
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
+  const T cx = s.cx, lsx = T(s.log_sx());
+  double sk = 0;
+  for (Index j = 0; j < k; ++j) sk += std::exp(double(zr[Index(idx[j])] * it - top));
+  const double lsk = double(top) + std::log(sk);
+  double value = 0;
+  for (Index j = 0; j < k; ++j) {
+    const Index i = Index(idx[j]);
+    const double lr = double(zr[i] * it) - lsk, r = std::exp(lr);
+    if (r > 0) value += r * (lr - ((double(z[i] * it) - double(cx)) - double(lsx)));
+  }
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  const T c = T(scale) * it;
+  for_each_packet<T>(V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P p = v_exp(ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
+                               splat<P>(lsx)));
+    store(g, i, ei::pmul(splat<P>(c), p));
+  });
+  for (Index j = 0; j < k; ++j) {
+    const Index i = Index(idx[j]);
+    g[i] -= c * T(std::exp(double(zr[i] * it) - lsk));
+  }
+  return {value, row_ok};
+}
+
+template <class T, class M, class D>
+strided_rows<std::remove_const_t<typename D::Scalar>> index_output(const logit_batch<T, M>& b,
+                                                                   const Eigen::DenseBase<D>& x) {
+  using I = std::remove_const_t<typename D::Scalar>;
+  static_assert(std::is_integral_v<I> && std::is_signed_v<I>,
+                "klgrad: top-k indices must be a signed integer type");
+  const auto v = rows_of(x, "indices");
+  if (v.rows != b.rows() || v.cols < 1 || v.cols > b.vocabulary())
+    raise<shape_error>(cat("shape mismatch: z is ", shape_text(b.z.rows, b.z.cols),
+                           " but indices is ", shape_text(v.rows, v.cols),
+                           "; indices must be N x k with 1 <= k <= V"));
+  if (b.vocabulary() - 1 > Index(std::numeric_limits<I>::max()))
+    raise<shape_error>(cat("indices' integer type cannot hold column ", b.vocabulary() - 1));
+  return {const_cast<I*>(v.data), v.rows, v.cols, v.stride};
+}
+
+template <class T, class M, class I, class RowFn>
+logits_summary run_top_k(const logit_batch<T, M>& b, const strided_rows<I>& idx, T* out,
+                         const strided_rows<T>* go, const logits_options& opt, RowFn&& row) {
+  check_options(b, opt);
+  const logits_summary sum = run_rows(b, out, go, opt, [&](Index r, double scale, T* g) {
+    return row(r, idx.row(r), scale, g);
+  });
+  for (Index r = 0; r < b.rows(); ++r)
+    if (!b.valid(r)) std::fill(idx.row(r), idx.row(r) + idx.cols, I(-1));
+  return sum;
+}
+}  // namespace detail
+
+/// Per-row divergence between pi = softmax(z / tau) and ref = softmax(z_ref / tau) for every
+/// valid row of the batch (see `divergence`). Writes value (N entries, any contiguous shape
+/// such as N or B x T): the unscaled divergence, 0 for masked rows. Returns the loss
+/// beta * sum a_{b,t} value_{b,t} and counts. One streaming pass per row (two for JSD).
+template <class T, class M, class V>
+logits_summary logits_divergence(divergence d, const logit_batch<T, M>& batch,
+                                 const Eigen::DenseBase<V>& value,
+                                 const logits_options& opt = {}) {
+  detail::check_options(batch, opt);
+  if (d == divergence::jensen_shannon && !(opt.lambda > 0 && opt.lambda < 1))
+    detail::raise<input_error>(detail::cat("jensen-shannon needs 0 < lambda < 1, got ",
+                                           opt.lambda, " (lambda -> 0 gives lambda * FKL, "
+                                           "lambda -> 1 gives (1 - lambda) * RKL; use those)"));
+  T* out = detail::value_output(batch, value);
+  const Index Vn = batch.vocabulary();
+  const T it = T(1.0 / opt.temperature);
+  const bool lp = opt.log_probs;
+  auto rows = [&](auto kernel) {
+    return detail::run_rows(batch, out, static_cast<const detail::strided_rows<T>*>(nullptr), opt, [&](Index r, double, T*) {
+      return kernel(batch.z.row(r), batch.ref.row(r));
+    });
+  };
+  switch (d) {
+    case divergence::reverse_kl:
+      return rows([&](const T* z, const T* zr) {
+        return detail::reverse_row(z, zr, Vn, it, lp, 0.0, static_cast<T*>(nullptr));
+      });
+    case divergence::forward_kl:
+      return rows([&](const T* z, const T* zr) {
+        return detail::forward_row(z, zr, Vn, it, lp, 0.0, static_cast<T*>(nullptr));
+      });
+    case divergence::jensen_shannon:
+      return rows([&](const T* z, const T* zr) {
+        return detail::jensen_shannon_row(z, zr, Vn, it, lp, opt.lambda, 0.0,
+                                          static_cast<T*>(nullptr));
+      });
+  }
+  return {};
+}
+
+/// The same, and the exact gradient of the batch loss with respect to z:
+/// grad (N x V, z's shape) = beta * a_{b,t} * d value_{b,t} / d z_{b,t}, zero for masked
+/// rows, with
+///   RKL: pi (log pi - log ref - RKL) / tau,   FKL: (pi - ref) / tau,
+///   JSD: (1 - lambda) pi (log pi - log M - KL(pi || M)) / tau.
+/// This is the per-state ("part 1") gradient of SPEC section 5: each state's distribution is
+/// differentiated with the states held fixed. A second pass per row writes the gradient.
+template <class T, class M, class V, class G>
+logits_summary logits_divergence(divergence d, const logit_batch<T, M>& batch,
+                                 const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
+                                 const logits_options& opt = {}) {
+  detail::check_options(batch, opt);
+  if (d == divergence::jensen_shannon && !(opt.lambda > 0 && opt.lambda < 1))
+    detail::raise<input_error>(detail::cat("jensen-shannon needs 0 < lambda < 1, got ",
+                                           opt.lambda));
+  T* out = detail::value_output(batch, value);
+  const auto go = detail::grad_output(batch, grad);
+  const Index Vn = batch.vocabulary();
+  const T it = T(1.0 / opt.temperature);
+  const bool lp = opt.log_probs;
+  auto rows = [&](auto kernel) {
+    return detail::run_rows(batch, out, &go, opt, [&](Index r, double scale, T* g) {
+      return kernel(batch.z.row(r), batch.ref.row(r), scale, g);
+    });
+  };
+  switch (d) {
+    case divergence::reverse_kl:
+      return rows([&](const T* z, const T* zr, double scale, T* g) {
+        return detail::reverse_row(z, zr, Vn, it, lp, scale, g);
+      });
+    case divergence::forward_kl:
+      return rows([&](const T* z, const T* zr, double scale, T* g) {
+        return detail::forward_row(z, zr, Vn, it, lp, scale, g);
+      });
+    case divergence::jensen_shannon:
+      return rows([&](const T* z, const T* zr, double scale, T* g) {
+        return detail::jensen_shannon_row(z, zr, Vn, it, lp, opt.lambda, scale, g);
+      });
+  }
+  return {};
+}
+
+/// Top-k forward KL per row: over K, the reference's k largest logits (k = indices.cols(),
+/// 1 <= k <= V; ties go to the smaller index), with the reference renormalised over K and
+/// the policy's full-vocabulary softmax (not renormalised):
+///   value = sum_{i in K} rt_i (log rt_i - log pi_i),  rt = softmax of z_ref / tau over K.
+/// This is what trainers distilling from a teacher's stored top-k logits compute; it is >= 0
+/// and equals FKL when k = V. Writes indices (N x k, signed integers, descending reference
+/// logit; -1 in masked rows) and value (N entries).
+template <class T, class M, class I, class V>
+logits_summary forward_kl_top_k(const logit_batch<T, M>& batch, const Eigen::DenseBase<I>& indices,
+                                const Eigen::DenseBase<V>& value, const logits_options& opt = {}) {
+  const auto idx = detail::index_output(batch, indices);
+  T* out = detail::value_output(batch, value);
+  const Index Vn = batch.vocabulary(), k = idx.cols;
+  const T it = T(1.0 / opt.temperature);
+  return detail::run_top_k(batch, idx, out, static_cast<const detail::strided_rows<T>*>(nullptr), opt, [&](Index r, auto* ir, double, T*) {
+    return detail::top_k_row(batch.z.row(r), batch.ref.row(r), Vn, it, opt.log_probs, ir, k,
+                             0.0, static_cast<T*>(nullptr));
+  });
+}
+
+/// The same, and grad = beta * a_{b,t} * (pi - rt [K]) / tau (N x V; zero in masked rows).
+template <class T, class M, class I, class V, class G>
+logits_summary forward_kl_top_k(const logit_batch<T, M>& batch, const Eigen::DenseBase<I>& indices,
+                                const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
+                                const logits_options& opt = {}) {
+  const auto idx = detail::index_output(batch, indices);
+  T* out = detail::value_output(batch, value);
+  const auto go = detail::grad_output(batch, grad);
+  const Index Vn = batch.vocabulary(), k = idx.cols;
+  const T it = T(1.0 / opt.temperature);
+  return detail::run_top_k(batch, idx, out, &go, opt, [&](Index r, auto* ir, double scale, T* g) {
+    return detail::top_k_row(batch.z.row(r), batch.ref.row(r), Vn, it, opt.log_probs, ir, k,
+                             scale, g);
+  });
+}
+
+}  // namespace klgrad
