@@ -33,7 +33,7 @@ template <class T>
 using scalar_only = std::enable_if_t<std::is_floating_point_v<T>, T>;
 
 /// Largest argument given to exp anywhere in the library: exp of it times another such
-/// factor stays below the largest finite T (float: 43.4, double: 353.9).
+/// factor stays below the largest finite T (float: 43.36, double: 353.9).
 template <class T>
 inline T exp_bound() {
   return std::log(std::numeric_limits<T>::max()) / T(2) - T(1);
