@@ -1,0 +1,18 @@
+# Fails unless the first ```cpp block of README.md is examples/quickstart.cpp (minus its
+# first comment line): the README's example is built and run by the test suite.
+file(READ "${ROOT}/README.md" readme)
+string(FIND "${readme}" "```cpp\n" start)
+if(start EQUAL -1)
+  message(FATAL_ERROR "README.md has no ```cpp block")
+endif()
+math(EXPR start "${start} + 7")
+string(SUBSTRING "${readme}" ${start} -1 rest)
+string(FIND "${rest}" "```" stop)
+string(SUBSTRING "${rest}" 0 ${stop} block)
+file(READ "${ROOT}/examples/quickstart.cpp" example)
+string(FIND "${example}" "\n" first_newline)
+math(EXPR first_newline "${first_newline} + 1")
+string(SUBSTRING "${example}" ${first_newline} -1 example)
+if(NOT block STREQUAL example)
+  message(FATAL_ERROR "README.md's example and examples/quickstart.cpp differ")
+endif()
