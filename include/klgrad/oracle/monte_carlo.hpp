@@ -5,6 +5,7 @@
 #include "enumeration.hpp"
 #include "tabular.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
