@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Tests of the klgrad program's eval and audit subcommands: JSON in, JSON out, exit status 2
+# with a message on bad input. Usage: test_cli.sh PATH/TO/klgrad. Expected numbers are
+# closed forms computed here with awk (k3'(s) = 1 - exp(-s)), not copied from a run.
+set -uo pipefail
+klgrad=$1
+failures=0 passes=0
+check() {  # check NAME CONDITION-COMMAND...
+  local name=$1
+  shift
+  if "$@"; then passes=$((passes + 1)); else failures=$((failures + 1)); echo "FAILED: $name"; fi
+}
+contains() { grep -qF -- "$2" <<<"$1"; }
+
+# eval: padded batch, k3-as-loss with token-sum: coef = 1 - exp(-(lp - lr)).
+out=$(echo '{"logp":[[-1,-2]],"ref":[[-1.5,-1]]}' | "$klgrad" eval --spec k3-as-loss,agg=token-sum)
+check "eval exits 0" test $? -eq 0
+expected=$(awk 'BEGIN { printf "%.6f %.6f", 1 - exp(-0.5), 1 - exp(1) }')
+got=$(/usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.6f %.6f" % tuple(d["coef"][0]))' <<<"$out")
+check "eval k3 coefficients are 1 - exp(-s)" test "$got" = "$expected"
+check "eval prints the canonical spec" contains "$out" '"spec":"k3-as-loss,agg=token-sum"'
+check "eval counts tokens" contains "$out" '"tokens":2'
+
+# eval: packed batch with a mask and null (NaN) in a masked slot.
+out=$(echo '{"logp":[-1,null,-2],"ref":[-1,-1,-1],"offsets":[0,2,3],"mask":[1,0,1]}' |
+  "$klgrad" eval --spec k1-in-reward,agg=token-sum --type float)
+check "eval packed exits 0" test $? -eq 0
+check "eval packed masked NaN gives 0" contains "$out" '"coef":[0.0,0.0,-1.0]'
+check "eval packed counts sequences" contains "$out" '"sequences":2'
+
+# eval: errors go to stderr with status 2.
+err=$(echo '{"logp":[[-1]],"ref":[[-1]]}' | "$klgrad" eval --spec k4-as-loss 2>&1 >/dev/null)
+check "bad spec exits 2" test $? -eq 2
+check "bad spec names the word" contains "$err" "unknown estimator 'k4'"
+err=$(echo '{"logp":[[-1,-2]],"ref":[[-1]]}' | "$klgrad" eval --spec k1-in-reward 2>&1 >/dev/null)
+check "shape mismatch exits 2" test $? -eq 2
+check "shape mismatch names both shapes" contains "$err" "logp is 1x2 but ref is 1x1"
+err=$(echo '{"logp":[[-1, null]],"ref":[[-1, -1]]}' | "$klgrad" eval --spec k1-in-reward 2>&1 >/dev/null)
+check "unmasked NaN exits 2" test $? -eq 2
+check "unmasked NaN names the position" contains "$err" "logp at sequence 0, position 1"
+err=$(echo 'not json' | "$klgrad" eval --spec k1-in-reward 2>&1 >/dev/null)
+check "malformed JSON exits 2" test $? -eq 2
+
+# audit: a one-step categorical policy (V = 2, T = 1), k2-as-loss follows grad RKL.
+policy=$(mktemp)
+echo '{"vocab":2,"steps":1,"logits":[[0.3,-0.2]],"ref_logits":[[0.0,0.5]]}' >"$policy"
+out=$("$klgrad" audit --policy "$policy" --spec k2-as-loss)
+check "audit exits 0" test $? -eq 0
+check "audit: k2-as-loss follows rkl" contains "$out" '"follows":"rkl"'
+out=$("$klgrad" audit --policy "$policy" --spec k3-as-loss)
+check "audit: k3-as-loss follows fkl" contains "$out" '"follows":"fkl"'
+echo '{"vocab":2,"steps":1,"logits":[[0.3]],"ref_logits":[[0.0,0.5]]}' >"$policy"
+err=$("$klgrad" audit --policy "$policy" --spec k2-as-loss 2>&1 >/dev/null)
+check "audit: a short logits row exits 2" test $? -eq 2
+rm -f "$policy"
+
+echo "${passes} passed, ${failures} failed"
+test "$failures" -eq 0
