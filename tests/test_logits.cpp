@@ -191,6 +191,42 @@ TEST_CASE("logits: values and gradients match the two-pass oracle in double", "[
   }
 }
 
+TEST_CASE("logits: a maximum rising across blocks re-shifts the online sums", "[logits]") {
+  // Ramps from -1000 to 1000 over 20,011 entries: every block's maximum is far above the
+  // previous shift, so each block is re-shifted and redone; -inf blocks come first in row 2.
+  const Index V = 20011;
+  Rows z(3, V), zr(3, V);
+  for (Index j = 0; j < V; ++j) {
+    const double ramp = -1000 + 2000 * double(j) / double(V - 1);
+    z(0, j) = ramp, zr(0, j) = -ramp;
+    z(1, j) = ramp, zr(1, j) = ramp + std::sin(double(j));
+    z(2, j) = j < 9000 ? -inf : ramp, zr(2, j) = j < 5000 ? -inf : 0.5 * ramp;
+  }
+  for (divergence d : all_divergences) {
+    klgrad::logits_options opt;
+    opt.aggregation = klgrad::aggregation::token_sum;
+    Vec value(3);
+    Rows grad(3, V);
+    klgrad::logits_divergence(d, klgrad::logit_rows(z, zr), value, grad, opt);
+    check_rows(d, z, zr, value, grad, 1, 0.5, 1e-12);
+    // float: the same re-shifts, to float accuracy
+    const rows_t<float> zf = z.cast<float>(), zrf = zr.cast<float>();
+    Eigen::ArrayXf vf(3);
+    rows_t<float> gf(3, V);
+    klgrad::logits_divergence(d, klgrad::logit_rows(zf, zrf), vf, gf, opt);
+    for (Index r = 0; r < 3; ++r) {
+      INFO(klgrad::to_string(d) << " float row " << r);
+      CHECK(close(double(vf(r)), value(r), 1e-3));  // FKL of row 2 is +inf in both
+    }
+    CHECK(gf.allFinite());
+  }
+  Vec logp(3);
+  const Eigen::Array3i ids(V - 1, 0, V / 2);
+  klgrad::selective_log_softmax(z, ids, logp);
+  for (Index r = 0; r < 3; ++r)
+    CHECK(close(logp(r), log_softmax(z.row(r).data(), V, 1)[std::size_t(ids(r))], 1e-12));
+}
+
 TEST_CASE("logits: closed-form gradients equal central differences", "[logits]") {
   const Index V = 9;
   const Rows z = random_rows(2, V, 1.5, 21), zr = random_rows(2, V, 1.5, 22);

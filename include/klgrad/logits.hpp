@@ -277,14 +277,14 @@ row_result reverse_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
   if (!std::isfinite(value)) return {value, row_infinite_rkl};
   const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), K = T(s.w / s.sx);
   const T c = T(scale) * it;
-  for_each_packet<T>(V, [&](auto tag, Index i) {
+  write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     const P itp = splat<P>(it);
     const P X = ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cx));
     const P Y = ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cy));
     const P p = v_exp(ei::psub(X, splat<P>(lsx)));
     const P t = ei::psub(ei::psub(X, Y), splat<P>(K));
-    store(g, i, where_positive(p, ei::pmul(splat<P>(c), ei::pmul(p, t))));
+    return where_positive(p, ei::pmul(splat<P>(c), ei::pmul(p, t)));
   });
   return {value, row_ok};
 }
@@ -303,13 +303,13 @@ row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
   // (z it - c) - log s: subtracting the shift first keeps log pi accurate when |z| is large.
   const T cz = s.cy, cr = s.cx, lsz = T(s.log_sy()), lsr = T(s.log_sx());
   const T c = T(scale) * it;
-  for_each_packet<T>(V, [&](auto tag, Index i) {
+  write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     const P itp = splat<P>(it);
     const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cz)), splat<P>(lsz));
     const P lr = ei::psub(ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cr)), splat<P>(lsr));
     const P p = v_exp(lp), r = v_exp(lr);
-    store(g, i, ei::pmul(splat<P>(c), ei::psub(p, r)));
+    return ei::pmul(splat<P>(c), ei::psub(p, r));
   });
   return {value, row_ok};
 }
@@ -349,12 +349,12 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
   const T c = T(scale * (1 - lambda)) * it, Ut = T(U);
-  for_each_packet<T>(V, [&](auto tag, Index i) {
+  write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
                           splat<P>(lsx));
     const P p = v_exp(lp);
-    store(g, i, ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g, i), splat<P>(Ut)))));
+    return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g, i), splat<P>(Ut))));
   });
   return {value, row_ok};
 }
@@ -420,11 +420,11 @@ row_result top_k_row(const T* z, const T* zr, Index V, T it, bool log_probs, I* 
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
   const T c = T(scale) * it;
-  for_each_packet<T>(V, [&](auto tag, Index i) {
+  write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     const P p = v_exp(ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
                                splat<P>(lsx)));
-    store(g, i, ei::pmul(splat<P>(c), p));
+    return ei::pmul(splat<P>(c), p);
   });
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);

@@ -110,12 +110,11 @@ void sampled_gradient(const sampled_rows<T, Y, K>& v, const T* coef, const strid
       continue;
     }
     const T cx = s.cx, lsx = T(s.log_sx()), c = coef[r] * it;
-    for_each_packet<T>(V, [&](auto tag, Index i) {
+    write_row(g, V, [&](auto tag, Index i) {
       using P = decltype(tag);
       const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
                             splat<P>(lsx));
-      const P p = v_exp(lp);
-      store(g, i, ei::pmul(splat<P>(-c), p));
+      return ei::pmul(splat<P>(-c), v_exp(lp));
     });
     g[Index(v.ids[r])] += c;
   }

@@ -11,6 +11,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -93,9 +94,70 @@ template <class P, class T>
 void store(T* p, Index i, const P& x) {
   ei::pstoreu(p + i, x);
 }
+/// Stores a packet past the caches (gradient rows are written once and dwarf them, so an
+/// ordinary store would first read each line in). p must be aligned to the packet.
+inline void store_stream(float* p, float x) { *p = x; }
+inline void store_stream(double* p, double x) { *p = x; }
+#if defined(__SSE2__)
+inline void store_stream(float* p, __m128 x) { _mm_stream_ps(p, x); }
+inline void store_stream(double* p, __m128d x) { _mm_stream_pd(p, x); }
+#endif
+#if defined(__AVX__)
+inline void store_stream(float* p, __m256 x) { _mm256_stream_ps(p, x); }
+inline void store_stream(double* p, __m256d x) { _mm256_stream_pd(p, x); }
+#endif
+#if defined(__AVX512F__)
+inline void store_stream(float* p, __m512 x) { _mm512_stream_ps(p, x); }
+inline void store_stream(double* p, __m512d x) { _mm512_stream_pd(p, x); }
+#endif
+
+/// Rows at least this long (in bytes) are written with streaming stores (define
+/// KLGRAD_STREAM_STORE_BYTES to change the threshold; a huge value turns them off).
+#ifndef KLGRAD_STREAM_STORE_BYTES
+#define KLGRAD_STREAM_STORE_BYTES 65536
+#endif
+inline constexpr Index stream_store_bytes = Index(KLGRAD_STREAM_STORE_BYTES);
+
+/// Calls f(P{}, i) or f(T{}, i) over 0..n-1 so that out + i is packet-aligned for every
+/// packet call (scalar calls peel the unaligned head and the tail); f returns the value to
+/// store at out + i. Long rows are stored with streaming stores, short ones normally.
+template <class T, class F>
+void write_row(T* out, Index n, F&& f) {
+  using P = packet_of<T>;
+  constexpr Index L = ei::packet_traits<T>::size;
+  const bool streaming = n * Index(sizeof(T)) >= stream_store_bytes && L > 1;
+  Index i = 0;
+  if (streaming) {
+    const auto address = reinterpret_cast<std::uintptr_t>(out);
+    if (address % sizeof(T) == 0) {
+      const Index misaligned = Index((address / sizeof(T)) % std::uintptr_t(L));
+      const Index head = std::min(n, misaligned == 0 ? Index(0) : L - misaligned);
+      for (; i < head; ++i) out[i] = f(T{}, i);
+      for (; i + L <= n; i += L) store_stream(out + i, f(P{}, i));
+#if defined(__SSE2__)
+      _mm_sfence();  // order the streaming stores before anything that follows
+#endif
+    }
+  }
+  for (; i + L <= n; i += L) ei::pstoreu(out + i, f(P{}, i));
+  for (; i < n; ++i) out[i] = f(T{}, i);
+}
+
 template <class P, class T>
 P splat(T x) {
   return ei::pset1<P>(x);
+}
+
+/// The largest lane of a packet (a plain loop: GCC 12 warns inside predux_max's AVX-512
+/// intrinsics with -march=native).
+template <class T, class P>
+T horizontal_max(const P& x) {
+  constexpr Index L = ei::packet_traits<T>::size;
+  T lanes[L];
+  ei::pstoreu(lanes, x);
+  T m = lanes[0];
+  for (Index i = 1; i < L; ++i) m = lanes[i] > m ? lanes[i] : m;
+  return m;
 }
 
 template <class T>
@@ -107,12 +169,12 @@ T max_of(const T* x, Index n) {
 /// log sum exp(x) = cx + log(sx), and w = sum_i e_i ((x_i - cx) - (y_i - cy)) with
 /// e_i = exp(x_i - cx) over the entries where e_i > 0, so that
 /// E_softmax(x)[x - y] = w / sx + (cx - cy) with no cancellation between the shifts.
-/// The shifts are the running maxima once a finite entry has been seen (0 before).
+/// A shift is a maximum seen so far (0 before the first entry that is not -inf); every entry
+/// is at most shift + stream_slack, so no exponential overflows and the largest is >= 1.
 template <class T>
 struct online_state {
-  T mx = -std::numeric_limits<T>::infinity();  ///< running maximum of x
-  T my = -std::numeric_limits<T>::infinity();  ///< running maximum of y
-  T cx = 0, cy = 0;                            ///< shifts
+  T cx = 0, cy = 0;                  ///< shifts
+  bool x_started = false, y_started = false;  ///< a shift has been taken from the data
   double sx = 0, sy = 0, w = 0;
   double log_sx() const { return std::log(sx); }
   double log_sy() const { return std::log(sy); }
@@ -121,56 +183,97 @@ struct online_state {
   double lse_y() const { return double(cy) + std::log(sy); }
 };
 
-/// One pass over a row (and y's row when HasY): online maxima and sums of exponentials of
-/// x = xs * it and y = ys * it, and the weighted log-ratio sum w when Weighted. Reads each
-/// element once from memory; nothing is allocated.
+/// How far an entry may exceed the shift before the block is re-shifted and redone.
+inline constexpr double stream_slack = 16;
+
+/// One pass over a row (and y's row when HasY): sums of exponentials of x = xs * it and
+/// y = ys * it relative to running shifts, and the weighted log-ratio sum w when Weighted.
+/// Each block's maximum is taken in the same loop as its exponentials; only when it exceeds
+/// the shift by more than stream_slack (at most a few times per row, as the maximum grows)
+/// are the sums re-expressed and the block redone from L1. Reads each element once from
+/// memory; nothing is allocated.
 template <bool HasY, bool Weighted, class T>
 online_state<T> online_pass(const T* xs, const T* ys, Index V, T it) {
   static_assert(HasY || !Weighted, "the weighted sum needs a second row");
+  using P = packet_of<T>;
   online_state<T> s;
   constexpr Index B = stream_block<T>;
+  constexpr Index L = ei::packet_traits<T>::size;
+  const T slack = T(stream_slack), lowest = -std::numeric_limits<T>::infinity();
   for (Index i0 = 0; i0 < V; i0 += B) {
     const Index n = std::min(B, V - i0);
     const T* xb = xs + i0;
     const T* yb = HasY ? ys + i0 : nullptr;
+    // Until a row has shown an entry that is not -inf, take the shift from the block.
     T ncx = s.cx, ncy = s.cy;
-    const T bx = max_of(xb, n) * it;
-    if (bx > s.mx) s.mx = ncx = bx;
+    if (!s.x_started) {
+      const T bx = max_of(xb, n) * it;
+      if (bx > lowest) ncx = bx, s.x_started = true;
+    }
     if constexpr (HasY) {
-      const T by = max_of(yb, n) * it;
-      if (by > s.my) s.my = ncy = by;
-    }
-    if (ncx != s.cx || ncy != s.cy) {
-      // Re-express the sums relative to the new shifts; a sum still 0 stays 0 (its old
-      // shift was a placeholder and the factor could overflow).
-      const double fx = std::exp(double(s.cx) - double(ncx));
-      if constexpr (Weighted)
-        s.w = s.sx == 0 ? 0.0
-                        : fx * (s.w - s.sx * ((double(ncx) - double(s.cx)) -
-                                              (double(ncy) - double(s.cy))));
-      s.sx = s.sx == 0 ? 0.0 : s.sx * fx;
-      if constexpr (HasY)
-        s.sy = s.sy == 0 ? 0.0 : s.sy * std::exp(double(s.cy) - double(ncy));
-      s.cx = ncx;
-      s.cy = ncy;
-    }
-    const T cx = s.cx, cy = s.cy;
-    const auto r = reduce_row<T, 3>(n, [&](auto* acc, Index i) {
-      using P = std::remove_pointer_t<decltype(acc)>;
-      const P itp = splat<P>(it);
-      const P X = ei::psub(ei::pmul(load<P>(xb, i), itp), splat<P>(cx));
-      const P ex = v_exp(X);
-      acc[0] = ei::padd(acc[0], ex);
-      if constexpr (HasY) {
-        const P Y = ei::psub(ei::pmul(load<P>(yb, i), itp), splat<P>(cy));
-        acc[1] = ei::padd(acc[1], v_exp(Y));
-        if constexpr (Weighted)
-          acc[2] = ei::padd(acc[2], where_positive(ex, ei::pmul(ex, ei::psub(X, Y))));
+      if (!s.y_started) {
+        const T by = max_of(yb, n) * it;
+        if (by > lowest) ncy = by, s.y_started = true;
       }
-    });
-    s.sx += r[0];
-    s.sy += r[1];
-    s.w += r[2];
+    }
+    for (;;) {
+      if (ncx != s.cx || ncy != s.cy) {
+        // Re-express the sums relative to the new shifts; a sum still 0 stays 0.
+        const double fx = std::exp(double(s.cx) - double(ncx));
+        if constexpr (Weighted)
+          s.w = s.sx == 0 ? 0.0
+                          : fx * (s.w - s.sx * ((double(ncx) - double(s.cx)) -
+                                                (double(ncy) - double(s.cy))));
+        s.sx = s.sx == 0 ? 0.0 : s.sx * fx;
+        if constexpr (HasY)
+          s.sy = s.sy == 0 ? 0.0 : s.sy * std::exp(double(s.cy) - double(ncy));
+        s.cx = ncx;
+        s.cy = ncy;
+      }
+      const T cx = s.cx, cy = s.cy;
+      const P itp = splat<P>(it), ncxp = splat<P>(-cx), ncyp = splat<P>(-cy);
+      P ax = splat<P>(T(0)), ay = ax, aw = ax, mx = splat<P>(lowest), my = mx;
+      Index i = 0;
+      for (; i + L <= n; i += L) {
+        const P xr = load<P>(xb, i);
+        mx = ei::pmax(mx, xr);
+        const P X = ei::pmadd(xr, itp, ncxp);
+        const P ex = v_exp(X);
+        ax = ei::padd(ax, ex);
+        if constexpr (HasY) {
+          const P yr = load<P>(yb, i);
+          my = ei::pmax(my, yr);
+          const P Y = ei::pmadd(yr, itp, ncyp);
+          ay = ei::padd(ay, v_exp(Y));
+          if constexpr (Weighted) aw = ei::padd(aw, where_positive(ex, ei::pmul(ex, ei::psub(X, Y))));
+        }
+      }
+      double bsx = double(ei::predux(ax)), bsy = double(ei::predux(ay)),
+             bw = double(ei::predux(aw));
+      T bmx = horizontal_max<T>(mx), bmy = horizontal_max<T>(my);
+      for (; i < n; ++i) {
+        const T X = xb[i] * it - cx, ex = std::exp(X);
+        bmx = std::max(bmx, xb[i]);
+        bsx += double(ex);
+        if constexpr (HasY) {
+          const T Y = yb[i] * it - cy;
+          bmy = std::max(bmy, yb[i]);
+          bsy += double(std::exp(Y));
+          if constexpr (Weighted) bw += double(where_positive(ex, ex * (X - Y)));
+        }
+      }
+      bmx *= it;
+      bmy *= it;
+      // A new maximum far above the shift: re-shift and redo the block (+inf ends here too
+      // and shows as a NaN sum).
+      if (bmx > cx + slack) ncx = bmx;
+      if (HasY && bmy > cy + slack) ncy = bmy;
+      if (ncx != cx || ncy != cy) continue;
+      s.sx += bsx;
+      s.sy += bsy;
+      s.w += bw;
+      break;
+    }
   }
   return s;
 }
@@ -194,7 +297,7 @@ online_state<T> normalized_pass(const T* xs, const T* ys, Index V) {
   s.sx = r[0] > 0 ? 1.0 : 0.0;
   s.sy = 1.0;
   s.w = r[1];
-  s.mx = s.my = T(0);
+  s.x_started = s.y_started = true;
   return s;
 }
 
