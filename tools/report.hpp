@@ -66,7 +66,7 @@ struct settings {
   std::string policy_file;      ///< --policy: the user's problem instead of the built-ins
   std::vector<std::string> specs = canonical_specs();
   double window = 0.2;          ///< final measurements average the last 20% of the steps
-  double tolerance_factor = 2.0;  ///< converged when final TV <= factor * noise floor
+  double tolerance_factor = 4.0;  ///< converged when final TV <= factor * noise floor (see docs/choosing.md)
 };
 
 /// One problem with the policy the audit is run at.
