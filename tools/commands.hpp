@@ -38,5 +38,6 @@ inline nlohmann::json read_json(const std::string& path) {
 
 void add_eval(CLI::App& app);
 void add_audit(CLI::App&);
+void add_report(CLI::App&);
 
 }  // namespace klgrad::cli
