@@ -229,14 +229,16 @@ void write_curves(const std::string& dir, const nlohmann::ordered_json& r,
       if (!have_gnuplot) continue;
       std::ofstream gp(stem + ".gp");
       const double kl_star = P["optimum"]["kl"].get<double>();
-      gp << "set terminal pngcairo size 1100,520 font ',9' noenhanced\n"
+      gp << "set terminal pngcairo size 1200,560 font ',9' noenhanced\n"
          << "set output '" << stem << ".png'\n"
          << "set datafile separator '\\t'\nset grid\nset xlabel 'batches'\n"
-         << "set multiplot layout 1,2 title 'problem " << P["name"].get<std::string>() << ", "
+         << "set multiplot title 'problem " << P["name"].get<std::string>() << ", "
          << mode << " (exact measurements)'\n"
+         << "set origin 0,0\nset size 0.37,0.95\n"
          << "set logscale y\nset ylabel 'TV(pi, pi*)'\nset key off\n"
          << "plot for [i=2:" << group.size() + 1 << "] '" << stem
          << "-tv.tsv' using 1:i with lines lw 1.2 title columnheader(i)\n"
+         << "set origin 0.37,0\nset size 0.63,0.95\n"
          << "unset logscale y\nset ylabel 'KL(pi || ref)'\nset key outside right top\n"
          << "set arrow from graph 0, first " << kl_star << " to graph 1, first " << kl_star
          << " nohead dt 2\n"
