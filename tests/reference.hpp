@@ -7,6 +7,7 @@
 #include <klgrad/importance.hpp>
 #include <klgrad/spec.hpp>
 
+#include <algorithm>
 #include <vector>
 
 namespace klgrad::test {
@@ -36,28 +37,75 @@ inline reference_result reference(const spec& s, const std::vector<std::vector<t
   if (global_sequences > 0) sequences = global_sequences;
   const bool in = s.term.where != placement::as_loss, as = s.term.where != placement::in_reward;
   const estimator ea = s.term.value_estimator, eb = s.term.gradient_estimator;
+  const clamp_policy& cl = s.clamp;
+  const bool clamping = cl.log_bounded() || cl.value_bounded();
+  // The trainer's clamps, as torch.clamp does them: s bounded first, then k(s) bounded
+  // (unless after the weight); gradient only where no bound is active, bounds inclusive.
+  struct clamped {
+    double k, dk;
+    bool inside;
+  };
+  auto estimate = [&](estimator e, double st) {
+    if (!clamping || !((cl.estimators >> unsigned(e)) & 1u))
+      return clamped{klgrad::value(e, st), klgrad::derivative(e, st), true};
+    const bool inside = st >= cl.log_lo && st <= cl.log_hi;
+    const double sc = std::min(std::max(st, cl.log_lo), cl.log_hi);
+    double k = klgrad::value(e, sc), dk = klgrad::derivative(e, sc);
+    bool passes = inside;
+    if (!cl.after_weight) {
+      passes = passes && k >= cl.value_lo && k <= cl.value_hi;
+      k = std::min(std::max(k, cl.value_lo), cl.value_hi);
+    }
+    if (!passes && !cl.pass_gradient) dk = 0;
+    return clamped{k, dk, inside};
+  };
+  const weight_level wl = s.importance.level;
   for (const auto& seq : batch) {
     const std::size_t T = seq.size();
     std::vector<double> value(T, 0.0), coef(T, 0.0), k(T, 0.0), used(T, 1.0), dused(T, 0.0);
+    std::vector<bool> inside(T, true);
     long n = 0;
-    double S = 0, K = 0;
+    double S = 0, K = 0, log_w_sum = 0;
     for (std::size_t t = 0; t < T; ++t) {
       if (!seq[t].valid) continue;
       ++n;
       const double st = seq[t].lp - seq[t].lr;
       S += st;
-      k[t] = klgrad::value(ea, st);
+      const clamped ka = estimate(ea, st);
+      k[t] = ka.k;
+      inside[t] = ka.inside && estimate(eb, st).inside;
       K += k[t];
-      if (s.importance.active()) {
-        const auto w = weigh(seq[t].lp - seq[t].lb, s.importance);
-        used[t] = w.used;
-        dused[t] = w.gradient;
-      }
+      log_w_sum += seq[t].lp - seq[t].lb;
     }
     if (n == 0) {
       out.value.push_back(value);
       out.coef.push_back(coef);
       continue;
+    }
+    // The weight used by token t and d(used_t)/d(lp_j) for every j: dweight[t][j].
+    std::vector<std::vector<double>> dweight(T, std::vector<double>(T, 0.0));
+    if (s.importance.active()) {
+      double prefix = 0;
+      for (std::size_t t = 0; t < T; ++t) {
+        if (!seq[t].valid) continue;
+        const double log_w = seq[t].lp - seq[t].lb;
+        prefix += log_w;
+        double log_u = log_w;
+        if (wl == weight_level::prefix || wl == weight_level::per_decision) log_u = prefix;
+        if (wl == weight_level::sequence_mean) log_u = log_w_sum / double(n);
+        const auto w = weigh(log_u, s.importance);
+        used[t] = w.used;
+        double g = w.gradient;
+        if (cl.detach_weight && !inside[t]) g = 0;  // NeMo-RL: active input clamp
+        dused[t] = g;
+        for (std::size_t j = 0; j < T; ++j) {
+          if (!seq[j].valid) continue;
+          if (wl == weight_level::token && j == t) dweight[t][j] = g;
+          if ((wl == weight_level::prefix || wl == weight_level::per_decision) && j <= t)
+            dweight[t][j] = g;
+          if (wl == weight_level::sequence_mean) dweight[t][j] = g / double(n);
+        }
+      }
     }
     double a = 0;
     switch (s.aggregation) {
@@ -87,28 +135,46 @@ inline reference_result reference(const spec& s, const std::vector<std::vector<t
         }
       }
       if (s.level == level::sequence) {
-        A[t] = klgrad::value(ea, S);
-        D[t] = klgrad::derivative(eb, S);
+        A[t] = estimate(ea, S).k;
+        D[t] = estimate(eb, S).dk;
         V[t] = as ? A[t] / double(n) : k[t];
       } else {
         A[t] = k[t];
-        D[t] = klgrad::derivative(eb, st);
+        D[t] = estimate(eb, st).dk;
         V[t] = k[t];
       }
     }
     for (std::size_t t = 0; t < T; ++t) {
       if (!seq[t].valid) continue;
       // Surrogate: none L = [in] sg(R) lp + [as] A; detached L = sg(w) (...);
-      // differentiable L = w ([in] sg(R) + [as] A).
+      // differentiable L = sum_u w_u ([in] sg(R_u) + [as] A_u), whose weight w_u may depend
+      // on lp_t for u != t (prefix, sequence-mean). Per-decision: L = sum_t sg(c_t) lp_t,
+      // c_t = sum_{u>=t} gamma^(u-t) sg(w_u) k_u. After-weight: L = clamp(w k).
       double c = 0;
-      switch (s.importance.mode) {
-        case weighting::none: c = (in ? R[t] : 0) + (as ? D[t] : 0); break;
-        case weighting::detached: c = used[t] * ((in ? R[t] : 0) + (as ? D[t] : 0)); break;
-        case weighting::differentiable:
-          c = dused[t] * ((in ? R[t] : 0) + (as ? A[t] : 0)) + (as ? used[t] * D[t] : 0);
-          break;
-      }
       value[t] = used[t] * V[t];
+      if (wl == weight_level::per_decision) {
+        double discount = 1.0;
+        for (std::size_t u = t; u < T; ++u) {
+          if (!seq[u].valid) continue;
+          c += discount * used[u] * k[u];
+          discount *= s.gamma;
+        }
+      } else if (clamping && cl.after_weight && ((cl.estimators >> unsigned(ea)) & 1u)) {
+        const double x = used[t] * k[t];
+        const bool band = cl.pass_gradient || (x >= cl.value_lo && x <= cl.value_hi);
+        value[t] = std::min(std::max(x, cl.value_lo), cl.value_hi);
+        c = band ? dused[t] * k[t] + used[t] * D[t] : 0.0;
+      } else {
+        switch (s.importance.mode) {
+          case weighting::none: c = (in ? R[t] : 0) + (as ? D[t] : 0); break;
+          case weighting::detached: c = used[t] * ((in ? R[t] : 0) + (as ? D[t] : 0)); break;
+          case weighting::differentiable:
+            for (std::size_t u = 0; u < T; ++u)
+              if (seq[u].valid) c += dweight[u][t] * ((in ? R[u] : 0) + (as ? A[u] : 0));
+            c += as ? used[t] * D[t] : 0;
+            break;
+        }
+      }
       coef[t] = s.beta * a * c;
       out.loss += s.beta * a * value[t];
     }

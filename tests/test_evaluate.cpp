@@ -49,27 +49,47 @@ struct random_batch {
   }
 };
 
+/// Every valid combination of the grammar's choices (invalid ones, which parse_spec rejects,
+/// are left out): weights and levels crossed with every aggregation, and with clamp
+/// policies at one aggregation.
 std::vector<std::string> all_spec_strings() {
   std::vector<std::string> out;
   const char* ests[] = {"k1", "k2", "k3", "abs"};
   const char* weights[] = {"", ",is=detached", ",is=differentiable",
                            ",is=detached,is-clip=1.3", ",is=differentiable,is-clip=1.3",
-                           ",is=differentiable,is-mask=0.6:1.5"};
+                           ",is=differentiable,is-mask=0.6:1.5",
+                           ",is=detached,is-level=prefix",
+                           ",is=differentiable,is-level=prefix",
+                           ",is=differentiable,is-level=prefix,is-clip=1.3,is-mask=0.3:inf",
+                           ",is=detached,is-level=per-decision",
+                           ",is=detached,is-level=per-decision,gamma=0.9,is-clip=1.5",
+                           ",is=detached,is-level=sequence-mean,is-mask=0.8:1.25",
+                           ",is=differentiable,is-level=sequence-mean",
+                           ",is=differentiable,is-level=sequence-mean,is-clip=1.1"};
   const char* levels[] = {"", ",level=to-go", ",level=to-go,gamma=0.9", ",level=sequence"};
   const char* aggs[] = {"", ",agg=token-sum", ",agg=seq-mean-token-sum",
                         ",agg=seq-mean-token-mean", ",agg=seq-mean-token-sum-norm,agg-norm=9"};
+  const char* clamps[] = {",clamp=log-ratio:-2:3/value:-1:2", ",clamp=value:-0.5:1.5/est:k2:k3",
+                          ",clamp=log-ratio:-1:1/value:-1:1/after-weight/detach-weight",
+                          ",clamp=log-ratio:-1.5:2/value:-inf:0.7/pass-gradient",
+                          ",clamp=log-ratio:-1:1/value:-0.5:0.5/after-weight/pass-gradient"};
+  auto add = [&](const std::string& s) {
+    try {
+      parse_spec(s);
+      out.push_back(s);
+    } catch (const spec_error&) {
+    }
+  };
   for (auto a : ests)
     for (auto b : ests)
       for (const char* place : {"in-reward", "as-loss", "both"})
         for (auto w : weights)
-          for (auto l : levels)
-            for (auto g : aggs) {
-              std::string term = std::string(a) + (std::string(a) == b ? "" : std::string("~") + b);
-              std::string s = term + "-" + place + w + l + g + ",beta=0.5";
-              if (std::string(l).find("to-go") != std::string::npos && std::string(place) != "in-reward")
-                continue;
-              out.push_back(s);
-            }
+          for (auto l : levels) {
+            std::string term = std::string(a) + (std::string(a) == b ? "" : std::string("~") + b);
+            const std::string head = term + "-" + place + w + l;
+            for (auto g : aggs) add(head + g + ",beta=0.5");
+            for (auto c : clamps) add(head + c + ",agg=token-sum,beta=0.5");
+          }
   return out;
 }
 
@@ -101,7 +121,9 @@ void check_against_reference(const std::string& text, const random_batch<T>& dat
 TEMPLATE_TEST_CASE("evaluate: every spec of the grammar agrees with the plain reference",
                    "[evaluate]", float, double) {
   const random_batch<TestType> data(5, 37, 7);
-  for (const auto& text : all_spec_strings()) check_against_reference<TestType>(text, data);
+  const auto specs = all_spec_strings();
+  CHECK(specs.size() > 10000);
+  for (const auto& text : specs) check_against_reference<TestType>(text, data);
 }
 
 TEMPLATE_TEST_CASE("evaluate: long rows cross chunk boundaries", "[evaluate]", float, double) {
@@ -420,4 +442,84 @@ TEST_CASE("evaluate: empty sequences are left out of sequence means", "[evaluate
   CHECK(c(0, 0) == Approx(0.5));  // k1 = 1, a = 1/2
   CHECK(c(2, 0) == Approx(-1.0));
   CHECK(r.loss == Approx((1.0 + 0.0 - 2.0) / 2));
+}
+
+TEMPLATE_TEST_CASE("evaluate: sequence-level weights across chunk boundaries", "[evaluate]", float,
+                   double) {
+  using T = TestType;
+  random_batch<T> data(3, 700, 13, true);
+  // Behaviour close to the policy, so that prefix products over 700 tokens stay in range.
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<double> du(-0.02, 0.02);
+  for (Eigen::Index b = 0; b < 3; ++b)
+    for (Eigen::Index t = 0; t < 700; ++t)
+      if (data.mask(b, t) != 0) data.lb(b, t) = T(double(data.lp(b, t)) + du(gen));
+  for (const char* text : {"k1-in-reward,is=detached,is-level=per-decision,gamma=0.99",
+                           "k2-as-loss,is=differentiable,is-level=prefix,is-clip=1.05",
+                           "k3-both,is=differentiable,is-level=sequence-mean",
+                           "k3-as-loss,is=differentiable,is-level=sequence-mean,level=sequence",
+                           "k3-as-loss,preset=nemo-rl", "k3~k2-as-loss,preset=verl"})
+    check_against_reference<T>(text, data);
+}
+
+TEMPLATE_TEST_CASE("evaluate: per-decision weights are the gradient of prefix-weighted penalties",
+                   "[evaluate]", float, double) {
+  using T = TestType;
+  const random_batch<T> data(4, 30, 29);
+  rows<T> v1(4, 30), c1(4, 30), v2(4, 30), c2(4, 30);
+  const auto batch = padded(data.lp, data.lr, data.mask).with_behavior(data.lb);
+  evaluate(parse_spec("k1-in-reward,is=detached,is-level=per-decision"), batch, v1, c1);
+  evaluate(parse_spec("k1-in-reward,is=differentiable,is-level=prefix"), batch, v2, c2);
+  CHECK((v1 == v2).all());
+  const T tol = std::is_same_v<T, float> ? T(1e-5) : T(1e-13);
+  CHECK(((c1 - c2).abs() <= tol * (T(1) + c1.abs())).all());
+  // Token level with behaviour = policy: every weight is 1 and per-decision is the
+  // undiscounted reward-to-go.
+  rows<T> v3(4, 30), c3(4, 30);
+  evaluate(parse_spec("k1-in-reward,is=detached,is-level=per-decision,gamma=0.9"),
+           padded(data.lp, data.lr, data.mask).with_behavior(data.lp), v1, c1);
+  evaluate(parse_spec("k1-in-reward,level=to-go,gamma=0.9"), padded(data.lp, data.lr, data.mask),
+           v3, c3);
+  CHECK(((c1 - c3).abs() <= tol * (T(1) + c3.abs())).all());
+}
+
+TEST_CASE("evaluate: differentiable prefix and sequence-mean weights by finite differences",
+          "[evaluate]") {
+  const random_batch<double> data(3, 7, 19);
+  const double h = 1e-6;
+  for (const char* text : {"k3-both,is=differentiable,is-level=prefix,agg=token-sum",
+                           "k2-as-loss,is=differentiable,is-level=sequence-mean,agg=token-sum",
+                           "k1-in-reward,is=differentiable,is-level=sequence-mean,agg=token-sum"}) {
+    const spec s = parse_spec(text);
+    rows<double> v(3, 7), c(3, 7);
+    evaluate(s, padded(data.lp, data.lr, data.mask).with_behavior(data.lb), v, c);
+    const bool in = s.term.where != placement::as_loss, as = s.term.where != placement::in_reward;
+    for (Eigen::Index b = 0; b < 3; ++b) {
+      // The surrogate sum_t u_t(lp) ([in] sg(k(s_t)) + [as] k(s_t)), u by is-level.
+      auto loss = [&](Eigen::Index j, double delta) {
+        double total = 0, prefix = 0, mean = 0;
+        int n = 0;
+        for (Eigen::Index t = 0; t < 7; ++t)
+          if (data.mask(b, t) != 0) {
+            mean += data.lp(b, t) + (t == j ? delta : 0) - data.lb(b, t);
+            ++n;
+          }
+        mean /= n;
+        for (Eigen::Index t = 0; t < 7; ++t) {
+          if (data.mask(b, t) == 0) continue;
+          const double lp = data.lp(b, t) + (t == j ? delta : 0);
+          prefix += lp - data.lb(b, t);
+          const double u = std::exp(s.importance.level == weight_level::prefix ? prefix : mean);
+          const double k0 = klgrad::value(s.term.value_estimator, data.lp(b, t) - data.lr(b, t));
+          total += u * ((in ? k0 : 0) + (as ? klgrad::value(s.term.value_estimator, lp - data.lr(b, t)) : 0));
+        }
+        return total;
+      };
+      for (Eigen::Index t = 0; t < 7; ++t) {
+        if (data.mask(b, t) == 0) continue;
+        INFO(text << " token (" << b << ", " << t << ")");
+        CHECK(c(b, t) == Approx((loss(t, h) - loss(t, -h)) / (2 * h)).epsilon(1e-6).margin(1e-9));
+      }
+    }
+  }
 }

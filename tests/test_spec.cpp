@@ -62,3 +62,79 @@ TEST_CASE("spec: every bad spec says which word is wrong and what is allowed", "
   CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=seq-mean-token-sum-norm"), Contains("needs agg-norm=L"));
   CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-norm=3"), Contains("applies only to agg=seq-mean-token-sum-norm"));
 }
+
+TEST_CASE("spec: is-level, clamp and preset round-trip and print canonically", "[spec]") {
+  for (const char* text :
+       {"k1-in-reward,is=detached,is-level=per-decision,gamma=0.99",
+        "k2-as-loss,is=differentiable,is-level=prefix,is-clip=5",
+        "k3-as-loss,is=differentiable,is-level=sequence-mean,level=sequence",
+        "k3-as-loss,clamp=log-ratio:-20:20/value:-10:10/est:k3",
+        "k3-as-loss,is=differentiable,clamp=log-ratio:-20:20/value:-10:10/after-weight/detach-weight",
+        "k2-as-loss,clamp=value:-inf:3/pass-gradient", "k3-as-loss,preset=verl",
+        "k3~k2-as-loss,preset=verl", "k1-in-reward,preset=verl",
+        "k3-as-loss,preset=trl,is=differentiable", "k3-as-loss,preset=nemo-rl,is=none",
+        "k3-as-loss,preset=slime,clamp=value:-10:10/after-weight",
+        "k3-as-loss,preset=roll,agg=token-mean", "k3-as-loss,preset=verl,clamp=none",
+        "k1-as-loss,preset=open-instruct,is=differentiable,beta=0.05"}) {
+    const auto s = parse_spec(text);
+    CHECK(to_string(s) == text);
+    CHECK(parse_spec(to_string(s)) == s);
+    const auto e = klgrad::expand(s);
+    CHECK(parse_spec(to_string(e)) == e);
+  }
+  // The preset may stand anywhere; explicit keys override it, and keys equal to the
+  // preset's are dropped.
+  CHECK(to_string(parse_spec("k3-as-loss,is=differentiable,preset=trl")) ==
+        "k3-as-loss,preset=trl,is=differentiable");
+  CHECK(to_string(parse_spec("k3-as-loss,preset=slime,agg=seq-mean-token-mean")) ==
+        "k3-as-loss,preset=slime");
+  CHECK(to_string(parse_spec("k3-as-loss,clamp=verl")) ==
+        "k3-as-loss,clamp=log-ratio:-20:20/value:-10:10/est:k3");
+  CHECK(to_string(klgrad::expand(parse_spec("k3-as-loss,preset=verl"))) ==
+        "k3-as-loss,clamp=log-ratio:-20:20/value:-10:10/est:k3");
+  CHECK(to_string(klgrad::expand(parse_spec("k3-as-loss,preset=nemo-rl"))) ==
+        "k3-as-loss,is=differentiable,clamp=log-ratio:-20:20/value:-10:10/after-weight/"
+        "detach-weight");
+  CHECK(parse_spec("k3-as-loss,preset=verl") != parse_spec("k3-as-loss,clamp=verl"));
+  CHECK(parse_spec("k3-as-loss,preset=roll").aggregation ==
+        klgrad::aggregation::seq_mean_token_mean);
+}
+
+TEST_CASE("spec: meaningless is-level, clamp and preset combinations say why", "[spec][errors]") {
+  using Catch::Contains;
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is-level=prefix"), Contains("needs a weight"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is=detached,is-level=prefix,level=to-go"),
+                    Contains("use is-level=per-decision"));
+  CHECK_THROWS_WITH(parse_spec("k2-as-loss,is=detached,is-level=prefix,level=sequence"),
+                    Contains("is-level=sequence-mean"));
+  CHECK_THROWS_WITH(parse_spec("k2-as-loss,is=detached,is-level=per-decision"),
+                    Contains("use is-level=prefix"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is=detached,is-level=per-decision,level=to-go"),
+                    Contains("keep level=token"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is=differentiable,is-level=per-decision"),
+                    Contains("use is=detached"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is=detached,is-level=sequence-mean,level=to-go"),
+                    Contains("corrects no reward-to-go"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is=detached,gamma=0.9"),
+                    Contains("is-level=per-decision"));
+  CHECK_THROWS_WITH(parse_spec("k1-in-reward,is=detached,is-level=rolling"),
+                    Contains("token|prefix|per-decision|sequence-mean"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,clamp=value:3:1"), Contains("needs LO < HI"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,clamp=value:1"), Contains("must be value:LO:HI"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,clamp=log:1:2"), Contains("unknown item 'log:1:2'"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,clamp=est:k4"), Contains("unknown estimator 'k4'"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,clamp=log-ratio:-1:1/after-weight"),
+                    Contains("needs value:LO:HI"));
+  CHECK_THROWS_WITH(parse_spec("k3-in-reward,clamp=value:-1:1/after-weight"),
+                    Contains("drop after-weight"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,clamp=value:-1:1/detach-weight"),
+                    Contains("needs log-ratio:LO:HI"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,preset=pytorch"), Contains("unknown preset 'pytorch'") &&
+                    Contains("verl|openrlhf|nemo-rl|trl|slime|open-instruct|roll|easyr1"));
+  CHECK_THROWS_WITH(parse_spec("k1-as-loss,preset=trl"), Contains("no k1 estimator"));
+  CHECK_THROWS_WITH(parse_spec("k3-in-reward,preset=trl"), Contains("no KL in the reward"));
+  CHECK_THROWS_WITH(parse_spec("abs-as-loss,preset=openrlhf"), Contains("no abs estimator"));
+  CHECK_THROWS_WITH(parse_spec("k3~k1-as-loss,preset=verl"), Contains("no straight-through"));
+  CHECK_THROWS_WITH(parse_spec("k2-as-loss,preset=roll"), Contains("KL loss cannot use k2"));
+  CHECK_THROWS_WITH(parse_spec("k3-in-reward,preset=open-instruct"), Contains("no KL in the reward"));
+}

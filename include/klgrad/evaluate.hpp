@@ -4,6 +4,7 @@
 
 #include "aggregation.hpp"
 #include "batch.hpp"
+#include "clamp.hpp"
 #include "errors.hpp"
 #include "estimators.hpp"
 #include "importance.hpp"
@@ -56,6 +57,7 @@ struct chunk {
   alignas(64) T used[chunk_size];   ///< weight multiplying the token (1 without weights)
   alignas(64) T grad[chunk_size];   ///< d(used)/d(lp) (differentiable, not truncated)
   alignas(64) T scratch[chunk_size];  ///< weighted values, sums, copies
+  alignas(64) T inside[chunk_size];   ///< 1 where the clamp's log-ratio bound let s through
   Index n = 0;
   map m(T* p) { return map(p, n); }
 };
@@ -71,6 +73,16 @@ struct plan {
   T log_clip, clip;        ///< truncation (log C = +inf when off)
   T log_lo, log_hi;        ///< band mask in log space
   Index tokens = 0, sequences = 0;  ///< N_tokens and B_nonempty used by the aggregation
+  bool clamp_a = false, clamp_b = false;  ///< the clamp policy acts on k_a / k_b
+  bool detach = false;                    ///< detach the weight where the log bound is active
+};
+
+/// The running state of a sequence's weights: the prefix log weight so far and the
+/// sequence-mean log weight.
+template <class T>
+struct weight_state {
+  T carry = 0;
+  T sequence = 0;
 };
 
 template <class T>
@@ -125,12 +137,54 @@ void saturate(T* x, Index n) {
   for (Index i = 0; i < n; ++i) x[i] = x[i] > top ? top : (x[i] < -top ? -top : x[i]);
 }
 
+/// Applies the spec's clamp policy to a chunk's estimator values and derivatives (scalar
+/// loop: only specs with a clamp come here), recording where the log-ratio bound let s
+/// through.
+template <class Ea, class Eb, class T>
+void apply_clamp(chunk<T>& c, const plan<T>& p) {
+  const clamp_policy& cp = p.s->clamp;
+  for (Index i = 0; i < c.n; ++i) {
+    const T s = c.s[i];
+    bool inside = true;
+    if (p.clamp_a) {
+      const auto a = clamp_estimate<Ea>(cp, s);
+      c.va[i] = a.value;
+      inside = a.log_inside;
+    }
+    if (p.clamp_b) {
+      const auto b = clamp_estimate<Eb>(cp, s);
+      c.gb[i] = b.derivative;
+      inside = inside && b.log_inside;
+    }
+    c.inside[i] = inside ? T(1) : T(0);
+  }
+}
+
+/// The sequence-mean log weight mean_t (lp_t - lb_t) over valid tokens (each guarded as a
+/// token's log weight), guarded itself; adds 1 to `guarded` when the mean was clamped.
+template <class T, class M>
+T sequence_log_weight(const sequence_view<T, M>& q, Index n_b, const plan<T>& p, Index& guarded) {
+  const T bound = p.log_bound;
+  double sum = 0;
+  for (Index i = 0; i < q.size; ++i) {
+    if (q.mask && q.mask[i] == M(0)) continue;
+    const T d = q.logp[i] - q.behavior[i];
+    sum += double(d < -bound ? -bound : (d > bound ? bound : d));
+  }
+  const T mean = T(sum / double(n_b));
+  if (mean < -bound || mean > bound) {
+    ++guarded;
+    return mean < -bound ? -bound : bound;
+  }
+  return mean;
+}
+
 /// Fills the chunk for positions i0 .. i0+n-1 of a sequence: mask, guarded log-ratio,
 /// estimator value and derivative, weights. Returns how many tokens a guard clamped and
 /// adds the band-dropped tokens to `dropped`.
 template <class Ea, class Eb, class T, class M>
 Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const plan<T>& p,
-           Index& dropped) {
+           Index& dropped, weight_state<T>& ws) {
   c.n = n;
   const T* lp = q.logp + i0;
   const T* lr = q.ref + i0;
@@ -164,6 +218,7 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     VA = k3::value_given_derivative(S, GB);  // one exp serves both
   else
     VA = Ea::value(S);
+  if (p.clamp_a || p.clamp_b) apply_clamp<Ea, Eb>(c, p);
   const importance& is = p.s->importance;
   if (!is.active()) {
     if (p.nonfinite == nonfinite_policy::raise && nonfinite) find_nonfinite(q, i0, n);
@@ -181,6 +236,22 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     lw[i] = d < -bound ? -bound : (d > bound ? bound : d);
   }
   if (p.nonfinite == nonfinite_policy::raise && nonfinite) find_nonfinite(q, i0, n);
+  if (is.level == weight_level::prefix || is.level == weight_level::per_decision) {
+    // log W_{1:t}: the running sum over valid tokens, guarded like a token's log weight.
+    T carry = ws.carry;
+    for (Index i = 0; i < n; ++i) {
+      if (c.valid[i] == T(0)) {
+        lw[i] = T(0);
+        continue;
+      }
+      carry += lw[i];
+      guarded += (carry < -bound) | (carry > bound);
+      lw[i] = carry < -bound ? -bound : (carry > bound ? bound : carry);
+    }
+    ws.carry = carry;
+  } else if (is.level == weight_level::sequence_mean) {
+    std::fill(lw, lw + n, ws.sequence);
+  }
   c.m(c.used) = c.m(lw).exp();
   const bool differentiable = is.mode == weighting::differentiable;
   const T clip = p.clip, log_clip = p.log_clip, log_lo = p.log_lo, log_hi = p.log_hi;
@@ -193,6 +264,7 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     c.used[i] = drop ? T(0) : (truncated ? clip : w);
     c.grad[i] = (drop | truncated | !differentiable) ? T(0) : w;
   }
+  if (p.detach) c.m(c.grad) *= c.m(c.inside);
   dropped += drops;
   return guarded;
 }
@@ -225,6 +297,32 @@ void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, 
   if (scale > T(1) || p.s->level != level::token) saturate(coef, c.n);
 }
 
+/// combine() for weights whose gradient reaches other tokens (prefix, sequence-mean):
+/// wt holds, per token j, the weight-gradient part sum_t (d used_t / d lp_j) X_t of the
+/// differentiable surrogate sum_t used_t X_t, X_t = [reward] R_t + [loss] A_t, so that
+///   C = wt + [loss] used D.
+/// Only is=differentiable comes here (detached weights use combine()).
+template <class T, class W>
+void combine_weight_gradient(chunk<T>& c, const plan<T>& p, const W& wt, T scale, T* coef) {
+  typename chunk<T>::map out(coef, c.n);
+  out = scale * c.m(c.valid) * (wt + p.loss * c.m(c.used) * c.m(c.gb));
+  saturate(coef, c.n);
+}
+
+/// Backward sum over the valid tokens of a sequence: x_t <- sum_{t'>=t} gamma^(t'-t) x_t'
+/// (gamma counting valid tokens), saturated to stay finite.
+template <class T, class M>
+void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
+  const T top = std::numeric_limits<T>::max();
+  T running = 0;
+  for (Index t = q.size - 1; t >= 0; --t) {
+    if (q.mask && q.mask[t] == M(0)) continue;
+    running = x[t] + gamma * running;
+    running = running > top ? top : (running < -top ? -top : running);
+    x[t] = running;
+  }
+}
+
 /// Runs one sequence: writes its values and coefficients, returns its summed value.
 template <class Ea, class Eb, class T, class M>
 double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
@@ -239,16 +337,96 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
   const T scale = T(s.beta * aggregation_weight(s.aggregation, s.aggregation_norm, n_b,
                                                 p.tokens, p.sequences));
   auto scalar = [&](T x) { return chunk<T>::array::Constant(c.n, x); };
+  using map = typename chunk<T>::map;
+  const importance& is = s.importance;
+  const bool differentiable = is.mode == weighting::differentiable;
+  weight_state<T> ws;
+  if (is.level == weight_level::sequence_mean)
+    ws.sequence = sequence_log_weight(q, n_b, p, out.guarded);
   double total = 0.0;
+  Index ignored = 0;
   switch (s.level) {
     case level::token:
-      for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
-        const Index n = std::min(chunk_size, q.size - i0);
-        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
-        // Masked tokens have s = 0, and k(0) = 0 for every estimator.
-        total += weighted_values(c);
-        typename chunk<T>::map(value + i0, n) = c.m(c.scratch);
-        combine(c, p, c.m(c.va), c.m(c.va), c.m(c.gb), scale, coef + i0);
+      if (s.clamp.after_weight && p.clamp_a) {
+        // An as-loss term clamped after the weight: L = clamp(w k_a, lo, hi), so
+        // C = band * (grad k_a + used k_b') with band = [lo <= used k_a <= hi].
+        const T lo = T(s.clamp.value_lo), hi = T(s.clamp.value_hi);
+        const bool pass = s.clamp.pass_gradient;
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+          for (Index i = 0; i < n; ++i) {
+            const T x = c.used[i] * c.va[i];
+            const bool band = pass || (lo <= x && x <= hi);
+            c.scratch[i] = c.valid[i] * (x < lo ? lo : (x > hi ? hi : x));
+            coef[i0 + i] = band ? scale * c.valid[i] * (c.grad[i] * c.va[i] + c.used[i] * c.gb[i])
+                                : T(0);
+          }
+          total += double(c.m(c.scratch).sum());
+          map(value + i0, n) = c.m(c.scratch);
+          saturate(coef + i0, n);
+        }
+      } else if (is.level == weight_level::per_decision) {
+        // c_t = sum_{t'>=t} gamma^(t'-t) used_t' b_t', b = k_a: weighted penalties into
+        // coef, then the discounted backward sum, then the scale.
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+          total += weighted_values(c);
+          map(value + i0, n) = c.m(c.scratch);
+          map(coef + i0, n) = c.m(c.valid) * c.m(c.scratch);
+        }
+        sum_to_go(q, coef, T(s.gamma));
+        map(coef, q.size) *= scale;
+        saturate(coef, q.size);
+      } else if (differentiable && is.level == weight_level::prefix) {
+        // Pass 1: grad_t X_t into coef (X = k_a for both parts at token level); pass 2: sum
+        // to go, the weight-gradient part of every earlier token; pass 3: combine.
+        const T parts = p.reward + p.loss;
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+          total += weighted_values(c);
+          map(value + i0, n) = c.m(c.scratch);
+          map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * c.m(c.va) * parts;
+        }
+        sum_to_go(q, coef, T(1));
+        ws = weight_state<T>{};
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
+          c.m(c.scratch) = map(coef + i0, n);
+          combine_weight_gradient(c, p, c.m(c.scratch), scale, coef + i0);
+        }
+      } else if (differentiable && is.level == weight_level::sequence_mean) {
+        // d w_seq / d lp_j = w_seq / n_b: every token gets (grad / n_b) sum_t X_t.
+        double penalty = 0.0;
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+          total += weighted_values(c);
+          map(value + i0, n) = c.m(c.scratch);
+          c.m(c.scratch) = c.m(c.valid) * c.m(c.va);
+          penalty += double(c.m(c.scratch).sum());
+        }
+        const double top = double(std::numeric_limits<T>::max());
+        const T share = T(std::clamp(penalty * double(p.reward + p.loss) / double(n_b), -top, top));
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
+          combine_weight_gradient(c, p, c.m(c.grad) * share, scale, coef + i0);
+        }
+      } else {
+        // Token weights, and detached prefix or sequence-mean weights: the token's own
+        // weight multiplies its terms.
+        for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+          const Index n = std::min(chunk_size, q.size - i0);
+          out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+          // Masked tokens have s = 0, and k(0) = 0 for every estimator.
+          total += weighted_values(c);
+          map(value + i0, n) = c.m(c.scratch);
+          combine(c, p, c.m(c.va), c.m(c.va), c.m(c.gb), scale, coef + i0);
+        }
       }
       break;
     case level::to_go: {
@@ -256,26 +434,17 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       // tokens; pass 3: weights and scale.
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
-        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
-        typename chunk<T>::map(coef + i0, n) = c.m(c.valid) * c.m(c.va);
+        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+        map(coef + i0, n) = c.m(c.valid) * c.m(c.va);
       }
-      const T gamma = T(s.gamma);
-      const T top = std::numeric_limits<T>::max();
-      T running = 0;
-      for (Index t = q.size - 1; t >= 0; --t) {
-        if (q.mask && q.mask[t] == M(0)) continue;
-        running = coef[t] + gamma * running;
-        running = running > top ? top : (running < -top ? -top : running);
-        coef[t] = running;
-      }
-      Index ignored = 0;
+      sum_to_go(q, coef, T(s.gamma));
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
-        fill<Ea, Eb>(c, q, i0, n, p, ignored);
+        fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
         total += weighted_values(c);
-        typename chunk<T>::map(value + i0, n) = c.m(c.scratch);
+        map(value + i0, n) = c.m(c.scratch);
         // combine writes over coef, which holds R: copy R into the chunk first.
-        c.m(c.scratch) = typename chunk<T>::map(coef + i0, n);
+        c.m(c.scratch) = map(coef + i0, n);
         combine(c, p, c.m(c.scratch), c.m(c.scratch), scalar(T(0)), scale, coef + i0);
       }
       break;
@@ -285,7 +454,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       double penalty = 0.0, log_ratio = 0.0;
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
-        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped);
+        out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
         c.m(c.scratch) = c.m(c.valid) * c.m(c.va);
         penalty += double(c.m(c.scratch).sum());
         log_ratio += double(c.m(c.s).sum());
@@ -298,19 +467,20 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       }
       const T top = std::numeric_limits<T>::max();
       const T K = T(std::clamp(penalty, -double(top), double(top)));
-      const T A = Ea::value(S), D = Eb::derivative(S);
+      T A = Ea::value(S), D = Eb::derivative(S);
+      if (p.clamp_a) A = clamp_estimate<Ea>(s.clamp, S).value;
+      if (p.clamp_b) D = clamp_estimate<Eb>(s.clamp, S).derivative;
       const T share = A / T(n_b);
-      Index ignored = 0;
       for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
         const Index n = std::min(chunk_size, q.size - i0);
-        fill<Ea, Eb>(c, q, i0, n, p, ignored);
+        fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
         if (has_loss_part(s.term.where)) {
           c.m(c.scratch) = c.m(c.used) * c.m(c.valid) * share;
           total += double(c.m(c.scratch).sum());
         } else {
           total += weighted_values(c);
         }
-        typename chunk<T>::map(value + i0, n) = c.m(c.scratch);
+        map(value + i0, n) = c.m(c.scratch);
         combine(c, p, scalar(K), scalar(A), scalar(D), scale, coef + i0);
       }
       break;
@@ -370,10 +540,19 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   p.log_clip = is.truncated() ? std::log(T(is.clip)) : inf;
   p.log_lo = is.mask_lo > 0 ? std::log(T(is.mask_lo)) : -inf;
   p.log_hi = is.mask_hi < std::numeric_limits<double>::infinity() ? std::log(T(is.mask_hi)) : inf;
+  const clamp_policy& cp = s.clamp;
+  p.clamp_a = cp.active() && cp.applies_to(Ea::id);
+  p.clamp_b = cp.active() && cp.applies_to(Eb::id);
+  p.detach = cp.detach_weight && cp.log_bounded() && (p.clamp_a || p.clamp_b) &&
+             is.mode == weighting::differentiable;
   if (is.active() && !batch.has_behavior())
     raise<input_error>(cat("spec '", to_string(s), "' weights tokens by pi/mu (is=",
                            to_string(is.mode), ") but the batch has no behavior log-probs; "
-                           "add them with .with_behavior(lb)"));
+                           "add them with .with_behavior(lb)",
+                           s.preset == preset::nemo_rl
+                               ? " (preset=nemo-rl's default weight is exp(lp - sg(lp)): pass "
+                                 "the detached logp itself, or the generation log-probs)"
+                               : ""));
 
   // Counts the aggregation needs before the first coefficient: N_tokens for token-mean,
   // B_nonempty for the sequence means, unless the caller passed global ones.

@@ -1,5 +1,5 @@
-// Token-level importance weights w = pi / mu against a behaviour policy: none, detached or
-// differentiable, with truncation and band masking, computed in log space.
+// Importance weights against a behaviour policy: per token, per prefix, per decision or per
+// sequence; none, detached or differentiable; with truncation and band masking; in log space.
 #pragma once
 
 #include "estimators.hpp"
@@ -30,9 +30,51 @@ inline constexpr std::string_view to_string(weighting w) {
   return "?";
 }
 
+/// Which product of token ratios w_t = exp(lp_t - lb_t) weighs token t (spec key is-level).
+/// Sums and products run over the valid tokens of one sequence, in log space:
+///
+///  token:         u_t = w_t.
+///  prefix:        u_t = W_{1:t} = prod_{j<=t} w_j = exp(sum_{j<=t} log w_j): the probability
+///                 ratio of the prefix y_{1:t}, which makes E_mu[u_t f(y_{1:t})] = E_pi[f].
+///                 Differentiable, d u_t / d lp_j = u_t for every j <= t, so the weight's
+///                 gradient reaches every earlier token: c_j gets sum_{t>=j} u_t X_t.
+///  per-decision:  the sequence-level gradient estimator of SPEC 5 off-policy. With
+///                 b_t = k_a(s_t) the in-reward penalty of token t, the coefficient is
+///                   c_t = sum_{t'>=t} gamma^(t'-t) W_{1:t'} b_{t'}.
+///                 Derivation: grad KL_seq = E_pi[sum_t g_t sum_{t'>=t} s_t'] (SPEC 5), and
+///                 the term g_t b_t' (t' >= t) depends on y_{1:t'} only, so under mu it is
+///                 weighted by W_{1:t'}; b = k1 (= s) makes it unbiased for grad KL_seq.
+///                 The weights are detached constants (the surrogate is sum_t sg(c_t) lp_t),
+///                 the placement is in-reward, and the reward-to-go is the estimator itself,
+///                 so level stays token and gamma is legal here.
+///  sequence-mean: u_t = w_seq = exp(mean_t (lp_t - lb_t)) for every token of the sequence
+///                 (n_b valid tokens; GSPO's and TRL's sequence-level ratio). Differentiable,
+///                 d w_seq / d lp_j = w_seq / n_b for every valid j.
+///
+/// is-clip (u -> min(u, C), no gradient where active) and is-mask (u outside [LO, HI]
+/// drops the token) act on u_t, the weight actually used. Variance: a product of T ratios
+/// has log-variance growing linearly in T, so prefix and per-decision weights of long
+/// sequences are heavy-tailed; clip them (docs/importance.md).
+enum class weight_level { token, prefix, per_decision, sequence_mean };
+
+inline constexpr weight_level all_weight_levels[] = {weight_level::token, weight_level::prefix,
+                                                     weight_level::per_decision,
+                                                     weight_level::sequence_mean};
+
+inline constexpr std::string_view to_string(weight_level l) {
+  switch (l) {
+    case weight_level::token: return "token";
+    case weight_level::prefix: return "prefix";
+    case weight_level::per_decision: return "per-decision";
+    case weight_level::sequence_mean: return "sequence-mean";
+  }
+  return "?";
+}
+
 /// The importance-weighting settings of a spec.
 struct importance {
   weighting mode = weighting::none;
+  weight_level level = weight_level::token;
   /// Truncation: the weight used is min(w, clip); +inf means no truncation. Where the
   /// truncation is active the weight is a constant (no gradient through it).
   double clip = std::numeric_limits<double>::infinity();
@@ -47,7 +89,7 @@ struct importance {
     return mask_lo > 0.0 || mask_hi < std::numeric_limits<double>::infinity();
   }
   friend bool operator==(const importance& a, const importance& b) {
-    return a.mode == b.mode && a.clip == b.clip && a.mask_lo == b.mask_lo &&
+    return a.mode == b.mode && a.level == b.level && a.clip == b.clip && a.mask_lo == b.mask_lo &&
            a.mask_hi == b.mask_hi;
   }
 };
@@ -61,7 +103,8 @@ struct token_weight {
   bool guarded = false;   ///< log w was clamped to keep exp finite
 };
 
-/// Scalar reference: the weight of a token with log w = lp - lb. log w is clamped to
+/// Scalar reference: the weight used for log weight log_w (log w_t, log W_{1:t} or the
+/// sequence mean, by is-level). log w is clamped to
 /// [-exp_bound, exp_bound] (float 43.4, double 353.9) before exp so that w, and w times any
 /// estimator value, stay finite.
 template <class T>

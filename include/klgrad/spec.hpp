@@ -4,11 +4,13 @@
 #pragma once
 
 #include "aggregation.hpp"
+#include "clamp.hpp"
 #include "errors.hpp"
 #include "estimators.hpp"
 #include "importance.hpp"
 #include "level.hpp"
 #include "placement.hpp"
+#include "presets.hpp"
 
 #include <cerrno>
 #include <cmath>
@@ -17,6 +19,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace klgrad {
@@ -24,14 +27,28 @@ namespace klgrad {
 /// A validated KL configuration. Grammar of its string form:
 ///   term{,key=value}   term = EST[~EST]-PLACEMENT   EST = k1|k2|k3|abs
 ///   PLACEMENT = in-reward|as-loss|both   ("a~b": value of a, gradient of b)
-///   keys: is=none|detached|differentiable  is-clip=C  is-mask=LO:HI
+///   keys: preset=verl|openrlhf|nemo-rl|trl|slime|open-instruct|roll|easyr1
+///         is=none|detached|differentiable  is-level=token|prefix|per-decision|sequence-mean
+///         is-clip=C  is-mask=LO:HI  clamp=CLAMP
 ///         level=token|to-go|sequence  gamma=G
 ///         agg=token-mean|token-sum|seq-mean-token-sum|seq-mean-token-mean|
 ///             seq-mean-token-sum-norm  agg-norm=L  beta=B
-/// Defaults: is=none, level=token, gamma=1, agg=token-mean, beta=1.
+///   CLAMP = none | ITEM{/ITEM}, ITEM = PRESET (that trainer's clamp for the term)
+///         | log-ratio:LO:HI | value:LO:HI | est:EST{:EST} | after-weight | detach-weight
+///         | pass-gradient            (bounds may be inf or -inf; see clamp_policy)
+/// Defaults: is=none, is-level=token, no clamp, level=token, gamma=1, agg=token-mean, beta=1.
+/// preset=P first sets trainer P's clamp, weight and aggregation for the term (presets.hpp),
+/// then the other keys override them, wherever preset= stands in the string. Examples:
+///   k3-as-loss,preset=verl                      verl's low_var_kl KL loss
+///   k3~k2-as-loss,preset=verl                   verl's k3+ (k3 value, k2 gradient)
+///   k3-as-loss,is=differentiable,preset=trl     TRL's use_bias_correction_kl
+///   k3-as-loss,preset=slime,clamp=value:-10:10/after-weight   slime's low_var_kl
+///   k1-in-reward,is=detached,is-level=per-decision,gamma=1   unbiased off-policy KL_seq
 struct spec {
   klgrad::term term;
+  klgrad::preset preset = preset::none;
   klgrad::importance importance;
+  clamp_policy clamp;
   klgrad::level level = level::token;
   double gamma = 1.0;
   klgrad::aggregation aggregation = aggregation::token_mean;
@@ -39,7 +56,8 @@ struct spec {
   double beta = 1.0;
 
   friend bool operator==(const spec& a, const spec& b) {
-    return a.term == b.term && a.importance == b.importance && a.level == b.level &&
+    return a.term == b.term && a.preset == b.preset && a.importance == b.importance &&
+           a.clamp == b.clamp && a.level == b.level &&
            a.gamma == b.gamma && a.aggregation == b.aggregation &&
            a.aggregation_norm == b.aggregation_norm && a.beta == b.beta;
   }
@@ -131,24 +149,156 @@ inline term parse_term(std::string_view text, std::string_view whole) {
                         alternatives(all_placements), " (e.g. k3-as-loss)"));
 }
 
+/// A clamp bound: a finite number, inf or -inf.
+inline double parse_bound(std::string_view text, std::string_view what, std::string_view whole) {
+  if (text == "inf" || text == "+inf") return std::numeric_limits<double>::infinity();
+  if (text == "-inf") return -std::numeric_limits<double>::infinity();
+  return parse_number(text, what, whole);
+}
+
+/// Parses CLAMP (see spec) on top of `base`, the clamp the spec had before the key.
+inline clamp_policy parse_clamp(std::string_view text, const term& t, std::string_view whole) {
+  auto fail = [&](const std::string& why) {
+    raise<spec_error>(cat("spec '", whole, "': clamp='", text, "': ", why));
+  };
+  clamp_policy c;
+  if (text == "none") return c;
+  for (std::string_view item : split(text, '/')) {
+    const auto fields = split(item, ':');
+    const std::string_view head = fields[0];
+    bool known_preset = false;
+    for (auto p : all_presets)
+      if (to_string(p) == head && fields.size() == 1) {
+        c = conventions(p, t).clamp;
+        known_preset = true;
+      }
+    if (known_preset) continue;
+    if (head == "log-ratio" || head == "value") {
+      if (fields.size() != 3) fail(cat("'", item, "' must be ", head, ":LO:HI"));
+      const double lo = parse_bound(fields[1], cat("clamp ", head, " LO"), whole);
+      const double hi = parse_bound(fields[2], cat("clamp ", head, " HI"), whole);
+      if (!(lo < hi)) fail(cat("'", item, "' needs LO < HI"));
+      (head == "value" ? c.value_lo : c.log_lo) = lo;
+      (head == "value" ? c.value_hi : c.log_hi) = hi;
+    } else if (head == "est") {
+      if (fields.size() < 2) fail("'est' needs at least one estimator, e.g. est:k3");
+      c.estimators = 0;
+      for (std::size_t i = 1; i < fields.size(); ++i)
+        c.estimators |= estimator_bit(parse_word(fields[i], all_estimators, "estimator", whole));
+    } else if (head == "after-weight" && fields.size() == 1) {
+      c.after_weight = true;
+    } else if (head == "detach-weight" && fields.size() == 1) {
+      c.detach_weight = true;
+    } else if (head == "pass-gradient" && fields.size() == 1) {
+      c.pass_gradient = true;
+    } else {
+      fail(cat("unknown item '", item, "'; items: none, a preset (", alternatives(all_presets),
+               "), log-ratio:LO:HI, value:LO:HI, est:EST[:EST...], after-weight, "
+               "detach-weight, pass-gradient, joined by '/'"));
+    }
+  }
+  return c;
+}
+
+/// The canonical text of a clamp policy.
+inline std::string format_clamp(const clamp_policy& c) {
+  std::string out;
+  auto add = [&](const std::string& item) { out += (out.empty() ? "" : "/") + item; };
+  if (c.log_bounded()) add("log-ratio:" + format_number(c.log_lo) + ":" + format_number(c.log_hi));
+  if (c.value_bounded())
+    add("value:" + format_number(c.value_lo) + ":" + format_number(c.value_hi));
+  if (c.estimators != clamp_policy::all_estimators_mask) {
+    std::string est = "est";
+    for (auto e : all_estimators)
+      if (c.applies_to(e)) est += ":" + std::string(to_string(e));
+    add(est);
+  }
+  if (c.after_weight) add("after-weight");
+  if (c.detach_weight) add("detach-weight");
+  if (c.pass_gradient) add("pass-gradient");
+  return out.empty() ? "none" : out;
+}
+
+/// The spec a preset gives a term before explicit keys (the defaults when preset is none).
+inline spec preset_base(preset p, const term& t) {
+  spec s;
+  s.term = t;
+  s.preset = p;
+  const preset_conventions c = conventions(p, t);
+  s.clamp = c.clamp;
+  s.importance.mode = c.weight;
+  s.aggregation = c.agg;
+  return s;
+}
+
 inline void validate(const spec& s, std::string_view whole) {
   auto fail = [&](const std::string& why) { raise<spec_error>(cat("spec '", whole, "': ", why)); };
+  const importance& is = s.importance;
+  const bool per_decision = is.level == weight_level::per_decision;
   if (s.level == level::to_go && has_loss_part(s.term.where))
     fail(cat("level=to-go sums in-reward penalties into a reward-to-go; an ",
              to_string(s.term.where),
              " term is differentiated where it stands, so use level=token or level=sequence"));
-  if (s.gamma != 1.0 && s.level != level::to_go)
-    fail("gamma discounts a reward-to-go and needs level=to-go");
+  if (s.gamma != 1.0 && s.level != level::to_go && !per_decision)
+    fail("gamma discounts a reward-to-go and needs level=to-go or is-level=per-decision");
   if (!(s.gamma >= 0.0 && s.gamma <= 1.0))
     fail(cat("gamma=", format_number(s.gamma), " must lie in [0, 1]"));
   if (!(s.beta >= 0.0)) fail(cat("beta=", format_number(s.beta), " must be >= 0"));
-  const importance& is = s.importance;
   if (!is.active() && (is.truncated() || is.masked()))
     fail("is-clip and is-mask need an importance weight: add is=detached or is=differentiable");
+  if (!is.active() && is.level != weight_level::token)
+    fail(cat("is-level=", to_string(is.level),
+             " chooses which product of ratios pi/mu weighs a token, and needs a weight: add "
+             "is=detached or is=differentiable"));
+  if (is.level == weight_level::prefix && s.level == level::to_go)
+    fail("is-level=prefix with level=to-go would weight a whole reward-to-go by W_{1:t} of "
+         "its first token, but the penalty of a later token t' needs W_{1:t'}: use "
+         "is-level=per-decision (with gamma there)");
+  if (is.level == weight_level::prefix && s.level == level::sequence)
+    fail("level=sequence makes one term per sequence, whose weight is one number per "
+         "sequence: use is-level=sequence-mean or is-level=token, not prefix");
+  if (per_decision) {
+    if (s.term.where != placement::in_reward)
+      fail(cat("is-level=per-decision weights the reward-to-go of in-reward penalties "
+               "b_t = k(s_t); an ", to_string(s.term.where),
+               " term is differentiated where it stands: use is-level=prefix"));
+    if (s.level != level::token)
+      fail("is-level=per-decision already sums the reward-to-go "
+           "c_t = sum_{t'>=t} gamma^(t'-t) W_{1:t'} b_{t'}: keep level=token (gamma goes "
+           "with the per-decision weights)");
+    if (is.mode == weighting::differentiable)
+      fail("is-level=per-decision coefficients are made of detached weights (surrogate "
+           "sum_t sg(c_t) lp_t; with gamma=1 they are the gradient of the differentiable "
+           "prefix-weighted penalties, is=differentiable,is-level=prefix): use is=detached");
+  }
+  if (is.level == weight_level::sequence_mean && s.level == level::to_go)
+    fail("is-level=sequence-mean with level=to-go: the geometric-mean sequence ratio is no "
+         "importance weight of any prefix, so it corrects no reward-to-go; use "
+         "is-level=per-decision");
   if (!(is.clip > 0.0)) fail(cat("is-clip=", format_number(is.clip), " must be > 0"));
   if (!(is.mask_lo >= 0.0 && is.mask_lo < is.mask_hi))
     fail(cat("is-mask=", format_number(is.mask_lo), ":", format_number(is.mask_hi),
              " needs 0 <= LO < HI"));
+  const clamp_policy& c = s.clamp;
+  if (c.estimators == 0) fail("clamp est: needs at least one estimator");
+  if (c.after_weight) {
+    if (!c.value_bounded())
+      fail("clamp after-weight moves the value bound after the weight, and needs value:LO:HI");
+    if (s.term.where != placement::as_loss)
+      fail(cat("clamp after-weight bounds the weighted loss term w*k; a ", to_string(s.term.where),
+               " term has an in-reward penalty, which no weight multiplies inside the loss: "
+               "drop after-weight"));
+    if (s.level != level::token || is.level != weight_level::token)
+      fail("clamp after-weight bounds one token's weighted term w_t*k(s_t): it needs "
+           "level=token and is-level=token");
+  }
+  if (c.detach_weight && !c.log_bounded())
+    fail("clamp detach-weight detaches the weight where the log-ratio bound is active, and "
+         "needs log-ratio:LO:HI");
+  if (s.preset != preset::none) {
+    const std::string why = preset_mismatch(s.preset, s.term);
+    if (!why.empty()) fail(why);
+  }
   const bool normed = s.aggregation == aggregation::seq_mean_token_sum_norm;
   if (normed && !(s.aggregation_norm > 0.0))
     fail("agg=seq-mean-token-sum-norm needs agg-norm=L with L > 0 (the fixed length it divides by)");
@@ -162,10 +312,11 @@ inline void validate(const spec& s, std::string_view whole) {
 /// allowed ones.
 inline spec parse_spec(std::string_view text) {
   const auto parts = detail::split(text, ',');
-  spec s;
-  s.term = detail::parse_term(parts[0], text);
-  std::vector<std::string_view> seen;
-  const char* keys = "is, is-clip, is-mask, level, gamma, agg, agg-norm, beta";
+  const term t = detail::parse_term(parts[0], text);
+  const char* keys =
+      "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, beta";
+  std::vector<std::pair<std::string_view, std::string_view>> items;
+  preset chosen = preset::none;
   for (std::size_t i = 1; i < parts.size(); ++i) {
     const std::string_view part = parts[i];
     const std::size_t eq = part.find('=');
@@ -173,12 +324,20 @@ inline spec parse_spec(std::string_view text) {
       detail::raise<spec_error>(detail::cat("spec '", text, "': '", part,
                                             "' is not key=value; keys: ", keys));
     const std::string_view key = part.substr(0, eq), val = part.substr(eq + 1);
-    for (auto k : seen)
-      if (k == key)
+    for (const auto& seen : items)
+      if (seen.first == key)
         detail::raise<spec_error>(detail::cat("spec '", text, "': key '", key, "' given twice"));
-    seen.push_back(key);
-    if (key == "is") {
+    items.emplace_back(key, val);
+    if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", text);
+  }
+  // The preset first, wherever it stands; explicit keys override it.
+  spec s = detail::preset_base(chosen, t);
+  for (const auto& [key, val] : items) {
+    if (key == "preset") {
+    } else if (key == "is") {
       s.importance.mode = detail::parse_word(val, all_weightings, "is", text);
+    } else if (key == "is-level") {
+      s.importance.level = detail::parse_word(val, all_weight_levels, "is-level", text);
     } else if (key == "is-clip") {
       s.importance.clip = detail::parse_number(val, key, text);
     } else if (key == "is-mask") {
@@ -190,6 +349,8 @@ inline spec parse_spec(std::string_view text) {
       s.importance.mask_hi = bounds[1] == "inf"
                                  ? std::numeric_limits<double>::infinity()
                                  : detail::parse_number(bounds[1], "is-mask HI", text);
+    } else if (key == "clamp") {
+      s.clamp = detail::parse_clamp(val, t, text);
     } else if (key == "level") {
       s.level = detail::parse_word(val, all_levels, "level", text);
     } else if (key == "gamma") {
@@ -209,25 +370,37 @@ inline spec parse_spec(std::string_view text) {
   return s;
 }
 
-/// The canonical string of a spec: the term, then every key that differs from its
-/// default, in the grammar's order. parse_spec(to_string(s)) == s.
+/// The canonical string of a spec: the term, the preset if any, then every key that differs
+/// from what the preset (or, without one, the defaults) gives the term, in the grammar's
+/// order. parse_spec(to_string(s)) == s.
 inline std::string to_string(const spec& s) {
   using detail::format_number;
+  const spec base = detail::preset_base(s.preset, s.term);
   std::string out(to_string(s.term.value_estimator));
   if (s.term.straight_through()) out += "~" + std::string(to_string(s.term.gradient_estimator));
   out += "-" + std::string(to_string(s.term.where));
+  if (s.preset != preset::none) out += ",preset=" + std::string(to_string(s.preset));
   const importance& is = s.importance;
-  if (is.active()) out += ",is=" + std::string(to_string(is.mode));
+  if (is.mode != base.importance.mode) out += ",is=" + std::string(to_string(is.mode));
+  if (is.level != weight_level::token) out += ",is-level=" + std::string(to_string(is.level));
   if (is.truncated()) out += ",is-clip=" + format_number(is.clip);
   if (is.masked()) out += ",is-mask=" + format_number(is.mask_lo) + ":" + format_number(is.mask_hi);
+  if (s.clamp != base.clamp) out += ",clamp=" + detail::format_clamp(s.clamp);
   if (s.level != level::token) out += ",level=" + std::string(to_string(s.level));
   if (s.gamma != 1.0) out += ",gamma=" + format_number(s.gamma);
-  if (s.aggregation != aggregation::token_mean)
+  if (s.aggregation != base.aggregation)
     out += ",agg=" + std::string(to_string(s.aggregation));
   if (s.aggregation == aggregation::seq_mean_token_sum_norm)
     out += ",agg-norm=" + format_number(s.aggregation_norm);
   if (s.beta != 1.0) out += ",beta=" + format_number(s.beta);
   return out;
+}
+
+/// The same configuration with the preset written out as explicit keys (preset none):
+/// to_string(expand(s)) is the klgrad spec a preset stands for.
+inline spec expand(spec s) {
+  s.preset = preset::none;
+  return s;
 }
 
 }  // namespace klgrad

@@ -1,0 +1,89 @@
+// Clamp policies as data: the log-ratio and value bounds a trainer applies to its KL
+// estimator, which estimators they apply to, before or after the importance weight, and
+// how gradients pass through them.
+#pragma once
+
+#include "estimators.hpp"
+
+#include <limits>
+
+namespace klgrad {
+
+/// A trainer's clamps on its KL estimator k(s), s = lp - lr.
+///
+///   log-ratio bound: s_c = clamp(s, log_lo, log_hi), applied before the estimator (so
+///                    before any exp); the estimator sees s_c.
+///   value bound:     v = clamp(k(s_c), value_lo, value_hi), or, with after_weight,
+///                    clamp(w * k(s_c)) on the weighted loss term (NeMo-RL, slime).
+///
+/// Both act only on the estimators in `estimators` (a bit per estimator id; verl clamps k3
+/// only, OpenRLHF every estimator). A straight-through term k_a~k_b clamps k_a's value and
+/// k_b's derivative separately, each only if its estimator is in the set: verl's "k3+" has
+/// a clamped k3 value and the unclamped k2 gradient.
+///
+/// Gradients follow torch.clamp: an element passes gradient iff lo <= x <= hi (the bound
+/// itself passes), and gets exactly 0 strictly outside. With pass_gradient the clamp is
+/// straight-through instead (the value is clamped, the derivative is not). With
+/// detach_weight, a token whose log-ratio bound is active has its importance weight
+/// detached (NeMo-RL: an active input clamp kills the weight's gradient too).
+///
+/// Whatever the policy, the library's finiteness guard stays underneath it: s is kept in
+/// the range where exp(-s) and the polynomials stay finite, and log w within +-exp_bound.
+/// Where a trainer's own arithmetic overflows to inf or NaN (an exp above 88.72 in fp32),
+/// klgrad returns the guarded finite result and counts the token in summary::guarded.
+struct clamp_policy {
+  static constexpr double inf = std::numeric_limits<double>::infinity();
+  static constexpr unsigned all_estimators_mask = 0xFu;
+
+  double log_lo = -inf, log_hi = inf;
+  double value_lo = -inf, value_hi = inf;
+  unsigned estimators = all_estimators_mask;  ///< bit (1 << int(estimator)) per estimator
+  bool after_weight = false;
+  bool detach_weight = false;
+  bool pass_gradient = false;
+
+  bool log_bounded() const { return log_lo > -inf || log_hi < inf; }
+  bool value_bounded() const { return value_lo > -inf || value_hi < inf; }
+  bool active() const { return log_bounded() || value_bounded(); }
+  bool applies_to(estimator e) const { return (estimators >> unsigned(e)) & 1u; }
+
+  friend bool operator==(const clamp_policy& a, const clamp_policy& b) {
+    return a.log_lo == b.log_lo && a.log_hi == b.log_hi && a.value_lo == b.value_lo &&
+           a.value_hi == b.value_hi && a.estimators == b.estimators &&
+           a.after_weight == b.after_weight && a.detach_weight == b.detach_weight &&
+           a.pass_gradient == b.pass_gradient;
+  }
+  friend bool operator!=(const clamp_policy& a, const clamp_policy& b) { return !(a == b); }
+};
+
+inline constexpr unsigned estimator_bit(estimator e) { return 1u << unsigned(e); }
+
+/// A clamped estimator at one s: the value, the derivative d(value)/ds as autograd gives
+/// it, and whether the log-ratio bound let s through (for detach_weight).
+template <class T>
+struct clamped_estimate {
+  T value, derivative;
+  bool log_inside;
+};
+
+/// Scalar form of the policy applied to estimator E at s (with the value bound only when
+/// the policy clamps before the weight). E's derivative is taken at the clamped s.
+template <class E, class T>
+clamped_estimate<T> clamp_estimate(const clamp_policy& c, T s) {
+  if (!c.applies_to(E::id)) return {E::value(s), E::derivative(s), true};
+  const T lo = T(c.log_lo), hi = T(c.log_hi);
+  const bool inside = lo <= s && s <= hi;
+  const T sc = s < lo ? lo : (s > hi ? hi : s);
+  T v = E::value(sc);
+  T d = E::derivative(sc);
+  bool pass = inside;
+  if (!c.after_weight) {
+    const T vlo = T(c.value_lo), vhi = T(c.value_hi);
+    pass = pass && vlo <= v && v <= vhi;
+    v = v < vlo ? vlo : (v > vhi ? vhi : v);
+  }
+  if (!pass && !c.pass_gradient) d = T(0);
+  return {v, d, inside};
+}
+
+}  // namespace klgrad
