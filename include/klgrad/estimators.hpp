@@ -84,23 +84,79 @@ inline constexpr double k3_series_radius = 0.5;
 
 constexpr double factorial(int n) { return n <= 1 ? 1.0 : n * factorial(n - 1); }
 
-/// sum_{j=J}^{N} (-x)^(j-J) / (j+2)! by Horner's rule, as one expression (no temporaries).
-template <class T, int J, int N, class X>
-auto k3_horner(const X& x) {
-  constexpr double c = 1.0 / factorial(J + 2);
-  if constexpr (J == N)
-    return x * T(0) + T(c);
-  else
-    return T(c) - x * k3_horner<T, J + 1, N>(x);
+/// Number of Taylor terms of k3(x) / x^2 = sum_j (-x)^j / (j+2)! for |x| <= 0.5: the first
+/// omitted term is below eps * x^2 / 2 (float 9, double 16).
+template <class T>
+inline constexpr int k3_terms = std::is_same_v<T, float> ? 9 : 16;
+
+/// k3(x) = x^2 sum_j (-x)^j / (j+2)! by Horner's rule, for a scalar or an Eigen packet.
+template <class T, class P, class Set, class Madd, class Mul>
+P k3_series(const P& x, Set set, Madd madd, Mul mul) {
+  P p = set(T(1.0 / factorial(k3_terms<T> + 1)));
+  for (int j = k3_terms<T> - 2; j >= 0; --j) p = madd(mul(x, p), set(T(-1)), set(T(1.0 / factorial(j + 2))));
+  return mul(mul(x, x), p);
 }
 
-/// k3(x) = x^2 sum_{j>=0} (-x)^j / (j+2)! for |x| <= 0.5, with enough terms for full
-/// precision (float 9, double 16: the first omitted term is below eps * x^2 / 2).
-template <class T, class X>
-auto k3_series(const X& x) {
-  constexpr int last = std::is_same_v<T, float> ? 8 : 15;
-  return x * x * k3_horner<T, 0, last>(x);
+template <class T>
+T k3_series(T x) {
+  return k3_series<T>(x, [](T v) { return v; }, [](T a, T b, T c) { return a * b + c; },
+                      [](T a, T b) { return a * b; });
 }
+
+/// The k3 array kernels as single Eigen functors (a nested expression for the series would
+/// be rebuilt, O(terms^2) in size, at every call). Both branches are evaluated and blended
+/// by a weight that is exactly 1 for |s| < 0.5 and 0 otherwise: r - |s| is 0 or at least
+/// ulp(0.5), and 2^64 times it saturates to 1 (keeps the packet path branch-free). The
+/// series gets s clamped to its radius so that the unused branch stays finite.
+template <class T>
+struct k3_kernel {
+  static constexpr T radius = T(0.5);
+  static constexpr T steep = T(18446744073709551616.0);
+  template <class P>
+  static P weight(const P& s) {
+    using namespace Eigen::internal;
+    return pmin(pmax(pmul(psub(pset1<P>(radius), pabs(s)), pset1<P>(steep)), pset1<P>(T(0))),
+                pset1<P>(T(1)));
+  }
+  template <class P>
+  static P series(const P& s) {
+    using namespace Eigen::internal;
+    const P x = pmin(pmax(s, pset1<P>(-radius)), pset1<P>(radius));
+    return k3_series<T>(x, [](T v) { return pset1<P>(v); },
+                        [](const P& a, const P& b, const P& c) { return pmadd(a, b, c); },
+                        [](const P& a, const P& b) { return pmul(a, b); });
+  }
+  template <class P>
+  static P blend(const P& w, const P& small, const P& large) {
+    using namespace Eigen::internal;
+    return padd(pmul(w, small), pmul(psub(pset1<P>(T(1)), w), large));
+  }
+};
+
+/// k3'(s): s - k3(s) by the series below 0.5, 1 - exp(-s) beyond.
+template <class T>
+struct k3_derivative_op {
+  T operator()(const T& s) const { return packetOp(s); }
+  template <class P>
+  P packetOp(const P& s) const {
+    using namespace Eigen::internal;
+    using K = k3_kernel<T>;
+    return K::blend(K::weight(s), psub(s, K::series(s)),
+                    psub(pset1<P>(T(1)), pexp(pnegate(s))));
+  }
+};
+
+/// k3(s) from s and d = k3'(s): the series below 0.5, s - d beyond.
+template <class T>
+struct k3_value_op {
+  T operator()(const T& s, const T& d) const { return packetOp(s, d); }
+  template <class P>
+  P packetOp(const P& s, const P& d) const {
+    using namespace Eigen::internal;
+    using K = k3_kernel<T>;
+    return K::blend(K::weight(s), K::series(s), psub(s, d));
+  }
+};
 }  // namespace detail
 
 /// k3(s) = exp(-s) - 1 + s: unbiased for KL(pi||ref), >= 0; k3'(s) = 1 - exp(-s),
@@ -109,21 +165,15 @@ auto k3_series(const X& x) {
 struct k3 {
   static constexpr estimator id = estimator::k3;
   template <class T> static detail::scalar_only<T> value(T s) {
-    return std::abs(s) < T(detail::k3_series_radius) ? T(detail::k3_series<T>(s))
+    return std::abs(s) < T(detail::k3_series_radius) ? detail::k3_series(s)
                                                       : std::expm1(-s) + s;
   }
   template <class T> static detail::scalar_only<T> derivative(T s) { return -std::expm1(-s); }
   /// Array forms, one exp per element: for |s| < 0.5 the series k3 = s^2 P(s) and
   /// k3' = s - k3 (no cancellation there: k3 << s); beyond, k3' = 1 - exp(-s) and
   /// k3 = s - k3', where the rounding of exp(-s) costs at most a few ulp (k3 >= 0.1 there).
-  /// Both branches are evaluated (vectorised, one expression, no temporaries) and blended by
-  /// a weight that is exactly 1 for |s| < 0.5 and 0 otherwise: r - |s| is 0 or at least
-  /// ulp(0.5), and 2^64 times it saturates to 1 (a comparison cast to T would stop Eigen
-  /// from vectorising). The series gets s clamped to its radius so that it stays finite.
   template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
-    using T = typename D::Scalar;
-    const auto w = series_weight(s);
-    return w * (s - detail::k3_series<T>(clamped(s))) + (T(1) - w) * (T(1) - (-s).exp());
+    return s.unaryExpr(detail::k3_derivative_op<typename D::Scalar>());
   }
   template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
     return value_given_derivative(s, derivative(s));
@@ -132,19 +182,7 @@ struct k3 {
   /// needs both.
   template <class D, class G>
   static auto value_given_derivative(const Eigen::ArrayBase<D>& s, const Eigen::ArrayBase<G>& d) {
-    using T = typename D::Scalar;
-    const auto w = series_weight(s);
-    return w * detail::k3_series<T>(clamped(s)) + (T(1) - w) * (s - d);
-  }
-  template <class D> static auto series_weight(const Eigen::ArrayBase<D>& s) {
-    using T = typename D::Scalar;
-    const T r = T(detail::k3_series_radius);
-    return ((r - s.abs()) * T(18446744073709551616.0)).max(T(0)).min(T(1));
-  }
-  template <class D> static auto clamped(const Eigen::ArrayBase<D>& s) {
-    using T = typename D::Scalar;
-    const T r = T(detail::k3_series_radius);
-    return s.max(-r).min(r);
+    return s.binaryExpr(d, detail::k3_value_op<typename D::Scalar>());
   }
   /// exp(-s) must stay finite with room for a weight: s >= -exp_bound.
   template <class T> static T lowest_safe() { return -detail::exp_bound<T>(); }
@@ -188,3 +226,15 @@ T derivative(estimator e, T s) {
 }
 
 }  // namespace klgrad
+
+namespace Eigen::internal {
+// The k3 functors vectorise wherever Eigen's exp does (the value one needs no exp).
+template <class T>
+struct functor_traits<klgrad::detail::k3_derivative_op<T>> {
+  enum { Cost = 40 * NumTraits<T>::MulCost, PacketAccess = packet_traits<T>::HasExp };
+};
+template <class T>
+struct functor_traits<klgrad::detail::k3_value_op<T>> {
+  enum { Cost = 25 * NumTraits<T>::MulCost, PacketAccess = packet_traits<T>::Vectorizable };
+};
+}  // namespace Eigen::internal
