@@ -1,0 +1,181 @@
+// Full-vocabulary kernels (logits.hpp) next to what bounds them on this machine: a plain read
+// of the same bytes and a vectorised exp-and-sum over the same number of elements, plus a
+// naive materialising Eigen composite; prints the ratios after the table.
+#include <klgrad/logits.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using klgrad::Index;
+using Rows = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowsMap = Eigen::Map<Rows>;
+using Flat = Eigen::Map<const Eigen::ArrayXf>;
+
+constexpr Index vocabularies[] = {32000, 151936};
+constexpr Index row_counts[] = {64, 256, 1024, 4096};
+/// The largest shape kept in memory: rows * V elements per array (three arrays). 4096 rows
+/// of V = 151,936 would need 7.5 GB on a shared machine, so that shape is skipped.
+constexpr Index pool_elements = Index(1024) * 151936;
+
+/// One pool of inputs and outputs shared by every benchmark (filled once).
+struct pool {
+  std::unique_ptr<float[]> z, ref, grad;
+  Eigen::ArrayXf value;
+  pool() : z(new float[pool_elements]), ref(new float[pool_elements]), grad(new float[pool_elements]),
+           value(4096) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> logit(0.f, 2.f), noise(0.f, 0.5f);
+    for (Index i = 0; i < pool_elements; ++i) {
+      z[i] = logit(rng);
+      ref[i] = z[i] + noise(rng);
+      grad[i] = 0.f;
+    }
+  }
+};
+pool& data() {
+  static pool p;
+  return p;
+}
+
+bool fits(Index v, Index n) { return v * n <= pool_elements; }
+
+void account(benchmark::State& state, Index v, Index n, int arrays) {
+  state.SetItemsProcessed(int64_t(state.iterations()) * n);
+  state.SetBytesProcessed(int64_t(state.iterations()) * n * v * arrays * Index(sizeof(float)));
+  state.counters["V"] = double(v);
+  state.counters["rows"] = double(n);
+}
+
+/// (a) a plain read of the same bytes: sum of z and z_ref.
+void read_sum(benchmark::State& state, Index v, Index n) {
+  pool& p = data();
+  for (auto _ : state) {
+    float s = Flat(p.z.get(), n * v).sum() + Flat(p.ref.get(), n * v).sum();
+    benchmark::DoNotOptimize(s);
+  }
+  account(state, v, n, 2);
+}
+
+/// (b) a vectorised exp-and-sum over the same number of elements.
+void exp_sum(benchmark::State& state, Index v, Index n) {
+  pool& p = data();
+  for (auto _ : state) {
+    float s = Flat(p.z.get(), n * v).exp().sum() + Flat(p.ref.get(), n * v).exp().sum();
+    benchmark::DoNotOptimize(s);
+  }
+  account(state, v, n, 2);
+}
+
+void kernel(benchmark::State& state, klgrad::divergence d, bool gradient, Index v, Index n) {
+  pool& p = data();
+  const RowsMap z(p.z.get(), n, v), ref(p.ref.get(), n, v);
+  RowsMap grad(p.grad.get(), n, v);
+  auto value = p.value.head(n);
+  const auto batch = klgrad::logit_rows(z, ref);
+  for (auto _ : state) {
+    const auto s = gradient ? klgrad::logits_divergence(d, batch, value, grad)
+                            : klgrad::logits_divergence(d, batch, value);
+    benchmark::DoNotOptimize(s.loss);
+    benchmark::ClobberMemory();
+  }
+  account(state, v, n, 2);
+}
+
+/// The naive composite a port from PyTorch writes: materialise log_softmax of both rows
+/// (V-sized temporaries), then sum exp(lp) * (lp - lr). Reverse KL value only.
+void naive_rkl(benchmark::State& state, Index v, Index n) {
+  pool& p = data();
+  Eigen::ArrayXf lp(v), lr(v);
+  for (auto _ : state) {
+    float total = 0;
+    for (Index r = 0; r < n; ++r) {
+      const Flat z(p.z.get() + r * v, v), ref(p.ref.get() + r * v, v);
+      const float mz = z.maxCoeff(), mr = ref.maxCoeff();
+      lp = z - (mz + std::log((z - mz).exp().sum()));
+      lr = ref - (mr + std::log((ref - mr).exp().sum()));
+      total += (lp.exp() * (lp - lr)).sum();
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  account(state, v, n, 2);
+}
+
+std::string shape(Index v, Index n) {
+  return "/V:" + std::to_string(v) + "/rows:" + std::to_string(n);
+}
+
+constexpr std::pair<klgrad::divergence, const char*> kinds[] = {
+    {klgrad::divergence::reverse_kl, "rkl"},
+    {klgrad::divergence::forward_kl, "fkl"},
+    {klgrad::divergence::jensen_shannon, "jsd"}};
+
+/// Remembers each benchmark's CPU time per iteration for the ratio table (single-threaded
+/// programs on a shared machine: CPU time is the work, real time includes waiting).
+class ratio_reporter : public benchmark::ConsoleReporter {
+ public:
+  std::map<std::string, double> seconds;
+  void ReportRuns(const std::vector<Run>& runs) override {
+    // Single runs, or the median when --benchmark_repetitions is given; all in one unit.
+    for (const Run& r : runs)
+      if ((r.run_type == Run::RT_Iteration && r.iterations > 0 && r.repetitions <= 1) ||
+          (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median"))
+        seconds[r.run_name.str()] = r.GetAdjustedCPUTime();
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (Index v : vocabularies)
+    for (Index n : row_counts) {
+      if (!fits(v, n)) continue;
+      const std::string s = shape(v, n);
+      benchmark::RegisterBenchmark(("read_sum" + s).c_str(), read_sum, v, n);
+      benchmark::RegisterBenchmark(("exp_sum" + s).c_str(), exp_sum, v, n);
+      for (const auto& [d, name] : kinds) {
+        benchmark::RegisterBenchmark((std::string(name) + "_value" + s).c_str(), kernel, d, false,
+                                     v, n);
+        benchmark::RegisterBenchmark((std::string(name) + "_value_grad" + s).c_str(), kernel, d,
+                                     true, v, n);
+      }
+      benchmark::RegisterBenchmark(("naive_rkl_value" + s).c_str(), naive_rkl, v, n);
+    }
+  benchmark::Initialize(&argc, argv);
+  ratio_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+
+  // Ratios: the slower of (a) and (b) over the kernel's time, for the same input bytes.
+  std::printf("\nRatio to the slower of (a) read-sum and (b) exp-sum over the same input "
+              "elements, by CPU time (1.0 = as fast as that bound)\n");
+  std::printf("%-8s %-6s %-10s %-10s %9s %9s %9s %9s %9s %9s %9s\n", "V", "rows", "read GB/s",
+              "exp Gel/s", "rkl", "rkl+grad", "fkl", "fkl+grad", "jsd", "jsd+grad", "naive rkl");
+  for (Index v : vocabularies)
+    for (Index n : row_counts) {
+      const std::string s = shape(v, n);
+      const auto& t = reporter.seconds;
+      if (!t.count("read_sum" + s) || !t.count("exp_sum" + s)) continue;
+      const double ta = t.at("read_sum" + s), tb = t.at("exp_sum" + s);  // ns per iteration
+      const double bound = std::max(ta, tb);
+      const double elements = 2.0 * double(n) * double(v);
+      auto ratio = [&](const std::string& name) {
+        return t.count(name + s) ? bound / t.at(name + s) : 0.0;
+      };
+      std::printf("%-8ld %-6ld %-10.2f %-10.2f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
+                  long(v), long(n), elements * 4 / ta, elements / tb,  // times in ns
+                  ratio("rkl_value"), ratio("rkl_value_grad"), ratio("fkl_value"),
+                  ratio("fkl_value_grad"), ratio("jsd_value"), ratio("jsd_value_grad"),
+                  ratio("naive_rkl_value"));
+    }
+  benchmark::Shutdown();
+  return 0;
+}
