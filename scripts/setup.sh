@@ -5,7 +5,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build clang-14 libclang-rt-14-dev libeigen3-dev catch2
-  nlohmann-json3-dev libcli11-dev libbenchmark-dev gnuplot-nox python3-numpy)
+  nlohmann-json3-dev libcli11-dev libbenchmark-dev gnuplot-nox python3-numpy python3-torch
+  python3-pytest)
 
 missing=()
 for p in "${packages[@]}"; do

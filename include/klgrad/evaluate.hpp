@@ -529,8 +529,25 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   plan<T> p;
   p.s = &s;
   p.nonfinite = opt.nonfinite;
-  p.lowest = std::max(Ea::template lowest_safe<T>(), Eb::template lowest_safe<T>());
-  p.highest = std::min(Ea::template highest_safe<T>(), Eb::template highest_safe<T>());
+  const clamp_policy& cp = s.clamp;
+  p.clamp_a = cp.active() && cp.applies_to(Ea::id);
+  p.clamp_b = cp.active() && cp.applies_to(Eb::id);
+  // The guard keeps s where each estimator in use stays finite. An estimator whose clamp
+  // bounds s inside that range is evaluated at the clamped s and needs no guard of its
+  // own (verl's k3+ at s = -100 keeps the k2 gradient -100, as verl does).
+  const T top = std::numeric_limits<T>::max();
+  auto lowest = [&](auto tag, bool clamped) {
+    using E = decltype(tag);
+    return clamped && T(cp.log_lo) >= E::template lowest_safe<T>() ? -top
+                                                                   : E::template lowest_safe<T>();
+  };
+  auto highest = [&](auto tag, bool clamped) {
+    using E = decltype(tag);
+    return clamped && T(cp.log_hi) <= E::template highest_safe<T>() ? top
+                                                                    : E::template highest_safe<T>();
+  };
+  p.lowest = std::max(lowest(Ea{}, p.clamp_a), lowest(Eb{}, p.clamp_b));
+  p.highest = std::min(highest(Ea{}, p.clamp_a), highest(Eb{}, p.clamp_b));
   p.reward = has_reward_part(s.term.where) ? T(1) : T(0);
   p.loss = has_loss_part(s.term.where) ? T(1) : T(0);
   p.log_bound = exp_bound<T>();
@@ -540,9 +557,6 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   p.log_clip = is.truncated() ? std::log(T(is.clip)) : inf;
   p.log_lo = is.mask_lo > 0 ? std::log(T(is.mask_lo)) : -inf;
   p.log_hi = is.mask_hi < std::numeric_limits<double>::infinity() ? std::log(T(is.mask_hi)) : inf;
-  const clamp_policy& cp = s.clamp;
-  p.clamp_a = cp.active() && cp.applies_to(Ea::id);
-  p.clamp_b = cp.active() && cp.applies_to(Eb::id);
   p.detach = cp.detach_weight && cp.log_bounded() && (p.clamp_a || p.clamp_b) &&
              is.mode == weighting::differentiable;
   if (is.active() && !batch.has_behavior())
