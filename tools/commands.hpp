@@ -38,6 +38,7 @@ inline nlohmann::json read_json(const std::string& path) {
 
 void add_eval(CLI::App& app);
 void add_audit(CLI::App&);
+void add_explain(CLI::App&);
 void add_report(CLI::App&);
 
 }  // namespace klgrad::cli

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   klgrad::cli::add_eval(app);
   klgrad::cli::add_audit(app);
+  klgrad::cli::add_explain(app);
   klgrad::cli::add_report(app);
   try {
     app.parse(argc, argv);

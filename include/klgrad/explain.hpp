@@ -1,0 +1,447 @@
+// The verdict of a spec: which gradient it follows in expectation on one state and over
+// sequences, on-policy and from a behaviour policy, derived from the theory (SPEC 3-5).
+#pragma once
+
+#include "estimators.hpp"
+#include "importance.hpp"
+#include "level.hpp"
+#include "placement.hpp"
+#include "spec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace klgrad {
+
+/// The exact gradients a configuration can follow in expectation. d is the state
+/// distribution of the sampling policy (pi on-policy, mu off-policy); S = sum_t s_t.
+enum class gradient_of {
+  rkl,         ///< grad KL(pi||ref) of the sequence (of the state when T = 1)
+  fkl,         ///< grad KL(ref||pi) of the sequence (of the state when T = 1)
+  rkl_token,   ///< sum_h d(h) grad KL(pi_h||ref_h), states frozen ("part 1")
+  fkl_token,   ///< sum_h d(h) grad KL(ref_h||pi_h), states frozen
+  k2_token,    ///< sum_h d(h) grad E_{pi_h}[s^2/2], states frozen (T = 1: grad E[k2])
+  abs_token,   ///< sum_h d(h) grad E_{pi_h}|s|, states frozen (T = 1: grad E|s|)
+  k2_sum,      ///< grad E_pi[sum_t s_t^2/2]
+  k2_of_sum,   ///< grad E_pi[S^2/2]
+  abs_of_sum,  ///< grad E_pi|S|
+};
+
+inline constexpr gradient_of all_gradients[] = {
+    gradient_of::rkl,       gradient_of::fkl,    gradient_of::rkl_token,
+    gradient_of::fkl_token, gradient_of::k2_token, gradient_of::abs_token,
+    gradient_of::k2_sum,    gradient_of::k2_of_sum, gradient_of::abs_of_sum};
+
+/// Names as the verdicts print them. On one state the sequence and per-state gradients
+/// coincide, and only rkl, fkl, E[k2] and E[|s|] occur.
+inline std::string_view to_string(gradient_of g, bool one_state = false) {
+  switch (g) {
+    case gradient_of::rkl: return "rkl";
+    case gradient_of::fkl: return "fkl";
+    case gradient_of::rkl_token: return one_state ? "rkl" : "rkl_token";
+    case gradient_of::fkl_token: return one_state ? "fkl" : "fkl_token";
+    case gradient_of::k2_token: return one_state ? "E[k2]" : "E[k2]_token";
+    case gradient_of::abs_token: return one_state ? "E[|s|]" : "E[|s|]_token";
+    case gradient_of::k2_sum: return "E[sum k2]";
+    case gradient_of::k2_of_sum: return "E[k2(S)]";
+    case gradient_of::abs_of_sum: return "E[|S|]";
+  }
+  return "?";
+}
+
+/// Whether a gradient is a per-state one, taken under the sampling policy's states.
+inline constexpr bool per_state(gradient_of g) {
+  return g == gradient_of::rkl_token || g == gradient_of::fkl_token ||
+         g == gradient_of::k2_token || g == gradient_of::abs_token;
+}
+
+/// One term weight * gradient of an exact expectation.
+struct gradient_term {
+  gradient_of what;
+  double weight;
+  bool per_length = false;  ///< the weight is divided by the sequence length T
+};
+
+/// What a configuration's expected gradient is in one setting.
+struct follows {
+  enum kind_t { exact, zero, biased } kind = biased;
+  /// exact: E[gradient] = sum of weight * gradient (empty for zero and biased).
+  std::vector<gradient_term> terms;
+  /// The per-state terms are under mu's state distribution (off-policy over sequences).
+  bool behavior_states = false;
+  /// "rkl", "rkl_token", "fkl", "fkl_token" (the oracle's targets), "zero", "none"
+  /// (biased), or an exact combination such as "rkl - fkl", "E[k2] - rkl", "2 rkl",
+  /// "rkl_token(mu)" (a per-state gradient under mu's states).
+  std::string name;
+  std::string sentence;  ///< one human sentence
+};
+
+/// The verdict on a spec: on one state (T = 1) and over autoregressive sequences (T >= 2),
+/// with samples from pi and from a behaviour policy mu. Aggregation and beta only rescale
+/// the gradient and are ignored (as the oracle's per-sample audit does).
+struct verdict {
+  std::string spec;
+  follows on_policy_token, on_policy_sequence, off_policy_token, off_policy_sequence;
+  std::string sentence;  ///< one human sentence for the whole spec
+};
+
+namespace detail {
+
+// A per-token coefficient as a combination of the functions 1, s, rho = e^-s, s^2/2, |s|
+// and sign(s), of the token's own log-ratio s or of the sequence's S.
+enum basis { one_fn, s_fn, rho_fn, half_square_fn, abs_fn, sign_fn, basis_size };
+using function = std::array<double, basis_size>;
+
+inline function estimator_value(estimator e) {
+  function f{};
+  switch (e) {
+    case estimator::k1: f[s_fn] = 1; break;
+    case estimator::k2: f[half_square_fn] = 1; break;
+    case estimator::k3: f[rho_fn] = 1; f[one_fn] = -1; f[s_fn] = 1; break;
+    case estimator::abs: f[abs_fn] = 1; break;
+  }
+  return f;
+}
+
+inline function estimator_derivative(estimator e) {
+  function f{};
+  switch (e) {
+    case estimator::k1: f[one_fn] = 1; break;
+    case estimator::k2: f[s_fn] = 1; break;
+    case estimator::k3: f[one_fn] = 1; f[rho_fn] = -1; break;
+    case estimator::abs: f[sign_fn] = 1; break;
+  }
+  return f;
+}
+
+inline function combine(double a, const function& f, double b, const function& g) {
+  function out{};
+  for (int i = 0; i < basis_size; ++i) out[i] = a * f[i] + b * g[i];
+  return out;
+}
+
+inline bool constant(const function& f) {
+  for (int i = 1; i < basis_size; ++i)
+    if (f[i] != 0) return false;
+  return true;
+}
+
+/// An expected gradient being assembled: weights per gradient_of, or biased.
+struct expectation {
+  std::array<double, 9> weight{};
+  std::array<double, 9> per_length{};  ///< weights to divide by the sequence length T
+  bool biased = false;
+  std::string reason;
+  void add(gradient_of g, double w) { weight[std::size_t(g)] += w; }
+  void fail(std::string why) {
+    if (!biased) reason = std::move(why);
+    biased = true;
+  }
+};
+
+inline const char* abs_reason() {
+  return "|s| and sign(s) alone are the score-function coefficients of no divergence";
+}
+
+/// E_pi[f(s) g] per state, summed over the sampling policy's states with states frozen:
+///   1 -> 0,  s -> grad RKL,  rho -> -grad FKL,  s^2/2 -> grad E[k2] - grad RKL,
+///   |s| + sign(s) -> grad E|s|  (either alone is no divergence's gradient).
+inline void per_state_map(const function& f, expectation& e) {
+  e.add(gradient_of::rkl_token, f[s_fn] - f[half_square_fn]);
+  e.add(gradient_of::fkl_token, -f[rho_fn]);
+  e.add(gradient_of::k2_token, f[half_square_fn]);
+  if (f[abs_fn] != f[sign_fn]) e.fail(abs_reason());
+  e.add(gradient_of::abs_token, f[abs_fn]);
+}
+
+/// E[sum_t g_t sum_{t' >= t} f(s_t')] on-policy, the score-function gradient of a per-token
+/// reward f held fixed: grad E[sum_t f(s_t)] - E[sum_t f'(s_t) g_t], i.e.
+///   1 -> 0,  s -> grad KL_seq,  rho -> -fkl_token,  s^2/2 -> grad E[sum k2] - rkl_token.
+inline void reward_to_go_map(const function& f, expectation& e) {
+  e.add(gradient_of::rkl, f[s_fn]);
+  e.add(gradient_of::fkl_token, -f[rho_fn]);
+  e.add(gradient_of::k2_sum, f[half_square_fn]);
+  e.add(gradient_of::rkl_token, -f[half_square_fn]);
+  if (f[abs_fn] != 0 || f[sign_fn] != 0) e.fail(abs_reason());
+}
+
+/// E_pi[F(S) G] with G = sum_t g_t the sequence's score: the one-state identities on the
+/// distribution of whole sequences.
+inline void sequence_map(const function& f, expectation& e) {
+  e.add(gradient_of::rkl, f[s_fn] - f[half_square_fn]);
+  e.add(gradient_of::fkl, -f[rho_fn]);
+  e.add(gradient_of::k2_of_sum, f[half_square_fn]);
+  if (f[abs_fn] != f[sign_fn]) e.fail(abs_reason());
+  e.add(gradient_of::abs_of_sum, f[abs_fn]);
+}
+
+inline std::string describe(gradient_of g, bool one_state, bool mu_states) {
+  const std::string states = mu_states ? "mu's" : "pi's";
+  switch (g) {
+    case gradient_of::rkl:
+      return one_state ? "grad KL(pi||ref)" : "the whole grad KL_seq(pi||ref)";
+    case gradient_of::fkl:
+      return one_state ? "grad KL(ref||pi)" : "grad KL(ref||pi) of whole sequences";
+    case gradient_of::rkl_token:
+      return one_state ? "grad KL(pi||ref)"
+                       : "part 1 only: grad KL(pi_h||ref_h) per state under " + states +
+                             " states, states frozen (misses the token's effect on future KL)";
+    case gradient_of::fkl_token:
+      return one_state ? "grad KL(ref||pi)"
+                       : "grad KL(ref_h||pi_h) per state under " + states +
+                             " states, not the sequence KL(ref||pi)";
+    case gradient_of::k2_token:
+      return one_state ? "grad E[s^2/2]" : "grad E[s^2/2] per state under " + states + " states";
+    case gradient_of::abs_token:
+      return one_state ? "grad E|s|" : "grad E|s| per state under " + states + " states";
+    case gradient_of::k2_sum: return "grad E[sum_t s_t^2/2]";
+    case gradient_of::k2_of_sum: return "grad E[S^2/2] of the sequence log-ratio S";
+    case gradient_of::abs_of_sum: return "grad E|S| of the sequence log-ratio S";
+  }
+  return "?";
+}
+
+inline follows finish(const expectation& e, bool one_state, bool mu_states) {
+  follows out;
+  out.behavior_states = mu_states && !one_state;
+  if (e.biased) {
+    out.kind = follows::biased;
+    out.name = "none";
+    out.sentence = "biased, follows no divergence's gradient: " + e.reason;
+    return out;
+  }
+  for (auto g : all_gradients) {
+    const double w = e.weight[std::size_t(g)];
+    if (w == 0) continue;
+    gradient_of what = g;
+    if (one_state && g == gradient_of::rkl_token) what = gradient_of::rkl;
+    if (one_state && g == gradient_of::fkl_token) what = gradient_of::fkl;
+    bool merged = false;
+    for (auto& t : out.terms)
+      if (t.what == what) {
+        t.weight += w;
+        merged = true;
+      }
+    if (!merged) out.terms.push_back({what, w, false});
+  }
+  for (auto g : all_gradients)
+    if (e.per_length[std::size_t(g)] != 0)
+      out.terms.push_back({g, e.per_length[std::size_t(g)], true});
+  std::vector<gradient_term> kept;
+  for (const auto& t : out.terms)
+    if (t.weight != 0) kept.push_back(t);
+  // Positive terms first, so that names read "E[k2] - rkl" rather than "-rkl + E[k2]".
+  std::stable_partition(kept.begin(), kept.end(), [](const gradient_term& t) { return t.weight > 0; });
+  out.terms = kept;
+  if (out.terms.empty()) {
+    out.kind = follows::zero;
+    out.name = "zero";
+    out.sentence = "zero in expectation: no regularisation at all, only noise";
+    return out;
+  }
+  out.kind = follows::exact;
+  for (const auto& t : out.terms) {
+    const double a = std::abs(t.weight);
+    if (out.name.empty())
+      out.name = t.weight < 0 ? "-" : "";
+    else
+      out.name += t.weight < 0 ? " - " : " + ";
+    if (t.per_length)
+      out.name += (a != 1 ? format_number(a) : std::string("1")) + "/T ";
+    else if (a != 1)
+      out.name += format_number(a) + " ";
+    out.name += std::string(to_string(t.what, one_state));
+    if (out.behavior_states && per_state(t.what)) out.name += "(mu)";
+  }
+  if (out.terms.size() == 1 && out.terms[0].weight == 1 && !out.terms[0].per_length) {
+    out.sentence = "follows " + describe(out.terms[0].what, one_state, mu_states);
+  } else if (out.terms.size() == 1 && !out.terms[0].per_length) {
+    out.sentence = "follows " + format_number(out.terms[0].weight) + " times " +
+                   describe(out.terms[0].what, one_state, mu_states);
+  } else {
+    out.sentence = "follows exactly " + out.name + ", a combination that is no single "
+                   "divergence's gradient";
+  }
+  return out;
+}
+
+/// The coefficient of a spec as weights on its parts: c = aR R + aA A + aD D, with R the
+/// in-reward penalty, A the as-loss value and D its derivative at the spec's level.
+struct parts {
+  double reward = 0, loss_value = 0, loss_derivative = 0;
+  bool zero = false;  ///< every token dropped
+};
+
+/// The parts on-policy (w = 1 exactly): a truncation below 1 makes the weight the constant
+/// C; a band that excludes 1 drops every token.
+inline parts on_policy_parts(const spec& s) {
+  const importance& is = s.importance;
+  double used = 1;
+  bool differentiable = is.mode == weighting::differentiable;
+  parts p;
+  if (is.active() && is.masked() && !(is.mask_lo <= 1.0 && 1.0 <= is.mask_hi)) p.zero = true;
+  if (is.active() && is.truncated() && is.clip < 1.0) {
+    used = is.clip;
+    differentiable = false;
+  }
+  const double in = has_reward_part(s.term.where) ? 1 : 0;
+  const double ls = has_loss_part(s.term.where) ? 1 : 0;
+  p.reward = in * used;
+  p.loss_value = differentiable ? ls * used : 0;
+  p.loss_derivative = ls * used;
+  return p;
+}
+
+/// The parts off-policy with an exact (untruncated, unmasked) weight: E_mu[w f] = E_pi[f]
+/// per state.
+inline parts off_policy_parts(const spec& s) {
+  parts p;
+  const double in = has_reward_part(s.term.where) ? 1 : 0;
+  const double ls = has_loss_part(s.term.where) ? 1 : 0;
+  p.reward = in;
+  p.loss_value = s.importance.mode == weighting::differentiable ? ls : 0;
+  p.loss_derivative = ls;
+  return p;
+}
+
+inline follows cell(const spec& s, bool one_state, bool off_policy) {
+  expectation e;
+  const importance& is = s.importance;
+  if (off_policy) {
+    if (!is.active()) {
+      e.fail("samples from mu with no importance weight");
+      return finish(e, one_state, true);
+    }
+    if (is.truncated() || is.masked()) {
+      e.fail(is.truncated() ? "the weight is truncated at is-clip (bounded variance, biased)"
+                            : "the is-mask band drops tokens with extreme weights");
+      return finish(e, one_state, true);
+    }
+  }
+  const parts p = off_policy ? off_policy_parts(s) : on_policy_parts(s);
+  if (p.zero) return finish(e, one_state, off_policy);
+  const function value = estimator_value(s.term.value_estimator);
+  const function derivative = estimator_derivative(s.term.gradient_estimator);
+  // The in-reward penalty R and the as-loss function A, D of the token (or of S).
+  const function reward = combine(p.reward, value, 0, value);
+  const function loss = combine(p.loss_value, value, p.loss_derivative, derivative);
+  // Sequence-level weights (is-level): on one state every product of ratios is w itself.
+  const weight_level wl = is.active() && !one_state ? is.level : weight_level::token;
+  if (wl == weight_level::prefix) {
+    // W_{1:t} makes E_mu[W_{1:t} f(y_{1:t})] = E_pi[f]: per-state identities under pi's
+    // states. A differentiable W_{1:t} also passes its gradient to every earlier token, so
+    // the weighted terms act as a reward-to-go: the surrogate's expectation is
+    // E_pi[sum_t X_t] as a function of the parameters.
+    if (p.loss_value == 0 && !(is.mode == weighting::differentiable && !(is.truncated() && is.clip < 1))) {
+      per_state_map(combine(1, reward, 1, loss), e);
+    } else {
+      reward_to_go_map(combine(1, reward, p.loss_value, value), e);
+      per_state_map(combine(p.loss_derivative, derivative, 0, derivative), e);
+    }
+    return finish(e, one_state, false);
+  }
+  if (wl == weight_level::per_decision) {
+    // c_t = sum_{t'>=t} gamma^(t'-t) W_{1:t'} k(s_t'): the on-policy reward-to-go, from mu too.
+    if (s.gamma == 0) {
+      per_state_map(reward, e);
+    } else if (s.gamma != 1) {
+      if (!constant(reward)) e.fail("gamma < 1 discounts the token's effect on future KL");
+    } else {
+      reward_to_go_map(reward, e);
+    }
+    return finish(e, one_state, false);
+  }
+  if (wl == weight_level::sequence_mean) {
+    if (off_policy) {
+      e.fail("the geometric-mean sequence ratio exp(mean_t log w_t) is no importance weight");
+      return finish(e, one_state, true);
+    }
+    if (is.mode == weighting::differentiable && !(is.truncated() && is.clip < 1) &&
+        s.level == level::token) {
+      // d w_seq / d lp_j = w_seq / n_b: token j gets (1/T) sum_t X_t, X_t its weighted
+      // terms, besides its own as-loss derivative. (At level=sequence the n_b shares of
+      // the sequence's one term add up to the usual per-sequence weight gradient.)
+      expectation spread;
+      reward_to_go_map(combine(1, reward, p.loss_value, value), spread);
+      per_state_map(combine(p.loss_derivative, derivative, 0, derivative), e);
+      e.per_length = spread.weight;
+      if (spread.biased) e.fail(spread.reason);
+      return finish(e, one_state, false);
+    }
+  }
+  level lv = s.level;
+  if (lv == level::to_go && s.gamma == 0) lv = level::token;  // R_t = k_t
+  if (one_state || lv == level::token) {
+    per_state_map(combine(1, reward, 1, loss), e);
+    return finish(e, one_state, off_policy);
+  }
+  // Over sequences, at level to-go or sequence.
+  if (off_policy) {
+    if (!constant(reward) || !constant(loss))
+      e.fail("a token's own weight w_t does not reweight the later tokens drawn from mu "
+             "(only per-decision weights would)");
+    return finish(e, one_state, true);
+  }
+  if (lv == level::to_go && s.gamma != 1) {
+    if (!constant(reward)) e.fail("gamma < 1 discounts the token's effect on future KL");
+    return finish(e, one_state, false);
+  }
+  // gamma = 1 to-go, or the sequence total (earlier tokens add nothing in expectation).
+  reward_to_go_map(reward, e);
+  if (lv == level::sequence) sequence_map(loss, e);
+  return finish(e, one_state, false);
+}
+
+inline std::string phrase(const follows& f) {
+  switch (f.kind) {
+    case follows::exact: return "follows " + f.name;
+    case follows::zero: return "has zero expected gradient";
+    case follows::biased: return "is biased";
+  }
+  return "?";
+}
+
+}  // namespace detail
+
+/// The verdict on a spec, from the theory of SPEC sections 3-5 (not from running the
+/// oracle; tests/test_explain.cpp checks every verdict against it).
+///  - token cells (one state): E[c g] per the one-state identities (s -> RKL, 1 - rho -> FKL,
+///    1 -> 0, ...); with a detached or differentiable weight the same from mu.
+///  - sequence cells: at level=token the same per state, summed over the sampling policy's
+///    states with states frozen (rkl_token, fkl_token; "(mu)" off-policy); at level=to-go
+///    with gamma = 1 or level=sequence the in-reward penalty acts as a reward-to-go and the
+///    as-loss term on S as a one-state term on whole sequences; gamma < 1, and any level
+///    other than token off-policy (a token's weight does not correct its future), are
+///    biased unless the coefficient is constant.
+///  - off-policy with no weight, a truncated weight or a band mask: biased.
+inline verdict explain(const spec& s) {
+  verdict v;
+  v.spec = to_string(s);
+  v.on_policy_token = detail::cell(s, true, false);
+  v.on_policy_sequence = detail::cell(s, false, false);
+  v.off_policy_token = detail::cell(s, true, true);
+  v.off_policy_sequence = detail::cell(s, false, true);
+  auto both = [](const follows& one, const follows& seq) {
+    if (one.name == seq.name) return detail::phrase(one) + " on one state and over sequences";
+    const bool short_form = one.kind == follows::exact && seq.kind == follows::exact;
+    return detail::phrase(one) + " on one state and " +
+           (short_form ? seq.name : detail::phrase(seq)) + " over sequences";
+  };
+  std::string off = both(v.off_policy_token, v.off_policy_sequence);
+  if (v.off_policy_token.kind == follows::biased && v.off_policy_sequence.kind == follows::biased)
+    off = "is biased (" + v.off_policy_token.sentence.substr(v.off_policy_token.sentence.find(": ") + 2) + ")";
+  v.sentence = v.spec + ": on-policy " + both(v.on_policy_token, v.on_policy_sequence) +
+               "; from mu " + off + ".";
+  if (s.clamp.active())
+    v.sentence += " The clamp changes coefficients where it binds (there it passes no or a "
+                  "clipped gradient); the verdicts hold where it does not.";
+  return v;
+}
+
+inline verdict explain(std::string_view text) { return explain(parse_spec(text)); }
+
+}  // namespace klgrad
