@@ -3,6 +3,7 @@
 
 #include "aggregation.hpp"
 #include "batch.hpp"
+#include "clamp.hpp"
 #include "controllers.hpp"
 #include "errors.hpp"
 #include "estimators.hpp"
@@ -10,7 +11,10 @@
 #include "explain.hpp"
 #include "importance.hpp"
 #include "level.hpp"
+#include "logits.hpp"
 #include "placement.hpp"
+#include "presets.hpp"
 #include "returns.hpp"
+#include "sampled.hpp"
 #include "spec.hpp"
 #include "version.hpp"
