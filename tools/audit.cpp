@@ -2,6 +2,7 @@
 // through klgrad::evaluate by enumerating every outcome, compared with the exact gradients
 // of the divergences it might be estimating.
 #include "commands.hpp"
+#include "policy_file.hpp"
 
 #include <klgrad/oracle/enumeration.hpp>
 #include <klgrad/oracle/monte_carlo.hpp>
@@ -19,49 +20,11 @@
 namespace klgrad::cli {
 namespace {
 
-using oracle::Index;
-using oracle::matrix;
-using oracle::tabular;
 using oracle::vector;
 
 /// Above this many outcomes (V^T) the enumeration is refused: it would take too long.
 constexpr Index max_outcomes = 1 << 20;
 
-Index positive_integer(const nlohmann::json& in, const char* key, Index least) {
-  if (!in.contains(key)) throw usage_error(std::string("policy file has no '") + key + "'");
-  const auto& x = in[key];
-  if (!x.is_number_integer() || x.get<long long>() < least)
-    throw usage_error(std::string("'") + key + "' must be an integer >= " + std::to_string(least) +
-                      ", got " + x.dump());
-  return Index(x.get<long long>());
-}
-
-tabular read_logits(const nlohmann::json& in, const char* key, Index v, Index t) {
-  if (!in.contains(key)) throw usage_error(std::string("policy file has no '") + key + "'");
-  const auto& x = in[key];
-  const Index rows = tabular::rows_for(v, t);
-  if (!x.is_array() || Index(x.size()) != rows)
-    throw usage_error(std::string("'") + key + "' must be a list of " + std::to_string(rows) +
-                      " rows (1 + V + ... + V^(T-1) for V = " + std::to_string(v) +
-                      ", T = " + std::to_string(t) + "), got " +
-                      (x.is_array() ? std::to_string(x.size()) + " rows" : x.type_name()));
-  matrix z(rows, v);
-  for (Index r = 0; r < rows; ++r) {
-    const auto& row = x[std::size_t(r)];
-    if (!row.is_array() || Index(row.size()) != v)
-      throw usage_error(std::string(key) + " row " + std::to_string(r) + " must hold " +
-                        std::to_string(v) + " logits, got " +
-                        (row.is_array() ? std::to_string(row.size()) : row.dump()));
-    for (Index i = 0; i < v; ++i) {
-      const auto& e = row[std::size_t(i)];
-      if (!e.is_number() || !std::isfinite(e.get<double>()))
-        throw usage_error(std::string(key) + "[" + std::to_string(r) + "][" + std::to_string(i) +
-                          "] must be a finite number, got " + e.dump());
-      z(r, i) = e.get<double>();
-    }
-  }
-  return tabular(v, t, std::move(z));
-}
 
 nlohmann::ordered_json to_json(const vector& x) {
   nlohmann::ordered_json out = nlohmann::ordered_json::array();

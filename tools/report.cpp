@@ -2,6 +2,7 @@
 // off-policy) and the training table (where a toy KL-regularised trainer using each spec
 // ends, measured exactly against the analytic optimum pi*), with CSV curves and plots.
 #include "commands.hpp"
+#include "policy_file.hpp"
 #include "report.hpp"
 
 #include <cmath>
@@ -29,36 +30,6 @@ struct options_ {
   std::string out, format = "table";
 };
 
-tabular read_rows(const nlohmann::json& in, const char* key, Index v, Index t) {
-  if (!in.contains(key)) throw usage_error(std::string("policy file has no '") + key + "'");
-  const auto& x = in[key];
-  const Index rows = tabular::rows_for(v, t);
-  if (!x.is_array() || Index(x.size()) != rows)
-    throw usage_error(std::string("'") + key + "' must be a list of " + std::to_string(rows) +
-                      " rows of " + std::to_string(v) + " logits");
-  matrix z(rows, v);
-  for (Index r = 0; r < rows; ++r) {
-    const auto& row = x[std::size_t(r)];
-    if (!row.is_array() || Index(row.size()) != v)
-      throw usage_error(std::string(key) + " row " + std::to_string(r) + " must hold " +
-                        std::to_string(v) + " logits");
-    for (Index i = 0; i < v; ++i) {
-      const auto& e = row[std::size_t(i)];
-      if (!e.is_number() || !std::isfinite(e.get<double>()))
-        throw usage_error(std::string(key) + "[" + std::to_string(r) + "][" + std::to_string(i) +
-                          "] must be a finite number, got " + e.dump());
-      z(r, i) = e.get<double>();
-    }
-  }
-  return tabular(v, t, std::move(z));
-}
-
-Index read_size(const nlohmann::json& in, const char* key, Index least) {
-  if (!in.contains(key) || !in[key].is_number_integer() || in[key].get<long long>() < least)
-    throw usage_error(std::string("policy file needs '") + key + "', an integer >= " +
-                      std::to_string(least));
-  return Index(in[key].get<long long>());
-}
 
 /// The user's problem from the audit's policy format: ref_logits is the reference, logits
 /// the policy that is audited and that training starts from, behavior_logits (optional) mu;
@@ -67,14 +38,14 @@ Index read_size(const nlohmann::json& in, const char* key, Index least) {
 report::case_ user_case(const report::settings& cfg) {
   const nlohmann::json in = read_json(cfg.policy_file);
   if (!in.is_object()) throw usage_error("the policy file must hold a JSON object");
-  const Index v = read_size(in, "vocab", 2), t = read_size(in, "steps", 1);
+  const Index v = positive_integer(in, "vocab", 2), t = positive_integer(in, "steps", 1);
   if (double(t) * std::log(double(v)) > std::log(65536.0))
     throw usage_error("vocab^steps exceeds 65536 sequences; the report enumerates every one at "
                       "every recorded step");
   report::case_ c;
   c.problem.name = "policy";
-  c.problem.ref = read_rows(in, "ref_logits", v, t);
-  c.problem.start = read_rows(in, "logits", v, t);
+  c.problem.ref = read_logits(in, "ref_logits", v, t);
+  c.problem.start = read_logits(in, "logits", v, t);
   c.problem.beta = cfg.beta;
   const Index n = tabular::power(v, t);
   c.problem.reward.resize(n);
@@ -94,7 +65,7 @@ report::case_ user_case(const report::settings& cfg) {
   }
   c.audit_pi = c.problem.start;
   if (in.contains("behavior_logits")) {
-    c.audit_mu = read_rows(in, "behavior_logits", v, t);
+    c.audit_mu = read_logits(in, "behavior_logits", v, t);
     c.audit_at = "pi = logits, mu = behavior_logits";
   } else {
     c.audit_mu = report::perturbed(c.audit_pi, cfg.behavior_noise, cfg.seed + 1000);
