@@ -110,7 +110,7 @@ T k3_series(T x) {
 /// series gets s clamped to its radius so that the unused branch stays finite.
 template <class T>
 struct k3_kernel {
-  static constexpr T radius = T(0.5);
+  static constexpr T radius = T(k3_series_radius);
   static constexpr T steep = T(18446744073709551616.0);
   template <class P>
   static P weight(const P& s) {

@@ -132,9 +132,15 @@ double weighted_values(chunk<T>& c) {
 
 /// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
 template <class T>
-void saturate(T* x, Index n) {
+T saturated(T x) {
   const T top = std::numeric_limits<T>::max();
-  for (Index i = 0; i < n; ++i) x[i] = x[i] > top ? top : (x[i] < -top ? -top : x[i]);
+  return x > top ? top : (x < -top ? -top : x);
+}
+
+/// saturated() over an array.
+template <class T>
+void saturate(T* x, Index n) {
+  for (Index i = 0; i < n; ++i) x[i] = saturated(x[i]);
 }
 
 /// Applies the spec's clamp policy to a chunk's estimator values and derivatives (scalar
@@ -313,12 +319,10 @@ void combine_weight_gradient(chunk<T>& c, const plan<T>& p, const W& wt, T scale
 /// (gamma counting valid tokens), saturated to stay finite.
 template <class T, class M>
 void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
-  const T top = std::numeric_limits<T>::max();
   T running = 0;
   for (Index t = q.size - 1; t >= 0; --t) {
     if (q.mask && q.mask[t] == M(0)) continue;
-    running = x[t] + gamma * running;
-    running = running > top ? top : (running < -top ? -top : running);
+    running = saturated(x[t] + gamma * running);
     x[t] = running;
   }
 }
