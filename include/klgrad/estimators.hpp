@@ -46,16 +46,58 @@ inline T polynomial_bound() {
 }
 }  // namespace detail
 
+namespace detail {
+/// Which half of an estimator a vector functor computes.
+enum class part { value, derivative };
+
+/// The array forms of every estimator: one Eigen functor that calls the estimator's packet
+/// functions (E::packet_value, E::packet_derivative), which also serve the fused kernel of
+/// evaluate(). The scalar operator() runs the same packet code on a scalar, so that the
+/// vectorised body and Eigen's scalar tail of an array agree bit for bit.
+template <class E, part Part, class T>
+struct estimator_op {
+  T operator()(const T& s) const { return packetOp(s); }
+  template <class P>
+  P packetOp(const P& s) const {
+    if constexpr (Part == part::value)
+      return E::packet_value(s);
+    else
+      return E::packet_derivative(s);
+  }
+};
+
+template <class E, part Part, class D>
+auto apply(const Eigen::ArrayBase<D>& s) {
+  return s.unaryExpr(estimator_op<E, Part, typename D::Scalar>());
+}
+}  // namespace detail
+
+/// Shared by the estimators: array forms through detail::estimator_op, and by default the
+/// value and derivative of a packet computed separately.
+template <class E>
+struct estimator_base {
+  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
+    return detail::apply<E, detail::part::value>(s);
+  }
+  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
+    return detail::apply<E, detail::part::derivative>(s);
+  }
+  template <class P> static void packet_both(const P& s, P& value, P& derivative) {
+    value = E::packet_value(s);
+    derivative = E::packet_derivative(s);
+  }
+};
+
 /// k1(s) = s: unbiased for KL(pi||ref) on-policy, can be negative.
-struct k1 {
+struct k1 : estimator_base<k1> {
   static constexpr estimator id = estimator::k1;
   template <class T> static detail::scalar_only<T> value(T s) { return s; }
   template <class T> static detail::scalar_only<T> derivative(T) { return T(1); }
-  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
-    return s.derived() * typename D::Scalar(1);
-  }
-  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
-    return D::PlainObject::Constant(s.rows(), s.cols(), typename D::Scalar(1));
+  using estimator_base<k1>::value;
+  using estimator_base<k1>::derivative;
+  template <class P> static P packet_value(const P& s) { return s; }
+  template <class P> static P packet_derivative(const P&) {
+    return Eigen::internal::pset1<P>(typename Eigen::internal::unpacket_traits<P>::type(1));
   }
   /// The range of s on which value and derivative are finite with room for a weight.
   template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
@@ -63,16 +105,17 @@ struct k1 {
 };
 
 /// k2(s) = s^2 / 2: biased (equal to KL to second order), >= 0; k2'(s) = s.
-struct k2 {
+struct k2 : estimator_base<k2> {
   static constexpr estimator id = estimator::k2;
   template <class T> static detail::scalar_only<T> value(T s) { return s * s * T(0.5); }
   template <class T> static detail::scalar_only<T> derivative(T s) { return s; }
-  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
-    return s.square() * typename D::Scalar(0.5);
+  using estimator_base<k2>::value;
+  using estimator_base<k2>::derivative;
+  template <class P> static P packet_value(const P& s) {
+    using namespace Eigen::internal;
+    return pmul(pmul(s, s), pset1<P>(typename unpacket_traits<P>::type(0.5)));
   }
-  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
-    return s.derived() * typename D::Scalar(1);
-  }
+  template <class P> static P packet_derivative(const P& s) { return s; }
   template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
   template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
 };
@@ -84,105 +127,126 @@ inline constexpr double k3_series_radius = 0.5;
 
 constexpr double factorial(int n) { return n <= 1 ? 1.0 : n * factorial(n - 1); }
 
-/// Number of Taylor terms of k3(x) / x^2 = sum_j (-x)^j / (j+2)! for |x| <= 0.5: the first
-/// omitted term is below eps * x^2 / 2 (float 9, double 16).
+/// Number of Taylor terms of q(r) = (e^r - 1 - r) / r^2 = sum_j r^j / (j+2)! for
+/// |r| <= 0.5: the first omitted term is below eps * q / 2 (float 9, double 16).
 template <class T>
 inline constexpr int k3_terms = std::is_same_v<T, float> ? 9 : 16;
 
-/// k3(x) = x^2 sum_j (-x)^j / (j+2)! by Horner's rule, for a scalar or an Eigen packet.
-template <class T, class P, class Set, class Madd, class Mul>
-P k3_series(const P& x, Set set, Madd madd, Mul mul) {
-  P p = set(T(1.0 / factorial(k3_terms<T> + 1)));
-  for (int j = k3_terms<T> - 2; j >= 0; --j) p = madd(mul(x, p), set(T(-1)), set(T(1.0 / factorial(j + 2))));
-  return mul(mul(x, x), p);
+/// The series' coefficients 1/(j+2)!, rounded to T at compile time.
+template <class T>
+struct k3_coefficients {
+  T c[k3_terms<T>];
+  constexpr k3_coefficients() : c{} {
+    for (int j = 0; j < k3_terms<T>; ++j) c[j] = T(1.0 / factorial(j + 2));
+  }
+};
+template <class T>
+inline constexpr k3_coefficients<T> k3_coefficient_table{};
+
+/// q(r) = sum_j r^j / (j+2)! by Horner's rule, for a scalar or an Eigen packet.
+template <class T, class P>
+P k3_q(const P& r) {
+  using namespace Eigen::internal;
+  const T* c = k3_coefficient_table<T>.c;
+  P q = pset1<P>(c[k3_terms<T> - 1]);
+  for (int j = k3_terms<T> - 2; j >= 0; --j) q = pmadd(r, q, pset1<P>(c[j]));
+  return q;
 }
 
+/// The scalar reference's series: k3(s) = r^2 q(r) with r = -s, for |s| < 0.5.
 template <class T>
-T k3_series(T x) {
-  return k3_series<T>(x, [](T v) { return v; }, [](T a, T b, T c) { return a * b + c; },
-                      [](T a, T b) { return a * b; });
+T k3_series(T s) {
+  return (s * s) * k3_q<T>(-s);
 }
 
-/// The k3 array kernels as single Eigen functors (a nested expression for the series would
-/// be rebuilt, O(terms^2) in size, at every call). Both branches are evaluated and blended
-/// by a weight that is exactly 1 for |s| < 0.5 and 0 otherwise: r - |s| is 0 or at least
-/// ulp(0.5), and 2^64 times it saturates to 1 (keeps the packet path branch-free). The
-/// series gets s clamped to its radius so that the unused branch stays finite.
-template <class T>
-struct k3_kernel {
-  static constexpr T radius = T(k3_series_radius);
-  static constexpr T steep = T(18446744073709551616.0);
-  template <class P>
-  static P weight(const P& s) {
-    using namespace Eigen::internal;
-    return pmin(pmax(pmul(psub(pset1<P>(radius), pabs(s)), pset1<P>(steep)), pset1<P>(T(0))),
-                pset1<P>(T(1)));
-  }
-  template <class P>
-  static P series(const P& s) {
-    using namespace Eigen::internal;
-    const P x = pmin(pmax(s, pset1<P>(-radius)), pset1<P>(radius));
-    return k3_series<T>(x, [](T v) { return pset1<P>(v); },
-                        [](const P& a, const P& b, const P& c) { return pmadd(a, b, c); },
-                        [](const P& a, const P& b) { return pmul(a, b); });
-  }
-  template <class P>
-  static P blend(const P& w, const P& small, const P& large) {
-    using namespace Eigen::internal;
-    return padd(pmul(w, small), pmul(psub(pset1<P>(T(1)), w), large));
-  }
+/// Constants of k3's argument reduction x = n ln2 + r (Cody and Waite: n ln2_hi is exact
+/// for the n that occur, so r is exact up to ln2_lo's rounding).
+template <class T> struct k3_reduction;
+template <> struct k3_reduction<float> {
+  static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  /// e^x for x below this is under the smallest normal float: expm1(x) rounds to -1.
+  static constexpr float floor = -87.0f;
+};
+template <> struct k3_reduction<double> {
+  static constexpr double ln2_hi = 6.93147180369123816490e-01,
+                          ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double floor = -708.0;
 };
 
-/// k3'(s): s - k3(s) by the series below 0.5, 1 - exp(-s) beyond.
-template <class T>
-struct k3_derivative_op {
-  T operator()(const T& s) const { return packetOp(s); }
-  template <class P>
-  P packetOp(const P& s) const {
-    using namespace Eigen::internal;
-    using K = k3_kernel<T>;
-    return K::blend(K::weight(s), psub(s, K::series(s)),
-                    psub(pset1<P>(T(1)), pexp(pnegate(s))));
-  }
-};
+/// 2^n for integer-valued n with 2^n a normal number.
+template <class P>
+P exp2_integer(const P& n) {
+  using namespace Eigen::internal;
+  using T = typename unpacket_traits<P>::type;
+  if constexpr (std::is_same_v<P, T>)
+    return std::ldexp(T(1), int(n));
+  else if constexpr (std::is_same_v<T, float>)
+    return pldexp_fast_impl<P>::run(pset1<P>(T(1)), n);
+  else
+    return pldexp(pset1<P>(T(1)), n);
+}
+#ifdef EIGEN_VECTORIZE_AVX512
+// AVX-512 scales by a power of two in one instruction (Eigen's double pldexp takes ~20).
+inline Eigen::internal::Packet16f exp2_integer(const Eigen::internal::Packet16f& n) {
+  return _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
+}
+inline Eigen::internal::Packet8d exp2_integer(const Eigen::internal::Packet8d& n) {
+  return _mm512_scalef_pd(_mm512_set1_pd(1.0), n);
+}
+#endif
 
-/// k3(s) from s and d = k3'(s): the series below 0.5, s - d beyond.
-template <class T>
-struct k3_value_op {
-  T operator()(const T& s, const T& d) const { return packetOp(s, d); }
-  template <class P>
-  P packetOp(const P& s, const P& d) const {
-    using namespace Eigen::internal;
-    using K = k3_kernel<T>;
-    return K::blend(K::weight(s), K::series(s), psub(s, d));
-  }
-};
+/// k3(s) and k3'(s) of a scalar or a packet with one argument reduction and one polynomial.
+/// With x = -s = n ln2 + r (n = 0 for |s| < 0.5, so that r = x exactly there):
+///   expm1(r) = r + r^2 q(r),  expm1(x) = 2^n expm1(r) + (2^n - 1),
+///   k3'(s) = -expm1(x),  k3(s) = r^2 q(r) if n = 0, else expm1(x) + s.
+/// The n = 0 value is the series itself (full relative precision as s -> 0); beyond
+/// |s| = 0.5, k3 >= 0.1 and the sum loses at most a few ulp.
+template <class P>
+void k3_packet(const P& s, P& value, P& derivative) {
+  using namespace Eigen::internal;
+  using T = typename unpacket_traits<P>::type;
+  using K = k3_reduction<T>;
+  const P x = pnegate(s);
+  const P small = pcmp_lt(pabs(s), pset1<P>(T(k3_series_radius)));
+  const P xr = pmax(x, pset1<P>(K::floor));
+  const P n = pselect(small, pset1<P>(T(0)),
+                      pfloor(pmadd(xr, pset1<P>(T(1.44269504088896341)), pset1<P>(T(0.5)))));
+  P r = psub(xr, pmul(n, pset1<P>(K::ln2_hi)));
+  r = psub(r, pmul(n, pset1<P>(K::ln2_lo)));
+  const P r2q = pmul(pmul(r, r), k3_q<T>(r));
+  const P expm1_r = padd(r, r2q);
+  const P scale = exp2_integer(n);
+  const P expm1_x = pmadd(scale, expm1_r, psub(scale, pset1<P>(T(1))));
+  derivative = pnegate(expm1_x);
+  value = pselect(small, r2q, padd(expm1_x, s));
+}
 }  // namespace detail
 
 /// k3(s) = exp(-s) - 1 + s: unbiased for KL(pi||ref), >= 0; k3'(s) = 1 - exp(-s),
 /// computed as -expm1(-s). The value is expm1(-s) + s for |s| > 0.5 and its Taylor series
 /// below, so that it keeps full relative precision as s -> 0 (never exp(-s) - 1 + s).
-struct k3 {
+struct k3 : estimator_base<k3> {
   static constexpr estimator id = estimator::k3;
   template <class T> static detail::scalar_only<T> value(T s) {
     return std::abs(s) < T(detail::k3_series_radius) ? detail::k3_series(s)
                                                       : std::expm1(-s) + s;
   }
   template <class T> static detail::scalar_only<T> derivative(T s) { return -std::expm1(-s); }
-  /// Array forms, one exp per element: for |s| < 0.5 the series k3 = s^2 P(s) and
-  /// k3' = s - k3 (no cancellation there: k3 << s); beyond, k3' = 1 - exp(-s) and
-  /// k3 = s - k3', where the rounding of exp(-s) costs at most a few ulp (k3 >= 0.1 there).
-  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) {
-    return s.unaryExpr(detail::k3_derivative_op<typename D::Scalar>());
+  using estimator_base<k3>::value;
+  using estimator_base<k3>::derivative;
+  /// Vector forms (detail::k3_packet): one argument reduction and one polynomial give both.
+  template <class P> static void packet_both(const P& s, P& value, P& derivative) {
+    detail::k3_packet(s, value, derivative);
   }
-  template <class D> static auto value(const Eigen::ArrayBase<D>& s) {
-    return value_given_derivative(s, derivative(s));
+  template <class P> static P packet_value(const P& s) {
+    P v, d;
+    detail::k3_packet(s, v, d);
+    return v;
   }
-  /// k3 from s and k3'(s) already computed by derivative(): saves the exp when a kernel
-  /// needs both.
-  template <class D, class G>
-  static auto value_given_derivative(const Eigen::ArrayBase<D>& s, const Eigen::ArrayBase<G>& d) {
-    return s.binaryExpr(d, detail::k3_value_op<typename D::Scalar>());
+  template <class P> static P packet_derivative(const P& s) {
+    P v, d;
+    detail::k3_packet(s, v, d);
+    return d;
   }
   /// exp(-s) must stay finite with room for a weight: s >= -exp_bound.
   template <class T> static T lowest_safe() { return -detail::exp_bound<T>(); }
@@ -190,12 +254,19 @@ struct k3 {
 };
 
 /// abs(s) = |s|; derivative sign(s), 0 at s = 0 (as autograd gives).
-struct abs {
+struct abs : estimator_base<abs> {
   static constexpr estimator id = estimator::abs;
   template <class T> static detail::scalar_only<T> value(T s) { return std::abs(s); }
   template <class T> static detail::scalar_only<T> derivative(T s) { return T((s > T(0)) - (s < T(0))); }
-  template <class D> static auto value(const Eigen::ArrayBase<D>& s) { return s.abs(); }
-  template <class D> static auto derivative(const Eigen::ArrayBase<D>& s) { return s.sign(); }
+  using estimator_base<abs>::value;
+  using estimator_base<abs>::derivative;
+  template <class P> static P packet_value(const P& s) { return Eigen::internal::pabs(s); }
+  template <class P> static P packet_derivative(const P& s) {
+    using namespace Eigen::internal;
+    using T = typename unpacket_traits<P>::type;
+    const P zero = pset1<P>(T(0)), one = pset1<P>(T(1));
+    return psub(pselect(pcmp_lt(zero, s), one, zero), pselect(pcmp_lt(s, zero), one, zero));
+  }
   template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
   template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
 };
@@ -228,13 +299,9 @@ T derivative(estimator e, T s) {
 }  // namespace klgrad
 
 namespace Eigen::internal {
-// The k3 functors vectorise wherever Eigen's exp does (the value one needs no exp).
-template <class T>
-struct functor_traits<klgrad::detail::k3_derivative_op<T>> {
-  enum { Cost = 40 * NumTraits<T>::MulCost, PacketAccess = packet_traits<T>::HasExp };
-};
-template <class T>
-struct functor_traits<klgrad::detail::k3_value_op<T>> {
-  enum { Cost = 25 * NumTraits<T>::MulCost, PacketAccess = packet_traits<T>::Vectorizable };
+// The estimator functors vectorise wherever Eigen's floor and ldexp do.
+template <class E, klgrad::detail::part Part, class T>
+struct functor_traits<klgrad::detail::estimator_op<E, Part, T>> {
+  enum { Cost = 30 * NumTraits<T>::MulCost, PacketAccess = packet_traits<T>::HasFloor };
 };
 }  // namespace Eigen::internal

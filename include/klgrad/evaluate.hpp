@@ -13,6 +13,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -93,8 +94,11 @@ template <class T>
                          "nonfinite_policy::propagate to compute anyway"));
 }
 
+/// Raises for the first non-finite input among positions i0 .. i0+n-1. Returns when there
+/// is none: the vector probe also fires when the difference of two finite log-probs
+/// overflows, which the guard then clamps.
 template <class T, class M>
-[[noreturn]] void find_nonfinite(const sequence_view<T, M>& q, Index i0, Index n) {
+void find_nonfinite(const sequence_view<T, M>& q, Index i0, Index n) {
   for (Index i = i0; i < i0 + n; ++i) {
     if (q.mask && q.mask[i] == M(0)) continue;
     if (!std::isfinite(q.logp[i])) report_nonfinite("logp", q.row, i, q.first + i, q.logp[i]);
@@ -102,14 +106,22 @@ template <class T, class M>
     if (q.behavior && !std::isfinite(q.behavior[i]))
       report_nonfinite("behavior", q.row, i, q.first + i, q.behavior[i]);
   }
-  raise<input_error>("non-finite input detected but not located");  // unreachable
 }
 
+/// The valid tokens of a sequence. Counts blocks into a 32-bit total, which compilers
+/// vectorise over a byte mask four times wider than a 64-bit one.
 template <class T, class M>
 Index count_valid(const sequence_view<T, M>& q) {
   if (!q.mask) return q.size;
+  constexpr Index block = Index(1) << 20;
   Index n = 0;
-  for (Index i = 0; i < q.size; ++i) n += q.mask[i] != M(0);
+  for (Index i0 = 0; i0 < q.size; i0 += block) {
+    const M* m = q.mask + i0;
+    const Index size = std::min(block, q.size - i0);
+    std::uint32_t in_block = 0;
+    for (Index i = 0; i < size; ++i) in_block += m[i] != M(0);
+    n += in_block;
+  }
   return n;
 }
 
@@ -185,45 +197,100 @@ T sequence_log_weight(const sequence_view<T, M>& q, Index n_b, const plan<T>& p,
   return mean;
 }
 
+/// The packet type of T on this build, and its width.
+template <class T>
+using packet = typename Eigen::internal::packet_traits<T>::type;
+template <class T>
+inline constexpr Index packet_width = Eigen::internal::unpacket_traits<packet<T>>::size;
+
+/// What log_ratio_packets() found in a chunk besides the log-ratios.
+template <class T>
+struct chunk_checks {
+  Index guarded = 0;       ///< valid tokens whose log-ratio the guard clamped
+  bool nonfinite = false;  ///< some valid token may hold a non-finite lp or ref
+  T sum = 0;               ///< the sum of the packets the body returned
+};
+
+/// The one pass over a chunk's inputs that every token-level path starts with: converts the
+/// mask into c.valid, then, packet by packet, forms the guarded log-ratio
+/// s = clamp(lp - lr, lowest, highest) (0 where masked; NaN stays NaN) and hands
+/// body(k, s, valid_bits) the packet at chunk offset k, valid_bits all-ones in valid lanes;
+/// the packets body returns are summed into `sum`. A last partial packet reads zero-padded
+/// copies, so that every lane computes the same formulas. Counts the guarded tokens and
+/// probes for non-finite inputs on the way. Always inlined, so that the body's captures
+/// live in registers.
+template <class T, class M, class Body>
+EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n,
+                               const plan<T>& p, Body&& body) {
+  using namespace Eigen::internal;
+  using P = packet<T>;
+  constexpr Index W = packet_width<T>;
+  c.n = n;
+  if (q.mask) {
+    const M* mk = q.mask + i0;
+    for (Index i = 0; i < n; ++i) c.valid[i] = mk[i] != M(0) ? T(1) : T(0);
+  } else {
+    std::fill(c.valid, c.valid + n, T(1));
+  }
+  const T* lp = q.logp + i0;
+  const T* lr = q.ref + i0;
+  const P lo = pset1<P>(p.lowest), hi = pset1<P>(p.highest), zero = pset1<P>(T(0)),
+          one = pset1<P>(T(1));
+  P guards = zero, probe = zero, sum = zero;
+  alignas(64) T lp_tail[W], lr_tail[W];
+  for (Index k = 0; k < n; k += W) {
+    P a, b;
+    if (k + W <= n) {
+      a = ploadu<P>(lp + k);
+      b = ploadu<P>(lr + k);
+    } else {
+      std::fill(lp_tail, lp_tail + W, T(0));
+      std::fill(lr_tail, lr_tail + W, T(0));
+      std::copy(lp + k, lp + n, lp_tail);
+      std::copy(lr + k, lr + n, lr_tail);
+      std::fill(c.valid + n, c.valid + k + W, T(0));
+      a = pload<P>(lp_tail);
+      b = pload<P>(lr_tail);
+    }
+    const P valid = pcmp_lt(zero, pload<P>(c.valid + k));
+    const P d = pand(psub(a, b), valid);
+    // d - d is 0 for finite d and NaN otherwise: the sum turns NaN if any lane was not finite.
+    probe = padd(probe, psub(d, d));
+    guards = padd(guards, pand(por(pcmp_lt(d, lo), pcmp_lt(hi, d)), one));
+    sum = padd(sum, body(k, pmin(pmax(d, lo), hi), valid));
+  }
+  chunk_checks<T> out;
+  out.guarded = Index(predux(guards));
+  out.sum = predux(sum);
+  const T probed = predux(probe);
+  out.nonfinite = !(probed == T(0));
+  return out;
+}
+
 /// Fills the chunk for positions i0 .. i0+n-1 of a sequence: mask, guarded log-ratio,
 /// estimator value and derivative, weights. Returns how many tokens a guard clamped and
 /// adds the band-dropped tokens to `dropped`.
 template <class Ea, class Eb, class T, class M>
 Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const plan<T>& p,
            Index& dropped, weight_state<T>& ws) {
-  c.n = n;
+  using namespace Eigen::internal;
+  using P = packet<T>;
+  const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P&) {
+    pstore(c.s + k, s);
+    P v, g;
+    if constexpr (std::is_same_v<Ea, Eb>) {
+      Ea::packet_both(s, v, g);
+    } else {
+      v = Ea::packet_value(s);
+      g = Eb::packet_derivative(s);
+    }
+    pstore(c.va + k, v);
+    pstore(c.gb + k, g);
+    return pset1<P>(T(0));
+  });
+  Index guarded = checks.guarded;
+  bool nonfinite = checks.nonfinite;
   const T* lp = q.logp + i0;
-  const T* lr = q.ref + i0;
-  const T lo = p.lowest, hi = p.highest;
-  Index guarded = 0;
-  // x - x is 0 for finite x and NaN otherwise; "!= 0" turns that into an integer OR that
-  // vectorises (a floating-point sum would not, and Eigen's allFinite() is scalar here).
-  int nonfinite = 0;
-  if (q.mask) {
-    const M* mk = q.mask + i0;
-    for (Index i = 0; i < n; ++i) {
-      const bool m = mk[i] != M(0);
-      const T d = m ? lp[i] - lr[i] : T(0);
-      c.valid[i] = m ? T(1) : T(0);
-      nonfinite |= m & ((lp[i] - lp[i]) + (lr[i] - lr[i]) != T(0));
-      guarded += (d < lo) | (d > hi);
-      c.s[i] = d < lo ? lo : (d > hi ? hi : d);
-    }
-  } else {
-    for (Index i = 0; i < n; ++i) {
-      const T d = lp[i] - lr[i];
-      c.valid[i] = T(1);
-      nonfinite |= (lp[i] - lp[i]) + (lr[i] - lr[i]) != T(0);
-      guarded += (d < lo) | (d > hi);
-      c.s[i] = d < lo ? lo : (d > hi ? hi : d);
-    }
-  }
-  auto S = c.m(c.s), VA = c.m(c.va), GB = c.m(c.gb);
-  GB = Eb::derivative(S);
-  if constexpr (std::is_same_v<Ea, k3> && std::is_same_v<Eb, k3>)
-    VA = k3::value_given_derivative(S, GB);  // one exp serves both
-  else
-    VA = Ea::value(S);
   if (p.clamp_a || p.clamp_b) apply_clamp<Ea, Eb>(c, p);
   const importance& is = p.s->importance;
   if (!is.active()) {
@@ -327,6 +394,49 @@ void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
   }
 }
 
+/// The token-level path without weights or clamps (the common case: k in reward, k as
+/// loss, on-policy) in one pass: each packet of log-ratios becomes value and coefficient,
+///   value = k_a(s),  coef = scale * valid * ([reward] k_a(s) + [loss] k_b'(s)),
+/// stored straight into the caller's arrays (combine() with weight 1, without the chunk
+/// buffers in between). Returns the summed value; adds the guarded tokens to `guarded`.
+template <class Ea, class Eb, class T, class M>
+double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
+                  chunk<T>& c, T scale, Index& guarded) {
+  using namespace Eigen::internal;
+  using P = packet<T>;
+  constexpr Index W = packet_width<T>;
+  const P in = pset1<P>(p.reward), ls = pset1<P>(p.loss), factor = pset1<P>(scale);
+  double total = 0.0;
+  for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+    const Index n = std::min(chunk_size, q.size - i0);
+    const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid) {
+      P v, g;
+      if constexpr (std::is_same_v<Ea, Eb>) {
+        Ea::packet_both(s, v, g);
+      } else {
+        v = Ea::packet_value(s);
+        g = Eb::packet_derivative(s);
+      }
+      const P out = pand(pmul(factor, padd(pmul(in, v), pmul(ls, g))), valid);
+      if (k + W <= n) {
+        pstoreu(value + i0 + k, v);
+        pstoreu(coef + i0 + k, out);
+      } else {
+        pstore(c.va + k, v);
+        pstore(c.scratch + k, out);
+        std::copy(c.va + k, c.va + n, value + i0 + k);
+        std::copy(c.scratch + k, c.scratch + n, coef + i0 + k);
+      }
+      return v;  // masked lanes have s = 0, and k(0) = 0 for every estimator
+    });
+    if (p.nonfinite == nonfinite_policy::raise && checks.nonfinite) find_nonfinite(q, i0, n);
+    guarded += checks.guarded;
+    total += double(checks.sum);
+    if (scale > T(1)) saturate(coef + i0, n);
+  }
+  return total;
+}
+
 /// Runs one sequence: writes its values and coefficients, returns its summed value.
 template <class Ea, class Eb, class T, class M>
 double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
@@ -420,6 +530,8 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
           fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
           combine_weight_gradient(c, p, c.m(c.grad) * share, scale, coef + i0);
         }
+      } else if (!is.active() && !p.clamp_a && !p.clamp_b) {
+        total = token_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded);
       } else {
         // Token weights, and detached prefix or sequence-mean weights: the token's own
         // weight multiplies its terms.
