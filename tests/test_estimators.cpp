@@ -90,3 +90,30 @@ TEST_CASE("estimators: abs has derivative sign(s) with 0 at 0, as autograd", "[e
   CHECK(abs::derivative(-0.5) == -1.0);
   CHECK(abs::derivative(2.0) == 1.0);
 }
+
+TEMPLATE_TEST_CASE("estimators: k3 array forms follow libm to the edges of the exponent range",
+                   "[estimators]", float, double) {
+  using T = TestType;
+  using A = Eigen::Array<T, Eigen::Dynamic, 1>;
+  // Around e^-s's overflow (float -88.72, double -709.78: the vector form caps the
+  // reduction's 2^n there), its underflow, and far beyond both. Oracle: libm's expm1.
+  const T top = std::numeric_limits<T>::max();
+  A s;
+  if constexpr (std::is_same_v<T, float>)
+    s = A{{-top, -1e30f, -700, -89.5f, -88.73f, -88.7f, -88.5f, -88.3f, -87, 86, 87, 88, 104,
+           1e19f, top}};
+  else
+    s = A{{-top, -1e300, -711, -709.8, -709.7, -709.5, -709, -700, 700, 708, 709, 746, 1e300,
+           top}};
+  const A v = k3::value(s), d = k3::derivative(s);
+  const T eps = std::numeric_limits<T>::epsilon();
+  for (Eigen::Index i = 0; i < s.size(); ++i) {
+    const T rv = k3::value(s(i)), rd = k3::derivative(s(i));
+    INFO("s = " << s(i) << ": value " << v(i) << " (libm " << rv << "), derivative " << d(i)
+                << " (libm " << rd << ")");
+    if (std::isinf(rv)) CHECK(v(i) == rv);
+    else CHECK(std::abs(v(i) - rv) <= 4 * eps * std::abs(rv));
+    if (std::isinf(rd)) CHECK(d(i) == rd);
+    else CHECK(std::abs(d(i) - rd) <= 4 * eps * std::abs(rd));
+  }
+}

@@ -127,50 +127,65 @@ inline constexpr double k3_series_radius = 0.5;
 
 constexpr double factorial(int n) { return n <= 1 ? 1.0 : n * factorial(n - 1); }
 
-/// Number of Taylor terms of q(r) = (e^r - 1 - r) / r^2 = sum_j r^j / (j+2)! for
-/// |r| <= 0.5: the first omitted term is below eps * q / 2 (float 9, double 16).
+/// Number of Taylor terms of q(u) = k3(u) / u^2 = sum_j (-u)^j / (j+2)! for |u| <= 0.5:
+/// the fewest m whose first omitted term 0.5^m / (m+2)! is below eps / 6. On that interval
+/// q >= q(0.5) > 0.42 and the omitted tail is below 1.1 times its first term, so the
+/// truncation error stays below eps * q / 2, half an ulp (float 8, double 14).
 template <class T>
-inline constexpr int k3_terms = std::is_same_v<T, float> ? 9 : 16;
+constexpr int series_terms_for_k3() {
+  int m = 0;
+  double term = 1.0 / factorial(2);  // 0.5^m / (m+2)!
+  while (!(term < double(std::numeric_limits<T>::epsilon()) / 6.0)) {
+    ++m;
+    term *= 0.5 / double(m + 2);
+  }
+  return m;
+}
+template <class T>
+inline constexpr int k3_terms = series_terms_for_k3<T>();
+static_assert(k3_terms<float> == 8 && k3_terms<double> == 14);
 
-/// The series' coefficients 1/(j+2)!, rounded to T at compile time.
+/// The series' coefficients (-1)^j / (j+2)!, rounded to T at compile time.
 template <class T>
 struct k3_coefficients {
   T c[k3_terms<T>];
   constexpr k3_coefficients() : c{} {
-    for (int j = 0; j < k3_terms<T>; ++j) c[j] = T(1.0 / factorial(j + 2));
+    for (int j = 0; j < k3_terms<T>; ++j) c[j] = T((j % 2 ? -1.0 : 1.0) / factorial(j + 2));
   }
 };
 template <class T>
 inline constexpr k3_coefficients<T> k3_coefficient_table{};
 
-/// q(r) = sum_j r^j / (j+2)! by Horner's rule, for a scalar or an Eigen packet.
+/// k3(u) = u^2 q(u), q(u) = sum_j (-u)^j / (j+2)! by Horner's rule, for |u| <= 0.5 and a
+/// scalar or an Eigen packet.
 template <class T, class P>
-P k3_q(const P& r) {
+P k3_series(const P& u) {
   using namespace Eigen::internal;
   const T* c = k3_coefficient_table<T>.c;
   P q = pset1<P>(c[k3_terms<T> - 1]);
-  for (int j = k3_terms<T> - 2; j >= 0; --j) q = pmadd(r, q, pset1<P>(c[j]));
-  return q;
+  for (int j = k3_terms<T> - 2; j >= 0; --j) q = pmadd(u, q, pset1<P>(c[j]));
+  return pmul(pmul(u, u), q);
 }
 
-/// The scalar reference's series: k3(s) = r^2 q(r) with r = -s, for |s| < 0.5.
-template <class T>
-T k3_series(T s) {
-  return (s * s) * k3_q<T>(-s);
-}
-
-/// Constants of k3's argument reduction x = n ln2 + r (Cody and Waite: n ln2_hi is exact
-/// for the n that occur, so r is exact up to ln2_lo's rounding).
+/// Constants of k3's argument reduction -s = n ln2 - u (Cody and Waite: n ln2_hi is exact
+/// for the n that occur, so u is exact up to ln2_lo's rounding).
 template <class T> struct k3_reduction;
 template <> struct k3_reduction<float> {
   static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  /// e^x for x below this is under the smallest normal float: expm1(x) rounds to -1.
-  static constexpr float floor = -87.0f;
+  /// e^-s for s above this is under the smallest normal float: expm1(-s) rounds to -1.
+  static constexpr float ceiling = 87.0f;
+  /// e^-s for s below this overflows (and so does the formula: k3 = inf, k3' = -inf).
+  static constexpr float floor = -89.0f;
+  /// The largest n with 2^n finite: n stays there near the overflow threshold (and |u| < 0.7
+  /// while k3 is finite).
+  static constexpr float max_exponent = 127.0f;
 };
 template <> struct k3_reduction<double> {
   static constexpr double ln2_hi = 6.93147180369123816490e-01,
                           ln2_lo = 1.90821492927058770002e-10;
-  static constexpr double floor = -708.0;
+  static constexpr double ceiling = 708.0;
+  static constexpr double floor = -710.0;
+  static constexpr double max_exponent = 1023.0;
 };
 
 /// 2^n for integer-valued n with 2^n a normal number.
@@ -195,30 +210,27 @@ inline Eigen::internal::Packet8d exp2_integer(const Eigen::internal::Packet8d& n
 }
 #endif
 
-/// k3(s) and k3'(s) of a scalar or a packet with one argument reduction and one polynomial.
-/// With x = -s = n ln2 + r (n = 0 for |s| < 0.5, so that r = x exactly there):
-///   expm1(r) = r + r^2 q(r),  expm1(x) = 2^n expm1(r) + (2^n - 1),
-///   k3'(s) = -expm1(x),  k3(s) = r^2 q(r) if n = 0, else expm1(x) + s.
+/// k3(s) and k3'(s) of a scalar or a packet with one argument reduction and one series.
+/// With -s = n ln2 - u, |u| <= 0.5 (n = 0 for |s| < 0.5, so that u = s exactly there;
+/// within ln2 / 2 of the overflow threshold, where n is capped, |u| < 0.7):
+///   expm1(-u) = k3(u) - u,  expm1(-s) = 2^n expm1(-u) + (2^n - 1),
+///   k3'(s) = -expm1(-s) = (1 - 2^n) - 2^n (k3(u) - u),  k3(s) = k3(u) if n = 0, else s - k3'(s).
 /// The n = 0 value is the series itself (full relative precision as s -> 0); beyond
-/// |s| = 0.5, k3 >= 0.1 and the sum loses at most a few ulp.
+/// |s| = 0.5, k3 >= 0.1 and the difference loses at most a few ulp.
 template <class P>
 void k3_packet(const P& s, P& value, P& derivative) {
   using namespace Eigen::internal;
   using T = typename unpacket_traits<P>::type;
   using K = k3_reduction<T>;
-  const P x = pnegate(s);
   const P small = pcmp_lt(pabs(s), pset1<P>(T(k3_series_radius)));
-  const P xr = pmax(x, pset1<P>(K::floor));
-  const P n = pselect(small, pset1<P>(T(0)),
-                      pfloor(pmadd(xr, pset1<P>(T(1.44269504088896341)), pset1<P>(T(0.5)))));
-  P r = psub(xr, pmul(n, pset1<P>(K::ln2_hi)));
-  r = psub(r, pmul(n, pset1<P>(K::ln2_lo)));
-  const P r2q = pmul(pmul(r, r), k3_q<T>(r));
-  const P expm1_r = padd(r, r2q);
+  const P sr = pmax(pmin(s, pset1<P>(K::ceiling)), pset1<P>(K::floor));
+  const P nearest = pfloor(pmadd(sr, pset1<P>(T(-1.44269504088896341)), pset1<P>(T(0.5))));
+  const P n = pselect(small, pset1<P>(T(0)), pmin(nearest, pset1<P>(K::max_exponent)));
+  const P u = pmadd(n, pset1<P>(K::ln2_lo), pmadd(n, pset1<P>(K::ln2_hi), sr));
+  const P k3u = k3_series<T>(u);
   const P scale = exp2_integer(n);
-  const P expm1_x = pmadd(scale, expm1_r, psub(scale, pset1<P>(T(1))));
-  derivative = pnegate(expm1_x);
-  value = pselect(small, r2q, padd(expm1_x, s));
+  derivative = pmadd(pnegate(scale), psub(k3u, u), psub(pset1<P>(T(1)), scale));
+  value = pselect(small, k3u, psub(s, derivative));
 }
 }  // namespace detail
 
@@ -228,7 +240,7 @@ void k3_packet(const P& s, P& value, P& derivative) {
 struct k3 : estimator_base<k3> {
   static constexpr estimator id = estimator::k3;
   template <class T> static detail::scalar_only<T> value(T s) {
-    return std::abs(s) < T(detail::k3_series_radius) ? detail::k3_series(s)
+    return std::abs(s) < T(detail::k3_series_radius) ? detail::k3_series<T>(s)
                                                       : std::expm1(-s) + s;
   }
   template <class T> static detail::scalar_only<T> derivative(T s) { return -std::expm1(-s); }
