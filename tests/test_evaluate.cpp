@@ -68,7 +68,9 @@ std::vector<std::string> all_spec_strings() {
                            ",is=differentiable,is-level=sequence-mean,is-clip=1.1"};
   const char* levels[] = {"", ",level=to-go", ",level=to-go,gamma=0.9", ",level=sequence"};
   const char* aggs[] = {"", ",agg=token-sum", ",agg=seq-mean-token-sum",
-                        ",agg=seq-mean-token-mean", ",agg=seq-mean-token-sum-norm,agg-norm=9"};
+                        ",agg=seq-mean-token-mean", ",agg=seq-mean-token-sum-norm,agg-norm=9",
+                        ",agg=seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,agg-scale=3",
+                        ",agg=token-sum-norm,agg-norm=7,agg-scale=0.5"};
   const char* clamps[] = {",clamp=log-ratio:-2:3/value:-1:2", ",clamp=value:-0.5:1.5/est:k2:k3",
                           ",clamp=log-ratio:-1:1/value:-1:1/after-weight/detach-weight",
                           ",clamp=log-ratio:-1.5:2/value:-inf:0.7/pass-gradient",
@@ -364,7 +366,10 @@ TEMPLATE_TEST_CASE("evaluate: data-parallel shards add up to the unsharded batch
   using T = TestType;
   const random_batch<T> data(6, 11, 41);
   for (const char* agg : {"token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
-                          "seq-mean-token-sum-norm,agg-norm=11"}) {
+                          "seq-mean-token-sum-norm,agg-norm=11", "token-sum-norm,agg-norm=11",
+                          "token-mean,agg-eps=0.5,agg-scale=4",
+                          "seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,agg-scale=0.125",
+                          "seq-mean-token-sum-norm,agg-norm=11,agg-eps=1e-8,agg-scale=3"}) {
     const spec s = parse_spec(std::string("k3-as-loss,beta=0.1,agg=") + agg);
     rows<T> v(6, 11), c(6, 11);
     const summary whole = evaluate(s, padded(data.lp, data.lr, data.mask), v, c);

@@ -290,7 +290,7 @@ TEST_CASE("logits: aggregation scales the gradient by beta * a_{b,t}; masked row
     for (divergence d : all_divergences) {
       klgrad::logits_options opt;
       opt.aggregation = mode;
-      opt.aggregation_norm = mode == klgrad::aggregation::seq_mean_token_sum_norm ? 8.0 : 0.0;
+      opt.aggregation_norm = klgrad::uses_norm(mode) ? 8.0 : 0.0;
       opt.beta = 0.04;
       Rows value(B, T), grad(B * T, V);
       value.setConstant(7);

@@ -163,3 +163,138 @@ def test_fp32_overflow_lp_minus_100(spec, formula, takes_lb, offset):
         assert got["guarded"] == 1
         if math.isfinite(v):
             assert kv == pytest.approx(v, rel=1e-5)
+
+
+# --- aggregation: each trainer's normaliser over a batch, with its epsilons and scale -----
+#
+# The trainers' aggregation functions re-typed from docs/presets.md (our notation), applied
+# to a padded batch of three sequences (3, 0 and 5 valid tokens: one is empty) and
+# differentiated by autograd; klgrad gets the same spec a preset gives (with agg-scale for
+# the trainer's constant factor) and the trainer's counts through --tokens / --sequences.
+# In float64 the trainers' "+ 1e-8" moves the gradient by 1e-8 / n relative, far above the
+# tolerance, so it is checked; in float32 it rounds away in both.
+
+EPS = 1e-8
+D, G, P = 8, 4, 2  # data-parallel size, gradient-accumulation steps, processes
+
+
+def k3(lp, lr):  # unclamped (the batch keeps every clamp inactive)
+    return torch.exp(lr - lp) - (lr - lp) - 1
+
+
+def nemo_weighted_k3(lp, lr):  # NeMo-RL's default weight exp(lp - sg lp)
+    return nemo("k3")(lp, lr, lp.detach())
+
+
+def verl_agg(mode, dp, n_global=None, b_global=None, scale_factor=None):
+    def agg(k, m):
+        if mode == "token-mean":
+            return (k * m).sum() / n_global * dp
+        n = m.sum(-1)
+        nonempty = (n > 0).to(k.dtype)
+        if mode == "seq-mean-token-mean":
+            seq = (k * m).sum(-1) / (n + EPS)
+            return (seq * nonempty).sum() / b_global * dp
+        seq = (k * m).sum(-1)
+        loss = (seq * nonempty).sum() / b_global * dp
+        return loss / scale_factor if mode == "seq-mean-token-sum-norm" else loss
+    return agg
+
+
+def roll_agg(mode, n_global=None, b_global=None, scale=1.0):
+    def agg(k, m):
+        n = m.sum(-1)
+        valid = (n > 0).to(k.dtype)
+        if mode == "token-mean":
+            return (k * m).sum() / n_global * scale
+        if mode == "seq-mean-token-mean":
+            seq = torch.where(n > 0, (k * m).sum(-1) / (n + EPS), torch.zeros_like(n))
+            return (seq * valid).sum() / (b_global + EPS) * scale
+        if mode == "seq-mean-token-sum":
+            return ((k * m).sum(-1) * valid).sum() / (b_global + EPS) * scale
+        return ((k * m).sum(-1) * valid).sum() / m.shape[-1] * scale  # its "sum-norm": / L only
+    return agg
+
+
+def nemo_agg(token_level, n_global=None, b_global=None, dp_cp=1.0):
+    def agg(k, m):
+        if token_level:
+            return (k * m).sum() / (n_global + EPS) * dp_cp
+        seq = (k * m).sum(-1) / (m.sum(-1) + EPS)
+        return seq.sum() / (b_global + EPS) * dp_cp  # every row is a valid sample here
+    return agg
+
+
+def trl_agg(loss_type, max_completion_length=512, num_items=None):
+    def agg(k, m):
+        if loss_type == "grpo":
+            return ((k * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean() / G
+        if loss_type == "bnpo":
+            return (k * m).sum() / m.sum().clamp(min=1.0) / G
+        if loss_type == "dr_grpo":
+            return (k * m).sum() / (k.size(0) * max_completion_length) / G
+        if loss_type == "dapo":
+            return (k * m).sum() / (max(num_items, 1.0) / P)
+        return (k * m).sum(-1).mean() / G  # luspo after TRL PR #6654
+    return agg
+
+
+# (what, spec, klgrad counts, per-token KL, trainer aggregation)
+AGG_CASES = [
+    ("verl token-mean", "k3-as-loss,preset=verl,agg-scale=8", ["--tokens", "40"], k3,
+     verl_agg("token-mean", D, n_global=40)),
+    ("verl seq-mean-token-mean", "k3-as-loss,preset=verl,agg=seq-mean-token-mean,agg-scale=8",
+     ["--sequences", "6"], k3, verl_agg("seq-mean-token-mean", D, b_global=6)),
+    ("verl seq-mean-token-sum-norm (L = padded width)",
+     "k3-as-loss,preset=verl,agg=seq-mean-token-sum-norm,agg-norm=5,agg-scale=8",
+     ["--sequences", "6"], k3, verl_agg("seq-mean-token-sum-norm", D, b_global=6, scale_factor=5)),
+    ("ROLL seq-mean-token-mean (apply_loss_scale D G)", "k3-as-loss,preset=roll,agg-scale=32",
+     ["--sequences", "5"], roll_k3, roll_agg("seq-mean-token-mean", b_global=5, scale=D * G)),
+    ("ROLL seq-mean-token-sum", "k3-as-loss,preset=roll,agg=seq-mean-token-sum",
+     ["--sequences", "5"], roll_k3, roll_agg("seq-mean-token-sum", b_global=5)),
+    ("ROLL token-mean", "k3-as-loss,preset=roll,agg=token-mean", ["--tokens", "40"], roll_k3,
+     roll_agg("token-mean", n_global=40)),
+    ("ROLL / verl Jan-2026 seq-mean-token-sum-norm", "k3-as-loss,preset=roll,agg=token-sum-norm,agg-norm=5",
+     [], roll_k3, roll_agg("sum-norm")),
+    ("NeMo-RL token level (dp cp = 2)", "k3-as-loss,preset=nemo-rl,agg-scale=2", ["--tokens", "40"],
+     nemo_weighted_k3, nemo_agg(True, n_global=40, dp_cp=2.0)),
+    ("NeMo-RL sequence level", "k3-as-loss,preset=nemo-rl,agg=seq-mean-token-mean",
+     ["--sequences", "3"], nemo_weighted_k3, nemo_agg(False, b_global=3)),
+    ("TRL grpo", "k3-as-loss,preset=trl,agg=seq-mean-token-mean,agg-scale=0.25",
+     ["--sequences", "3"], trl, trl_agg("grpo")),
+    ("TRL bnpo", "k3-as-loss,preset=trl,agg-scale=0.25", [], trl, trl_agg("bnpo")),
+    ("TRL dr_grpo", "k3-as-loss,preset=trl,agg=seq-mean-token-sum-norm,agg-norm=512,agg-scale=0.25",
+     ["--sequences", "3"], trl, trl_agg("dr_grpo")),
+    ("TRL dapo", "k3-as-loss,preset=trl,agg-scale=2", ["--tokens", "40"], trl,
+     trl_agg("dapo", num_items=40.0)),
+    ("TRL luspo (PR #6654)", "k3-as-loss,preset=trl,agg=seq-mean-token-sum,agg-scale=0.25",
+     ["--sequences", "3"], trl, trl_agg("luspo")),
+]
+
+LP = [[-1.2, -0.7, -2.1, -0.4, -3.0], [-0.9, -1.5, -0.3, -1.1, -0.8], [-2.2, -0.6, -1.4, -0.9, -0.5]]
+LR = [[-1.0, -0.9, -1.8, -0.4, -2.5], [-1.1, -1.4, -0.2, -1.0, -0.7], [-1.7, -0.9, -1.9, -0.3, -0.2]]
+MASK = [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+BETA = 0.04
+
+
+@pytest.mark.parametrize("dtype", ["float", "double"])
+@pytest.mark.parametrize("what,spec,counts,kl,agg", AGG_CASES, ids=[c[0] for c in AGG_CASES])
+def test_aggregation_matches_autograd(what, spec, counts, kl, agg, dtype):
+    tdtype = torch.float32 if dtype == "float" else torch.float64
+    lp = torch.tensor(LP, dtype=tdtype)
+    lr = torch.tensor(LR, dtype=tdtype)
+    m = torch.tensor(MASK, dtype=tdtype)
+    batch = {"logp": lp.tolist(), "ref": lr.tolist(), "behavior": lp.tolist(), "mask": MASK}
+    out = subprocess.run([KLGRAD, "eval", "--spec", spec + ",beta=0.04", "--type", dtype] + counts,
+                         input=json.dumps(batch), capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    lpg = lp.clone().requires_grad_(True)
+    loss = BETA * agg(kl(lpg, lr), m)
+    loss.backward()
+    rtol = 1e-5 if dtype == "float" else 1e-12
+    assert got["guarded"] == 0
+    assert got["loss"] == pytest.approx(loss.item(), rel=rtol), what
+    for b in range(3):
+        for t in range(5):
+            c = lpg.grad[b][t].item()
+            assert got["coef"][b][t] == pytest.approx(c, rel=rtol, abs=1e-300), f"{what} {dtype} b={b} t={t}"

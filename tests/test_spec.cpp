@@ -60,7 +60,125 @@ TEST_CASE("spec: every bad spec says which word is wrong and what is allowed", "
   CHECK_THROWS_WITH(parse_spec("k3-as-loss,is=detached,is-mask=2:1"), Contains("needs 0 <= LO < HI"));
   CHECK_THROWS_WITH(parse_spec("k3-as-loss,is=detached,is-mask=2"), Contains("must be LO:HI"));
   CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=seq-mean-token-sum-norm"), Contains("needs agg-norm=L"));
-  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-norm=3"), Contains("applies only to agg=seq-mean-token-sum-norm"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-norm=3"),
+                    Contains("agg-norm=L applies only to agg=token-sum-norm and "
+                             "agg=seq-mean-token-sum-norm, not agg=token-mean"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=token-sum-norm"),
+                    Contains("agg=token-sum-norm needs agg-norm=L with L > 0"));
+}
+
+TEST_CASE("spec: the aggregation constants agg-eps, agg-seq-eps, agg-scale and token-sum-norm",
+          "[spec]") {
+  // Defaults: no epsilon, scale 1.
+  const auto plain = parse_spec("k3-as-loss");
+  CHECK(plain.aggregation_eps == 0.0);
+  CHECK(plain.aggregation_seq_eps == 0.0);
+  CHECK(plain.aggregation_scale == 1.0);
+  // Canonical order: agg, agg-norm, agg-eps, agg-seq-eps, agg-scale, beta; defaults dropped.
+  CHECK(to_string(parse_spec("k3-as-loss,agg-scale=8,beta=0.001,agg-seq-eps=1e-8,"
+                             "agg=seq-mean-token-mean,agg-eps=1e-8")) ==
+        "k3-as-loss,agg=seq-mean-token-mean,agg-eps=1e-08,agg-seq-eps=1e-08,agg-scale=8,"
+        "beta=0.001");
+  CHECK(to_string(parse_spec("k3-as-loss,agg-eps=0,agg-seq-eps=0,agg-scale=1")) == "k3-as-loss");
+  for (const char* text :
+       {"k3-as-loss,agg=token-sum-norm,agg-norm=4096", "k2-as-loss,agg=token-sum-norm,agg-norm=3,agg-scale=0.125",
+        "k3-as-loss,agg-eps=1e-08,agg-scale=4", "k1-in-reward,agg=seq-mean-token-sum,agg-eps=1e-08",
+        "k3-as-loss,agg=seq-mean-token-sum-norm,agg-norm=512,agg-eps=0.5,agg-scale=0.25",
+        "k3-as-loss,agg=seq-mean-token-mean,agg-seq-eps=1e-08,agg-scale=0.3333333333333333",
+        "k3-as-loss,agg=token-sum,agg-scale=2"}) {
+    const auto s = parse_spec(text);
+    CHECK(to_string(s) == text);
+    CHECK(parse_spec(to_string(s)) == s);
+  }
+  const auto s = parse_spec("k3-as-loss,agg=seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,agg-scale=3");
+  CHECK(s.aggregation_eps == 0.5);
+  CHECK(s.aggregation_seq_eps == 0.25);
+  CHECK(s.aggregation_scale == 3.0);
+  CHECK(parse_spec("k3-as-loss,agg=token-sum-norm,agg-norm=9").aggregation ==
+        klgrad::aggregation::token_sum_norm);
+  // a_{b,t} with the constants: scale / ((B + eps) (n_b + seq_eps)).
+  CHECK(klgrad::aggregation_weight(s, 4, 100, 2) == Approx(3.0 / (2.5 * 4.25)).epsilon(1e-15));
+  CHECK(klgrad::aggregation_weight(parse_spec("k3-as-loss,agg-eps=0.5,agg-scale=2"), 4, 9, 2) ==
+        Approx(2.0 / 9.5).epsilon(1e-15));
+  CHECK(klgrad::aggregation_weight(parse_spec("k3-as-loss,agg=token-sum-norm,agg-norm=8"), 4, 9, 2) ==
+        0.125);
+}
+
+TEST_CASE("spec: bad aggregation constants name the key and what is allowed", "[spec][errors]") {
+  using Catch::Contains;
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-eps=-1"), Contains("agg-eps=-1 must be >= 0"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-eps=x"), Contains("agg-eps='x' is not a finite number"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-eps=inf"), Contains("agg-eps='inf' is not a finite number"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=token-sum,agg-eps=1e-8"),
+                    Contains("agg=token-sum divides by none") &&
+                        Contains("token-mean, seq-mean-token-sum, seq-mean-token-mean or "
+                                 "seq-mean-token-sum-norm"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=token-sum-norm,agg-norm=4,agg-eps=1e-8"),
+                    Contains("agg=token-sum-norm divides by none"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-seq-eps=-0.5"), Contains("agg-seq-eps=-0.5 must be >= 0"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-seq-eps=1e-8"),
+                    Contains("only agg=seq-mean-token-mean divides by, not agg=token-mean"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=seq-mean-token-sum,agg-seq-eps=1e-8"),
+                    Contains("not agg=seq-mean-token-sum"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-scale=0"), Contains("agg-scale=0 must be > 0"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-scale=-2"), Contains("agg-scale=-2 must be > 0"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-scale=nan"), Contains("agg-scale='nan' is not a finite number"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-scale=2,agg-scale=3"), Contains("key 'agg-scale' given twice"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg=sum-norm"),
+                    Contains("unknown agg 'sum-norm'") && Contains("token-sum-norm"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,agg-epsilon=1"),
+                    Contains("unknown key 'agg-epsilon'") && Contains("agg-eps, agg-seq-eps, agg-scale"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,preset=roll,agg=seq-mean-token-sum-norm,agg-norm=512"),
+                    Contains("ROLL's seq-mean-token-sum-norm divides the token sum by L only") &&
+                        Contains("agg=token-sum-norm,agg-norm=L"));
+}
+
+TEST_CASE("spec: a preset's denominator epsilons follow the final agg and round-trip", "[spec]") {
+  struct row {
+    const char* text;
+    double eps, seq_eps;
+  };
+  const row table[] = {
+      {"k3-as-loss,preset=verl", 0, 0},                                     // token-mean: N
+      {"k3-as-loss,preset=verl,agg=seq-mean-token-mean", 0, 1e-8},          // n_b + 1e-8, B
+      {"k3-as-loss,preset=verl,agg=seq-mean-token-sum", 0, 0},
+      {"k3-as-loss,preset=nemo-rl", 1e-8, 0},                               // N + 1e-8
+      {"k3-as-loss,preset=nemo-rl,agg=seq-mean-token-mean", 1e-8, 1e-8},
+      {"k3-as-loss,preset=roll", 1e-8, 1e-8},                               // seq-mean-token-mean
+      {"k3-as-loss,preset=roll,agg=seq-mean-token-sum", 1e-8, 0},
+      {"k3-as-loss,preset=roll,agg=token-mean", 0, 0},
+      {"k3-as-loss,preset=roll,agg=token-sum-norm,agg-norm=512", 0, 0},
+      {"k3-as-loss,preset=openrlhf", 0, 0},
+      {"k3-as-loss,preset=openrlhf,agg=seq-mean-token-mean", 0, 1e-8},
+      {"k3-as-loss,preset=trl", 0, 0},
+      {"k3-as-loss,preset=slime", 0, 0},
+      {"k3-as-loss,preset=open-instruct", 0, 0},
+      {"k3-as-loss,preset=easyr1", 0, 0},
+      // Written out, they override the preset's and are printed.
+      {"k3-as-loss,preset=roll,agg-eps=0", 0, 1e-8},
+      {"k3-as-loss,preset=verl,agg=seq-mean-token-mean,agg-seq-eps=0", 0, 0},
+      {"k3-as-loss,preset=trl,agg-eps=1e-08", 1e-8, 0},
+  };
+  for (const auto& r : table) {
+    const auto s = parse_spec(r.text);
+    INFO(r.text);
+    CHECK(s.aggregation_eps == r.eps);
+    CHECK(s.aggregation_seq_eps == r.seq_eps);
+    CHECK(to_string(s) == r.text);
+    CHECK(parse_spec(to_string(s)) == s);
+    const auto e = klgrad::expand(s);
+    CHECK(parse_spec(to_string(e)) == e);
+  }
+  // expand() writes the preset's epsilons out as keys.
+  CHECK(to_string(klgrad::expand(parse_spec("k3-as-loss,preset=roll"))) ==
+        "k3-as-loss,clamp=value:-10:10/est:k3,agg=seq-mean-token-mean,agg-eps=1e-08,"
+        "agg-seq-eps=1e-08");
+  CHECK(to_string(klgrad::expand(parse_spec("k3-as-loss,preset=nemo-rl,agg-scale=8"))) ==
+        "k3-as-loss,is=differentiable,clamp=log-ratio:-20:20/value:-10:10/after-weight/"
+        "detach-weight,agg-eps=1e-08,agg-scale=8");
+  // The preset's epsilon follows an agg written before or after it.
+  CHECK(parse_spec("k3-as-loss,agg=seq-mean-token-mean,preset=verl") ==
+        parse_spec("k3-as-loss,preset=verl,agg=seq-mean-token-mean"));
 }
 
 TEST_CASE("spec: is-level, clamp and preset round-trip and print canonically", "[spec]") {
@@ -94,7 +212,7 @@ TEST_CASE("spec: is-level, clamp and preset round-trip and print canonically", "
         "k3-as-loss,clamp=log-ratio:-20:20/value:-10:10/est:k3");
   CHECK(to_string(klgrad::expand(parse_spec("k3-as-loss,preset=nemo-rl"))) ==
         "k3-as-loss,is=differentiable,clamp=log-ratio:-20:20/value:-10:10/after-weight/"
-        "detach-weight");
+        "detach-weight,agg-eps=1e-08");
   CHECK(parse_spec("k3-as-loss,preset=verl") != parse_spec("k3-as-loss,clamp=verl"));
   CHECK(parse_spec("k3-as-loss,preset=roll").aggregation ==
         klgrad::aggregation::seq_mean_token_mean);

@@ -9,17 +9,20 @@
 
 namespace klgrad {
 
-/// The weight a_{b,t} of a valid token in the batch loss beta * sum a_{b,t} v_{b,t}.
+/// The weight a_{b,t} of a valid token in the batch loss beta * sum a_{b,t} v_{b,t}, before
+/// the constants of aggregation_constants (epsilons and scale).
 enum class aggregation {
-  token_mean,              ///< 1 / N_tokens
-  token_sum,               ///< 1
-  seq_mean_token_sum,      ///< 1 / B_nonempty
-  seq_mean_token_mean,     ///< 1 / (B_nonempty * n_b)
-  seq_mean_token_sum_norm  ///< 1 / (B_nonempty * L), L a fixed constant (Dr. GRPO)
+  token_mean,               ///< 1 / N_tokens
+  token_sum,                ///< 1
+  seq_mean_token_sum,       ///< 1 / B_nonempty
+  seq_mean_token_mean,      ///< 1 / (B_nonempty * n_b)
+  seq_mean_token_sum_norm,  ///< 1 / (B_nonempty * L), L a fixed constant (Dr. GRPO, verl)
+  token_sum_norm            ///< 1 / L, L a fixed constant (ROLL's seq-mean-token-sum-norm)
 };
 
 inline constexpr aggregation all_aggregations[] = {
-    aggregation::token_mean, aggregation::token_sum, aggregation::seq_mean_token_sum,
+    aggregation::token_mean,          aggregation::token_sum,
+    aggregation::token_sum_norm,      aggregation::seq_mean_token_sum,
     aggregation::seq_mean_token_mean, aggregation::seq_mean_token_sum_norm};
 
 inline constexpr std::string_view to_string(aggregation a) {
@@ -29,30 +32,76 @@ inline constexpr std::string_view to_string(aggregation a) {
     case aggregation::seq_mean_token_sum: return "seq-mean-token-sum";
     case aggregation::seq_mean_token_mean: return "seq-mean-token-mean";
     case aggregation::seq_mean_token_sum_norm: return "seq-mean-token-sum-norm";
+    case aggregation::token_sum_norm: return "token-sum-norm";
   }
   return "?";
 }
+
+/// Whether the mode divides by the fixed length L (spec key agg-norm).
+inline constexpr bool uses_norm(aggregation a) {
+  return a == aggregation::seq_mean_token_sum_norm || a == aggregation::token_sum_norm;
+}
+
+/// Whether the mode divides by a batch count, N_tokens or B (spec key agg-eps).
+inline constexpr bool uses_batch_count(aggregation a) {
+  return a != aggregation::token_sum && a != aggregation::token_sum_norm;
+}
+
+/// Whether the mode divides by the sequence's own token count n_b (spec key agg-seq-eps).
+inline constexpr bool uses_sequence_count(aggregation a) {
+  return a == aggregation::seq_mean_token_mean;
+}
+
+/// The constants of an aggregation besides its mode, as trainers write their denominators:
+///   a_{b,t} = scale / (N_tokens + eps)                      token-mean
+///           = scale                                         token-sum
+///           = scale / L                                     token-sum-norm
+///           = scale / (B + eps)                             seq-mean-token-sum
+///           = scale / ((B + eps) * (n_b + seq_eps))         seq-mean-token-mean
+///           = scale / ((B + eps) * L)                       seq-mean-token-sum-norm
+/// eps and seq_eps are the "+ 1e-8" of a masked mean (docs/presets.md lists who adds one
+/// where); scale is a constant factor on the aggregated loss, such as the data-parallel size
+/// verl multiplies by because DDP then averages the ranks' gradients, or TRL's
+/// 1 / gradient_accumulation_steps.
+struct aggregation_constants {
+  double norm = 0.0;     ///< L of the -norm modes (0 when unused)
+  double eps = 0.0;      ///< added to the batch count the mode divides by (N_tokens or B)
+  double seq_eps = 0.0;  ///< added to n_b (seq-mean-token-mean)
+  double scale = 1.0;    ///< constant factor
+};
 
 /// Batch-wide counts. A negative entry means "count the local batch"; a data-parallel
 /// trainer passes the global counts (all shards) so that summing the shards' losses and
 /// concatenating their coefficients gives exactly the unsharded result.
 struct batch_counts {
   Eigen::Index tokens = -1;     ///< N_tokens: valid tokens in the whole batch
-  Eigen::Index sequences = -1;  ///< B_nonempty: sequences with at least one valid token
+  Eigen::Index sequences = -1;  ///< B: sequences with at least one valid token, or the
+                                ///< trainer's own sequence count (docs/presets.md)
 };
 
 /// a_{b,t} for a valid token of a sequence with n_b valid tokens, given the batch's
-/// N_tokens and B_nonempty and the constant L of seq_mean_token_sum_norm.
+/// N_tokens and B and the mode's constants.
+inline double aggregation_weight(aggregation mode, const aggregation_constants& k,
+                                 Eigen::Index n_b, Eigen::Index tokens, Eigen::Index sequences) {
+  const double B = double(sequences) + k.eps;
+  double a = 0.0;
+  switch (mode) {
+    case aggregation::token_mean: a = 1.0 / (double(tokens) + k.eps); break;
+    case aggregation::token_sum: a = 1.0; break;
+    case aggregation::token_sum_norm: a = 1.0 / k.norm; break;
+    case aggregation::seq_mean_token_sum: a = 1.0 / B; break;
+    case aggregation::seq_mean_token_mean: a = 1.0 / (B * (double(n_b) + k.seq_eps)); break;
+    case aggregation::seq_mean_token_sum_norm: a = 1.0 / (B * k.norm); break;
+  }
+  return k.scale * a;
+}
+
+/// a_{b,t} without epsilons or scale: norm is the L of the -norm modes.
 inline double aggregation_weight(aggregation mode, double norm, Eigen::Index n_b,
                                  Eigen::Index tokens, Eigen::Index sequences) {
-  switch (mode) {
-    case aggregation::token_mean: return 1.0 / double(tokens);
-    case aggregation::token_sum: return 1.0;
-    case aggregation::seq_mean_token_sum: return 1.0 / double(sequences);
-    case aggregation::seq_mean_token_mean: return 1.0 / (double(sequences) * double(n_b));
-    case aggregation::seq_mean_token_sum_norm: return 1.0 / (double(sequences) * norm);
-  }
-  return 0.0;
+  aggregation_constants k;
+  k.norm = norm;
+  return aggregation_weight(mode, k, n_b, tokens, sequences);
 }
 
 }  // namespace klgrad

@@ -448,8 +448,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
     std::fill(coef, coef + q.size, T(0));
     return 0.0;
   }
-  const T scale = T(s.beta * aggregation_weight(s.aggregation, s.aggregation_norm, n_b,
-                                                p.tokens, p.sequences));
+  const T scale = T(s.beta * aggregation_weight(s, n_b, p.tokens, p.sequences));
   auto scalar = [&](T x) { return chunk<T>::array::Constant(c.n, x); };
   using map = typename chunk<T>::map;
   const importance& is = s.importance;

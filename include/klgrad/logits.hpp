@@ -45,7 +45,7 @@ struct logits_options {
   /// with respect to the logits those log-probabilities came from.
   bool log_probs = false;
   klgrad::aggregation aggregation = aggregation::token_mean;
-  double aggregation_norm = 0.0;  ///< L of seq_mean_token_sum_norm
+  double aggregation_norm = 0.0;  ///< L of the -norm modes
   double beta = 1.0;
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
 };
@@ -151,8 +151,8 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
   if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
     raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
                        "local batch");
-  if (opt.aggregation == aggregation::seq_mean_token_sum_norm && !(opt.aggregation_norm > 0))
-    raise<input_error>(cat("seq-mean-token-sum-norm needs aggregation_norm > 0, got ",
+  if (uses_norm(opt.aggregation) && !(opt.aggregation_norm > 0))
+    raise<input_error>(cat(to_string(opt.aggregation), " needs aggregation_norm > 0, got ",
                            opt.aggregation_norm));
   auto count = [&](Index s) {
     if (!b.mask.present()) return P;

@@ -117,7 +117,7 @@ inline std::string preset_mismatch(preset p, const term& t) {
 ///                  w*k clamped to [-10, 10]; the loss weight is exp(lp - lb) with gradient
 ///                  (lb = sg(lp) by default, the generation log-probs with
 ///                  use_on_policy_kl_approximation); the in-reward term has the clamps and
-///                  no weight; token-mean.
+///                  no weight; token-mean (over N + 1e-8: see denominators()).
 ///  trl:            k3 unclamped; no weight (use_bias_correction_kl: is=differentiable,
 ///                  importance_sampling_level=sequence: is-level=sequence-mean); token-mean
 ///                  (loss_type=dapo).
@@ -126,7 +126,7 @@ inline std::string preset_mismatch(preset p, const term& t) {
 ///  open-instruct:  s clamped to [-40, 40] for every estimator, no value clamp; no weight
 ///                  (estimator 3: k1 with is=differentiable); token-mean.
 ///  roll:           k3's value clamped to [-10, 10], no log-ratio clamp; no weight;
-///                  seq-mean-token-mean.
+///                  seq-mean-token-mean (with the denominators' 1e-8: see denominators()).
 inline preset_conventions conventions(preset p, const term& t) {
   preset_conventions out;
   const unsigned k3 = estimator_bit(estimator::k3);
@@ -169,6 +169,58 @@ inline preset_conventions conventions(preset p, const term& t) {
       break;
   }
   return out;
+}
+
+/// The epsilons a trainer's own aggregation adds to its denominators in a mode (0 where it
+/// adds none, and in modes the trainer does not have): the spec keys agg-eps and
+/// agg-seq-eps that preset=P gives unless they are written out.
+struct preset_denominators {
+  double eps = 0.0;      ///< added to N_tokens or B
+  double seq_eps = 0.0;  ///< added to n_b
+};
+
+///  verl:      seq-mean-token-mean divides each sequence's sum by n_b + 1e-8 (B exact).
+///  openrlhf:  its per-sample mode (seq-mean-token-mean) likewise n_b + 1e-8; the KL loss
+///             itself always uses the exact global token mean.
+///  nemo-rl:   token-mean divides by N + 1e-8; seq-mean-token-mean by (n_b + 1e-8) and
+///             (B + 1e-8).
+///  roll:      seq-mean-token-sum by B + 1e-8; seq-mean-token-mean by (n_b + 1e-8) and
+///             (B + 1e-8); token-mean exact.
+///  trl, slime clamp their counts to at least 1, which changes nothing for a sequence or
+///  batch with a valid token; open-instruct and easyr1 add none klgrad can express
+///  (docs/presets.md).
+inline preset_denominators denominators(preset p, aggregation mode) {
+  preset_denominators out;
+  constexpr double eps = 1e-8;
+  switch (p) {
+    case preset::verl:
+    case preset::openrlhf:
+      if (mode == aggregation::seq_mean_token_mean) out.seq_eps = eps;
+      break;
+    case preset::nemo_rl:
+      if (mode == aggregation::token_mean) out.eps = eps;
+      if (mode == aggregation::seq_mean_token_mean) out.eps = out.seq_eps = eps;
+      break;
+    case preset::roll:
+      if (mode == aggregation::seq_mean_token_sum) out.eps = eps;
+      if (mode == aggregation::seq_mean_token_mean) out.eps = out.seq_eps = eps;
+      break;
+    case preset::none:
+    case preset::trl:
+    case preset::slime:
+    case preset::open_instruct:
+    case preset::easyr1: break;
+  }
+  return out;
+}
+
+/// Why a trainer's aggregation of the same name is another one in klgrad ("" when it is
+/// not): ROLL's seq-mean-token-sum-norm divides by L only, which is klgrad's token-sum-norm.
+inline std::string preset_aggregation_mismatch(preset p, aggregation mode) {
+  if (p == preset::roll && mode == aggregation::seq_mean_token_sum_norm)
+    return "preset=roll: ROLL's seq-mean-token-sum-norm divides the token sum by L only, not "
+           "by B*L as klgrad's does: write agg=token-sum-norm,agg-norm=L";
+  return "";
 }
 
 }  // namespace klgrad

@@ -31,14 +31,20 @@ namespace klgrad {
 ///         is=none|detached|differentiable  is-level=token|prefix|per-decision|sequence-mean
 ///         is-clip=C  is-mask=LO:HI  clamp=CLAMP
 ///         level=token|to-go|sequence  gamma=G
-///         agg=token-mean|token-sum|seq-mean-token-sum|seq-mean-token-mean|
-///             seq-mean-token-sum-norm  agg-norm=L  beta=B
+///         agg=token-mean|token-sum|token-sum-norm|seq-mean-token-sum|
+///             seq-mean-token-mean|seq-mean-token-sum-norm  agg-norm=L  agg-eps=E
+///         agg-seq-eps=E  agg-scale=S  beta=B
 ///   CLAMP = none | ITEM{/ITEM}, ITEM = PRESET (that trainer's clamp for the term)
 ///         | log-ratio:LO:HI | value:LO:HI | est:EST{:EST} | after-weight | detach-weight
 ///         | pass-gradient            (bounds may be inf or -inf; see clamp_policy)
-/// Defaults: is=none, is-level=token, no clamp, level=token, gamma=1, agg=token-mean, beta=1.
+/// Defaults: is=none, is-level=token, no clamp, level=token, gamma=1, agg=token-mean,
+/// agg-eps=0, agg-seq-eps=0, agg-scale=1, beta=1. agg-norm=L (L > 0) is required by the -norm
+/// modes and refused elsewhere; agg-eps (>= 0) is added to the batch count a mode divides by
+/// (N_tokens or B), agg-seq-eps (>= 0) to n_b of seq-mean-token-mean, and agg-scale (> 0)
+/// multiplies a_{b,t} (aggregation_constants).
 /// preset=P first sets trainer P's clamp, weight and aggregation for the term (presets.hpp),
-/// then the other keys override them, wherever preset= stands in the string. Examples:
+/// then the other keys override them, wherever preset= stands in the string; agg-eps and
+/// agg-seq-eps, unless written, are trainer P's for the final agg (denominators()). Examples:
 ///   k3-as-loss,preset=verl                      verl's low_var_kl KL loss
 ///   k3~k2-as-loss,preset=verl                   verl's k3+ (k3 value, k2 gradient)
 ///   k3-as-loss,is=differentiable,preset=trl     TRL's use_bias_correction_kl
@@ -52,14 +58,29 @@ struct spec {
   klgrad::level level = level::token;
   double gamma = 1.0;
   klgrad::aggregation aggregation = aggregation::token_mean;
-  double aggregation_norm = 0.0;  ///< L of seq_mean_token_sum_norm (0 when unused)
+  double aggregation_norm = 0.0;     ///< L of the -norm modes (0 when unused)
+  double aggregation_eps = 0.0;      ///< added to N_tokens or B (agg-eps)
+  double aggregation_seq_eps = 0.0;  ///< added to n_b (agg-seq-eps)
+  double aggregation_scale = 1.0;    ///< constant factor on a_{b,t} (agg-scale)
   double beta = 1.0;
+
+  /// The aggregation's constants (norm, epsilons, scale) in one value.
+  klgrad::aggregation_constants aggregation_constants() const {
+    klgrad::aggregation_constants k;
+    k.norm = aggregation_norm;
+    k.eps = aggregation_eps;
+    k.seq_eps = aggregation_seq_eps;
+    k.scale = aggregation_scale;
+    return k;
+  }
 
   friend bool operator==(const spec& a, const spec& b) {
     return a.term == b.term && a.preset == b.preset && a.importance == b.importance &&
            a.clamp == b.clamp && a.level == b.level &&
            a.gamma == b.gamma && a.aggregation == b.aggregation &&
-           a.aggregation_norm == b.aggregation_norm && a.beta == b.beta;
+           a.aggregation_norm == b.aggregation_norm && a.aggregation_eps == b.aggregation_eps &&
+           a.aggregation_seq_eps == b.aggregation_seq_eps &&
+           a.aggregation_scale == b.aggregation_scale && a.beta == b.beta;
   }
   friend bool operator!=(const spec& a, const spec& b) { return !(a == b); }
 };
@@ -219,6 +240,13 @@ inline std::string format_clamp(const clamp_policy& c) {
   return out.empty() ? "none" : out;
 }
 
+/// Sets the epsilons the spec's preset adds to the denominators of its aggregation mode.
+inline void set_preset_denominators(spec& s) {
+  const preset_denominators d = denominators(s.preset, s.aggregation);
+  s.aggregation_eps = d.eps;
+  s.aggregation_seq_eps = d.seq_eps;
+}
+
 /// The spec a preset gives a term before explicit keys (the defaults when preset is none).
 inline spec preset_base(preset p, const term& t) {
   spec s;
@@ -228,6 +256,7 @@ inline spec preset_base(preset p, const term& t) {
   s.clamp = c.clamp;
   s.importance.mode = c.weight;
   s.aggregation = c.agg;
+  set_preset_denominators(s);
   return s;
 }
 
@@ -299,11 +328,31 @@ inline void validate(const spec& s, std::string_view whole) {
     const std::string why = preset_mismatch(s.preset, s.term);
     if (!why.empty()) fail(why);
   }
-  const bool normed = s.aggregation == aggregation::seq_mean_token_sum_norm;
+  const std::string agg(to_string(s.aggregation));
+  const bool normed = uses_norm(s.aggregation);
   if (normed && !(s.aggregation_norm > 0.0))
-    fail("agg=seq-mean-token-sum-norm needs agg-norm=L with L > 0 (the fixed length it divides by)");
+    fail(cat("agg=", agg, " needs agg-norm=L with L > 0 (the fixed length it divides by)"));
   if (!normed && s.aggregation_norm != 0.0)
-    fail("agg-norm=L applies only to agg=seq-mean-token-sum-norm");
+    fail(cat("agg-norm=L applies only to agg=token-sum-norm and agg=seq-mean-token-sum-norm, "
+             "not agg=", agg));
+  if (!(s.aggregation_eps >= 0.0))
+    fail(cat("agg-eps=", format_number(s.aggregation_eps), " must be >= 0"));
+  if (s.aggregation_eps != 0.0 && !uses_batch_count(s.aggregation))
+    fail(cat("agg-eps=E is added to the batch count a mode divides by (N_tokens or B); agg=",
+             agg, " divides by none: use it with token-mean, seq-mean-token-sum, "
+             "seq-mean-token-mean or seq-mean-token-sum-norm"));
+  if (!(s.aggregation_seq_eps >= 0.0))
+    fail(cat("agg-seq-eps=", format_number(s.aggregation_seq_eps), " must be >= 0"));
+  if (s.aggregation_seq_eps != 0.0 && !uses_sequence_count(s.aggregation))
+    fail(cat("agg-seq-eps=E is added to a sequence's token count n_b, which only "
+             "agg=seq-mean-token-mean divides by, not agg=", agg));
+  if (!(s.aggregation_scale > 0.0))
+    fail(cat("agg-scale=", format_number(s.aggregation_scale),
+             " must be > 0 (use beta=0 to switch the term off)"));
+  if (s.preset != preset::none) {
+    const std::string why = preset_aggregation_mismatch(s.preset, s.aggregation);
+    if (!why.empty()) fail(why);
+  }
 }
 
 }  // namespace detail
@@ -314,7 +363,8 @@ inline spec parse_spec(std::string_view text) {
   const auto parts = detail::split(text, ',');
   const term t = detail::parse_term(parts[0], text);
   const char* keys =
-      "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, beta";
+      "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, agg-eps, "
+      "agg-seq-eps, agg-scale, beta";
   std::vector<std::pair<std::string_view, std::string_view>> items;
   preset chosen = preset::none;
   for (std::size_t i = 1; i < parts.size(); ++i) {
@@ -330,8 +380,11 @@ inline spec parse_spec(std::string_view text) {
     items.emplace_back(key, val);
     if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", text);
   }
-  // The preset first, wherever it stands; explicit keys override it.
+  // The preset first, wherever it stands; explicit keys override it. The preset's
+  // denominator epsilons belong to the final agg, so they are set after the keys unless
+  // written out.
   spec s = detail::preset_base(chosen, t);
+  bool eps_given = false, seq_eps_given = false;
   for (const auto& [key, val] : items) {
     if (key == "preset") {
     } else if (key == "is") {
@@ -359,6 +412,14 @@ inline spec parse_spec(std::string_view text) {
       s.aggregation = detail::parse_word(val, all_aggregations, "agg", text);
     } else if (key == "agg-norm") {
       s.aggregation_norm = detail::parse_number(val, key, text);
+    } else if (key == "agg-eps") {
+      s.aggregation_eps = detail::parse_number(val, key, text);
+      eps_given = true;
+    } else if (key == "agg-seq-eps") {
+      s.aggregation_seq_eps = detail::parse_number(val, key, text);
+      seq_eps_given = true;
+    } else if (key == "agg-scale") {
+      s.aggregation_scale = detail::parse_number(val, key, text);
     } else if (key == "beta") {
       s.beta = detail::parse_number(val, key, text);
     } else {
@@ -366,6 +427,9 @@ inline spec parse_spec(std::string_view text) {
           detail::cat("spec '", text, "': unknown key '", key, "'; keys: ", keys));
     }
   }
+  const preset_denominators d = denominators(s.preset, s.aggregation);
+  if (!eps_given) s.aggregation_eps = d.eps;
+  if (!seq_eps_given) s.aggregation_seq_eps = d.seq_eps;
   detail::validate(s, text);
   return s;
 }
@@ -390,8 +454,13 @@ inline std::string to_string(const spec& s) {
   if (s.gamma != 1.0) out += ",gamma=" + format_number(s.gamma);
   if (s.aggregation != base.aggregation)
     out += ",agg=" + std::string(to_string(s.aggregation));
-  if (s.aggregation == aggregation::seq_mean_token_sum_norm)
-    out += ",agg-norm=" + format_number(s.aggregation_norm);
+  if (uses_norm(s.aggregation)) out += ",agg-norm=" + format_number(s.aggregation_norm);
+  // The preset's epsilons are those of the final agg.
+  const preset_denominators d = denominators(s.preset, s.aggregation);
+  if (s.aggregation_eps != d.eps) out += ",agg-eps=" + format_number(s.aggregation_eps);
+  if (s.aggregation_seq_eps != d.seq_eps)
+    out += ",agg-seq-eps=" + format_number(s.aggregation_seq_eps);
+  if (s.aggregation_scale != 1.0) out += ",agg-scale=" + format_number(s.aggregation_scale);
   if (s.beta != 1.0) out += ",beta=" + format_number(s.beta);
   return out;
 }
@@ -401,6 +470,13 @@ inline std::string to_string(const spec& s) {
 inline spec expand(spec s) {
   s.preset = preset::none;
   return s;
+}
+
+/// a_{b,t} of the spec's aggregation (mode and constants) for a valid token of a sequence
+/// with n_b valid tokens, given the batch's N_tokens and B.
+inline double aggregation_weight(const spec& s, Eigen::Index n_b, Eigen::Index tokens,
+                                 Eigen::Index sequences) {
+  return aggregation_weight(s.aggregation, s.aggregation_constants(), n_b, tokens, sequences);
 }
 
 }  // namespace klgrad

@@ -55,6 +55,9 @@ inline matrix token_log_probs(const tabular& shape, const matrix& lp, const sequ
 inline spec per_sample_spec(spec s) {
   s.aggregation = aggregation::token_sum;
   s.aggregation_norm = 0.0;
+  s.aggregation_eps = 0.0;
+  s.aggregation_seq_eps = 0.0;
+  s.aggregation_scale = 1.0;
   s.beta = 1.0;
   return s;
 }

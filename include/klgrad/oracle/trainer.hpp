@@ -133,6 +133,9 @@ struct train_result {
 inline spec trainer_spec(spec s, double beta) {
   s.aggregation = aggregation::seq_mean_token_sum;
   s.aggregation_norm = 0.0;
+  s.aggregation_eps = 0.0;
+  s.aggregation_seq_eps = 0.0;
+  s.aggregation_scale = 1.0;
   s.beta = beta;
   return s;
 }
