@@ -51,6 +51,7 @@ template <class T>
 struct chunk {
   using array = Eigen::Array<T, Eigen::Dynamic, 1>;
   using map = Eigen::Map<array>;
+  alignas(64) T lanes[chunk_size];  ///< a packet mask: all bits set for a valid token, else 0
   alignas(64) T valid[chunk_size];  ///< 1 for a valid token, 0 for a masked one
   alignas(64) T s[chunk_size];      ///< guarded log-ratio, 0 where masked
   alignas(64) T va[chunk_size];     ///< value estimator k_a(s)
@@ -197,6 +198,10 @@ T sequence_log_weight(const sequence_view<T, M>& q, Index n_b, const plan<T>& p,
   return mean;
 }
 
+/// The unsigned integer of T's size (for bit masks).
+template <class T>
+using unsigned_of = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
 /// The packet type of T on this build, and its width.
 template <class T>
 using packet = typename Eigen::internal::packet_traits<T>::type;
@@ -206,19 +211,20 @@ inline constexpr Index packet_width = Eigen::internal::unpacket_traits<packet<T>
 /// What log_ratio_packets() found in a chunk besides the log-ratios.
 template <class T>
 struct chunk_checks {
+  Index valid = 0;         ///< valid tokens in the chunk
   Index guarded = 0;       ///< valid tokens whose log-ratio the guard clamped
   bool nonfinite = false;  ///< some valid token may hold a non-finite lp or ref
   T sum = 0;               ///< the sum of the packets the body returned
 };
 
 /// The one pass over a chunk's inputs that every token-level path starts with: converts the
-/// mask into c.valid, then, packet by packet, forms the guarded log-ratio
+/// mask into the bit masks c.lanes, then, packet by packet, forms the guarded log-ratio
 /// s = clamp(lp - lr, lowest, highest) (0 where masked; NaN stays NaN) and hands
 /// body(k, s, valid_bits) the packet at chunk offset k, valid_bits all-ones in valid lanes;
 /// the packets body returns are summed into `sum`. A last partial packet reads zero-padded
-/// copies, so that every lane computes the same formulas. Counts the guarded tokens and
-/// probes for non-finite inputs on the way. Always inlined, so that the body's captures
-/// live in registers.
+/// copies, so that every lane computes the same formulas. Detects guarded and non-finite
+/// log-ratios on the way, and counts them only in a chunk that has some. Always inlined, so
+/// that the body's captures live in registers.
 template <class T, class M, class Body>
 EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n,
                                const plan<T>& p, Body&& body) {
@@ -226,17 +232,25 @@ EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequenc
   using P = packet<T>;
   constexpr Index W = packet_width<T>;
   c.n = n;
+  chunk_checks<T> out;
+  const T all_bits = Eigen::numext::bit_cast<T>(~unsigned_of<T>(0));
   if (q.mask) {
     const M* mk = q.mask + i0;
-    for (Index i = 0; i < n; ++i) c.valid[i] = mk[i] != M(0) ? T(1) : T(0);
+    std::uint32_t count = 0;
+    for (Index i = 0; i < n; ++i) {
+      const bool valid = mk[i] != M(0);
+      c.lanes[i] = valid ? all_bits : T(0);
+      count += valid;
+    }
+    out.valid = count;
   } else {
-    std::fill(c.valid, c.valid + n, T(1));
+    std::fill(c.lanes, c.lanes + n, all_bits);
+    out.valid = n;
   }
   const T* lp = q.logp + i0;
   const T* lr = q.ref + i0;
-  const P lo = pset1<P>(p.lowest), hi = pset1<P>(p.highest), zero = pset1<P>(T(0)),
-          one = pset1<P>(T(1));
-  P guards = zero, probe = zero, sum = zero;
+  const P lo = pset1<P>(p.lowest), hi = pset1<P>(p.highest), zero = pset1<P>(T(0));
+  P excess = zero, sum = zero;
   alignas(64) T lp_tail[W], lr_tail[W];
   for (Index k = 0; k < n; k += W) {
     P a, b;
@@ -248,22 +262,28 @@ EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequenc
       std::fill(lr_tail, lr_tail + W, T(0));
       std::copy(lp + k, lp + n, lp_tail);
       std::copy(lr + k, lr + n, lr_tail);
-      std::fill(c.valid + n, c.valid + k + W, T(0));
+      std::fill(c.lanes + n, c.lanes + k + W, T(0));
       a = pload<P>(lp_tail);
       b = pload<P>(lr_tail);
     }
-    const P valid = pcmp_lt(zero, pload<P>(c.valid + k));
+    const P valid = pload<P>(c.lanes + k);
     const P d = pand(psub(a, b), valid);
-    // d - d is 0 for finite d and NaN otherwise: the sum turns NaN if any lane was not finite.
-    probe = padd(probe, psub(d, d));
-    guards = padd(guards, pand(por(pcmp_lt(d, lo), pcmp_lt(hi, d)), one));
-    sum = padd(sum, body(k, pmin(pmax(d, lo), hi), valid));
+    const P s = pmin(pmax(d, lo), hi);
+    // d - s is 0 unless the guard clamped d (then at least an ulp of the bound) or d is not
+    // finite (then inf or NaN): the sum of squares stays 0 exactly when neither happened.
+    const P e = psub(d, s);
+    excess = pmadd(e, e, excess);
+    sum = padd(sum, body(k, s, valid));
   }
-  chunk_checks<T> out;
-  out.guarded = Index(predux(guards));
   out.sum = predux(sum);
-  const T probed = predux(probe);
-  out.nonfinite = !(probed == T(0));
+  if (!(predux(excess) == T(0))) {  // rare: count the guarded tokens one by one
+    for (Index i = 0; i < n; ++i) {
+      if (q.mask && q.mask[i0 + i] == M(0)) continue;
+      const T d = lp[i] - lr[i];
+      out.guarded += (d < p.lowest) | (d > p.highest);
+      out.nonfinite |= !(d - d == T(0));
+    }
+  }
   return out;
 }
 
@@ -275,7 +295,8 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
            Index& dropped, weight_state<T>& ws) {
   using namespace Eigen::internal;
   using P = packet<T>;
-  const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P&) {
+  const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid) {
+    pstore(c.valid + k, pand(valid, pset1<P>(T(1))));
     pstore(c.s + k, s);
     P v, g;
     if constexpr (std::is_same_v<Ea, Eb>) {
@@ -398,14 +419,22 @@ void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
 /// loss, on-policy) in one pass: each packet of log-ratios becomes value and coefficient,
 ///   value = k_a(s),  coef = scale * valid * ([reward] k_a(s) + [loss] k_b'(s)),
 /// stored straight into the caller's arrays (combine() with weight 1, without the chunk
-/// buffers in between). Returns the summed value; adds the guarded tokens to `guarded`.
+/// buffers in between). Returns the summed value; adds the guarded tokens to `guarded` and
+/// the valid ones to `valid_tokens`.
 template <class Ea, class Eb, class T, class M>
 double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
-                  chunk<T>& c, T scale, Index& guarded) {
+                  chunk<T>& c, T scale, Index& guarded, Index& valid_tokens) {
   using namespace Eigen::internal;
   using P = packet<T>;
   constexpr Index W = packet_width<T>;
-  const P in = pset1<P>(p.reward), ls = pset1<P>(p.loss), factor = pset1<P>(scale);
+  // One part: scale folded into the switches (the switched-off part's product is exactly
+  // 0). Both parts: the scale multiplies their sum, since scale * v and scale * g may
+  // overflow with opposite signs where the sum does not (k3-both, beta = 1e30).
+  const bool both = p.reward != T(0) && p.loss != T(0);
+  const P in = pset1<P>(scale * p.reward), ls = pset1<P>(scale * p.loss),
+          factor = pset1<P>(scale);
+  // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
+  constexpr bool mask_gradient = Eb::id == estimator::k1;
   double total = 0.0;
   for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
     const Index n = std::min(chunk_size, q.size - i0);
@@ -417,7 +446,8 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
         v = Ea::packet_value(s);
         g = Eb::packet_derivative(s);
       }
-      const P out = pand(pmul(factor, padd(pmul(in, v), pmul(ls, g))), valid);
+      P out = both ? pmul(factor, padd(v, g)) : pmadd(in, v, pmul(ls, g));
+      if constexpr (mask_gradient) out = pand(out, valid);
       if (k + W <= n) {
         pstoreu(value + i0 + k, v);
         pstoreu(coef + i0 + k, out);
@@ -427,13 +457,26 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
         std::copy(c.va + k, c.va + n, value + i0 + k);
         std::copy(c.scratch + k, c.scratch + n, coef + i0 + k);
       }
-      return v;  // masked lanes have s = 0, and k(0) = 0 for every estimator
+      return v;
     });
     if (p.nonfinite == nonfinite_policy::raise && checks.nonfinite) find_nonfinite(q, i0, n);
     guarded += checks.guarded;
+    valid_tokens += checks.valid;
     total += double(checks.sum);
     if (scale > T(1)) saturate(coef + i0, n);
   }
+  return total;
+}
+
+/// Adds a sequence with n_b valid tokens and summed value `total` to the summary; returns
+/// total.
+template <class T>
+double account(summary& out, Index n_b, T scale, double total) {
+  if (n_b == 0) return total;
+  out.tokens += n_b;
+  out.sequences += 1;
+  const double top = std::numeric_limits<double>::max();
+  out.loss = std::clamp(out.loss + double(scale) * total, -top, top);
   return total;
 }
 
@@ -442,6 +485,16 @@ template <class Ea, class Eb, class T, class M>
 double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
                     chunk<T>& c, summary& out) {
   const spec& s = *p.s;
+  const importance& is = s.importance;
+  if (s.level == level::token && !is.active() && !p.clamp_a && !p.clamp_b &&
+      !uses_sequence_count(s.aggregation)) {
+    // The common case in one pass that also counts the valid tokens, so that the mask is
+    // read once (an empty sequence gets zeros: masked tokens have s = 0 and coefficient 0).
+    const T scale = T(s.beta * aggregation_weight(s, 0, p.tokens, p.sequences));
+    Index n_b = 0;
+    const double total = token_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded, n_b);
+    return account(out, n_b, scale, total);
+  }
   const Index n_b = count_valid(q);
   if (n_b == 0) {
     std::fill(value, value + q.size, T(0));
@@ -451,7 +504,6 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
   const T scale = T(s.beta * aggregation_weight(s, n_b, p.tokens, p.sequences));
   auto scalar = [&](T x) { return chunk<T>::array::Constant(c.n, x); };
   using map = typename chunk<T>::map;
-  const importance& is = s.importance;
   const bool differentiable = is.mode == weighting::differentiable;
   weight_state<T> ws;
   if (is.level == weight_level::sequence_mean)
@@ -529,11 +581,10 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
           fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
           combine_weight_gradient(c, p, c.m(c.grad) * share, scale, coef + i0);
         }
-      } else if (!is.active() && !p.clamp_a && !p.clamp_b) {
-        total = token_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded);
       } else {
-        // Token weights, and detached prefix or sequence-mean weights: the token's own
-        // weight multiplies its terms.
+        // Token weights, detached prefix or sequence-mean weights, clamps, or a mode that
+        // divides by n_b (the rest took the fused pass above): the token's own weight
+        // multiplies its terms.
         for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
           const Index n = std::min(chunk_size, q.size - i0);
           out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
@@ -601,11 +652,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       break;
     }
   }
-  out.tokens += n_b;
-  out.sequences += 1;
-  const double top = std::numeric_limits<double>::max();
-  out.loss = std::clamp(out.loss + double(scale) * total, -top, top);
-  return total;
+  return account(out, n_b, scale, total);
 }
 
 template <class T, class M>
