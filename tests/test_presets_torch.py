@@ -298,3 +298,44 @@ def test_aggregation_matches_autograd(what, spec, counts, kl, agg, dtype):
         for t in range(5):
             c = lpg.grad[b][t].item()
             assert got["coef"][b][t] == pytest.approx(c, rel=rtol, abs=1e-300), f"{what} {dtype} b={b} t={t}"
+
+
+# --- TRL's bias-corrected KL with sequence-level importance sampling ----------------------
+#
+# use_bias_correction_kl with importance_sampling_level="sequence": every token's k3 is
+# multiplied by w_seq = exp(mean over the sequence's valid tokens of lp - lb), which carries
+# gradient to every token of the sequence; the batch is averaged as loss_type=dapo
+# (sum / N_tokens). Behaviour log-probs differ from lp here, so the weights are not 1.
+
+LB = [[-1.1, -0.8, -2.4, -0.4, -3.0], [-0.9, -1.5, -0.3, -1.1, -0.8], [-2.0, -0.9, -1.2, -0.7, -0.8]]
+
+
+def trl_sequence_weighted(lp, lr, lb, m):
+    w = torch.exp(((lp - lb) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0))
+    return trl(lp, lr) * w
+
+
+@pytest.mark.parametrize("dtype", ["float", "double"])
+def test_trl_sequence_level_bias_correction_matches_autograd(dtype):
+    tdtype = torch.float32 if dtype == "float" else torch.float64
+    lp = torch.tensor(LP, dtype=tdtype)
+    lr = torch.tensor(LR, dtype=tdtype)
+    lb = torch.tensor(LB, dtype=tdtype)
+    m = torch.tensor(MASK, dtype=tdtype)
+    spec = "k3-as-loss,is=differentiable,is-level=sequence-mean,preset=trl,beta=0.04"
+    batch = {"logp": lp.tolist(), "ref": lr.tolist(), "behavior": lb.tolist(), "mask": MASK}
+    out = subprocess.run([KLGRAD, "eval", "--spec", spec, "--type", dtype],
+                         input=json.dumps(batch), capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    lpg = lp.clone().requires_grad_(True)
+    per_token = trl_sequence_weighted(lpg, lr, lb, m)
+    loss = BETA * (per_token * m).sum() / m.sum()
+    loss.backward()
+    rtol = 1e-5 if dtype == "float" else 1e-12
+    assert got["loss"] == pytest.approx(loss.item(), rel=rtol)
+    for b in range(3):
+        for t in range(5):
+            assert got["coef"][b][t] == pytest.approx(lpg.grad[b][t].item(), rel=rtol, abs=1e-300), \
+                f"{dtype} b={b} t={t}"
+            if MASK[b][t]:
+                assert got["value"][b][t] == pytest.approx(per_token[b][t].item(), rel=rtol)
