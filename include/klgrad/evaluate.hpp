@@ -226,8 +226,9 @@ struct chunk_checks {
 /// log-ratios on the way, and counts them only in a chunk that has some. Always inlined, so
 /// that the body's captures live in registers.
 template <class T, class M, class Body>
-EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n,
-                               const plan<T>& p, Body&& body) {
+EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequence_view<T, M>& q,
+                                                      Index i0, Index n, const plan<T>& p,
+                                                      Body&& body) {
   using namespace Eigen::internal;
   using P = packet<T>;
   constexpr Index W = packet_width<T>;
