@@ -170,33 +170,56 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
   const Index n_tokens = opt.counts.tokens > 0 ? opt.counts.tokens : tokens;
   const Index n_sequences = opt.counts.sequences > 0 ? opt.counts.sequences : sequences;
 
+  // Rows run in chunks of `chunk`: the rows of a chunk in parallel with KLGRAD_OPENMP (each
+  // row is computed whole by one thread), their values kept in `part`; then the chunk's
+  // values are added to the sums in row order. The loss and the mean are thus the same, bit
+  // for bit, with any number of threads and without OpenMP (no reduction across threads
+  // whose order would depend on the schedule), and nothing is allocated.
+  constexpr Index chunk = 256;
+  double part[chunk], chunk_scale[chunk];
+  const Index N = b.sequences * P;
+  Index seq = -1;
+  double seq_scale = 0;  // beta * a_{b,t} of sequence seq
   double loss = 0, total = 0;
   Index first_bad = std::numeric_limits<Index>::max();  // row_status_count * row + status
-  for (Index s = 0; s < b.sequences; ++s) {
-    const Index n_b = count(s);
-    const double scale =
-        n_b > 0 ? opt.beta * aggregation_weight(opt.aggregation, opt.aggregation_norm, n_b,
-                                                n_tokens, n_sequences)
-                : 0.0;
-    const Index r0 = s * P;
+  for (Index c0 = 0; c0 < N; c0 += chunk) {
+    const Index n = std::min(chunk, N - c0);
+    for (Index i = 0; i < n; ++i) {
+      const Index s = (c0 + i) / P;
+      if (s != seq) {
+        seq = s;
+        const Index n_b = count(s);
+        seq_scale = n_b > 0 ? opt.beta * aggregation_weight(opt.aggregation,
+                                                            opt.aggregation_norm, n_b,
+                                                            n_tokens, n_sequences)
+                            : 0.0;
+      }
+      chunk_scale[i] = seq_scale;
+    }
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
-#pragma omp parallel for schedule(static) reduction(+ : loss, total) reduction(min : first_bad)
+#pragma omp parallel for schedule(static) reduction(min : first_bad)
 #endif
-    for (Index r = r0; r < r0 + P; ++r) {
+    for (Index i = 0; i < n; ++i) {
+      const Index r = c0 + i;
+      part[i] = 0;
       T* g = grad ? grad->row(r) : nullptr;
       if (!b.valid(r)) {
         value[r] = T(0);
         if (g) std::fill(g, g + V, T(0));
         continue;
       }
-      const row_result out = row(r, scale, g);
+      const row_result out = row(r, chunk_scale[i], g);
       if (out.status != row_ok) {
         first_bad = std::min(first_bad, row_status_count * r + out.status);
         continue;
       }
       value[r] = T(out.value);
-      total += out.value;
-      loss += scale * out.value;
+      part[i] = out.value;
+    }
+    for (Index i = 0; i < n; ++i) {  // in row order, whatever the threads did
+      if (!b.valid(c0 + i)) continue;
+      total += part[i];
+      loss += chunk_scale[i] * part[i];
     }
   }
   if (first_bad != std::numeric_limits<Index>::max()) {
