@@ -188,13 +188,13 @@ template <> struct k3_reduction<double> {
   static constexpr double max_exponent = 1023.0;
 };
 
-/// 2^n for integer-valued n with 2^n a normal number.
+/// 2^n for integer-valued n with 2^n a normal number (NaN for a NaN n).
 template <class P>
 P exp2_integer(const P& n) {
   using namespace Eigen::internal;
   using T = typename unpacket_traits<P>::type;
   if constexpr (std::is_same_v<P, T>)
-    return std::ldexp(T(1), int(n));
+    return std::isnan(n) ? n : std::ldexp(T(1), int(n));
   else if constexpr (std::is_same_v<T, float>)
     return pldexp_fast_impl<P>::run(pset1<P>(T(1)), n);
   else
