@@ -288,6 +288,18 @@ EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequenc
   return out;
 }
 
+/// k_a(s) and k_b'(s) of a packet; one shared evaluation when a and b are the same
+/// estimator (k3's argument reduction serves both).
+template <class Ea, class Eb, class P>
+void value_and_gradient(const P& s, P& value, P& gradient) {
+  if constexpr (std::is_same_v<Ea, Eb>) {
+    Ea::packet_both(s, value, gradient);
+  } else {
+    value = Ea::packet_value(s);
+    gradient = Eb::packet_derivative(s);
+  }
+}
+
 /// Fills the chunk for positions i0 .. i0+n-1 of a sequence: mask, guarded log-ratio,
 /// estimator value and derivative, weights. Returns how many tokens a guard clamped and
 /// adds the band-dropped tokens to `dropped`.
@@ -300,12 +312,7 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     pstore(c.valid + k, pand(valid, pset1<P>(T(1))));
     pstore(c.s + k, s);
     P v, g;
-    if constexpr (std::is_same_v<Ea, Eb>) {
-      Ea::packet_both(s, v, g);
-    } else {
-      v = Ea::packet_value(s);
-      g = Eb::packet_derivative(s);
-    }
+    value_and_gradient<Ea, Eb>(s, v, g);
     pstore(c.va + k, v);
     pstore(c.gb + k, g);
     return pset1<P>(T(0));
@@ -441,12 +448,7 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
     const Index n = std::min(chunk_size, q.size - i0);
     const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid) {
       P v, g;
-      if constexpr (std::is_same_v<Ea, Eb>) {
-        Ea::packet_both(s, v, g);
-      } else {
-        v = Ea::packet_value(s);
-        g = Eb::packet_derivative(s);
-      }
+      value_and_gradient<Ea, Eb>(s, v, g);
       P out = both ? pmul(factor, padd(v, g)) : pmadd(in, v, pmul(ls, g));
       if constexpr (mask_gradient) out = pand(out, valid);
       if (k + W <= n) {
