@@ -217,14 +217,19 @@ struct chunk_checks {
   T sum = 0;               ///< the sum of the packets the body returned
 };
 
+/// Whether a packet handed to a body lies wholly inside the chunk (a full packet) or is the
+/// last, partial one; bodies that store to the caller's arrays store only its first lanes.
+using full_packet = std::true_type;
+using partial_packet = std::false_type;
+
 /// The one pass over a chunk's inputs that every token-level path starts with: converts the
 /// mask into the bit masks c.lanes, then, packet by packet, forms the guarded log-ratio
 /// s = clamp(lp - lr, lowest, highest) (0 where masked; NaN stays NaN) and hands
-/// body(k, s, valid_bits) the packet at chunk offset k, valid_bits all-ones in valid lanes;
-/// the packets body returns are summed into `sum`. A last partial packet reads zero-padded
-/// copies, so that every lane computes the same formulas. Detects guarded and non-finite
-/// log-ratios on the way, and counts them only in a chunk that has some. Always inlined, so
-/// that the body's captures live in registers.
+/// body(k, s, valid_bits, full_packet or partial_packet) the packet at chunk offset k,
+/// valid_bits all-ones in valid lanes; the packets body returns are summed into `sum`. The
+/// last partial packet reads zero-padded copies, so that every lane computes the same
+/// formulas. Detects guarded and non-finite log-ratios on the way, and counts them only in a
+/// chunk that has some. Always inlined, so that the body's captures live in registers.
 template <class T, class M, class Body>
 EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequence_view<T, M>& q,
                                                       Index i0, Index n, const plan<T>& p,
@@ -252,32 +257,30 @@ EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequenc
   const T* lr = q.ref + i0;
   const P lo = pset1<P>(p.lowest), hi = pset1<P>(p.highest), zero = pset1<P>(T(0));
   P excess = zero, sum = zero;
-  alignas(64) T lp_tail[W], lr_tail[W];
-  for (Index k = 0; k < n; k += W) {
-    P a, b;
-    if (k + W <= n) {
-      a = ploadu<P>(lp + k);
-      b = ploadu<P>(lr + k);
-    } else {
-      std::fill(lp_tail, lp_tail + W, T(0));
-      std::fill(lr_tail, lr_tail + W, T(0));
-      std::copy(lp + k, lp + n, lp_tail);
-      std::copy(lr + k, lr + n, lr_tail);
-      std::fill(c.lanes + n, c.lanes + k + W, T(0));
-      a = pload<P>(lp_tail);
-      b = pload<P>(lr_tail);
-    }
+  // d - s is +0 unless the guard clamped d (then at least an ulp of the bound) or d is not
+  // finite (then inf or NaN): the bits of excess stay 0 exactly when neither happened.
+  auto one = [&](Index k, const P& a, const P& b, auto whole) {
     const P valid = pload<P>(c.lanes + k);
     const P d = pand(psub(a, b), valid);
     const P s = pmin(pmax(d, lo), hi);
-    // d - s is 0 unless the guard clamped d (then at least an ulp of the bound) or d is not
-    // finite (then inf or NaN): the sum of squares stays 0 exactly when neither happened.
-    const P e = psub(d, s);
-    excess = pmadd(e, e, excess);
-    sum = padd(sum, body(k, s, valid));
+    excess = por(excess, psub(d, s));
+    sum = padd(sum, body(k, s, valid, whole));
+  };
+  Index k = 0;
+  for (; k + W <= n; k += W) one(k, ploadu<P>(lp + k), ploadu<P>(lr + k), full_packet{});
+  if (k < n) {
+    alignas(64) T lp_tail[W] = {}, lr_tail[W] = {};
+    std::copy(lp + k, lp + n, lp_tail);
+    std::copy(lr + k, lr + n, lr_tail);
+    std::fill(c.lanes + n, c.lanes + k + W, T(0));
+    one(k, pload<P>(lp_tail), pload<P>(lr_tail), partial_packet{});
   }
   out.sum = predux(sum);
-  if (!(predux(excess) == T(0))) {  // rare: count the guarded tokens one by one
+  alignas(64) T excess_lanes[W];
+  pstore(excess_lanes, excess);
+  auto has_bits = [](T x) { return Eigen::numext::bit_cast<unsigned_of<T>>(x) != 0; };
+  if (std::any_of(excess_lanes, excess_lanes + W, has_bits)) {
+    // rare: count the guarded tokens one by one
     for (Index i = 0; i < n; ++i) {
       if (q.mask && q.mask[i0 + i] == M(0)) continue;
       const T d = lp[i] - lr[i];
@@ -308,7 +311,7 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
            Index& dropped, weight_state<T>& ws) {
   using namespace Eigen::internal;
   using P = packet<T>;
-  const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid) {
+  const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto) {
     pstore(c.valid + k, pand(valid, pset1<P>(T(1))));
     pstore(c.s + k, s);
     P v, g;
@@ -434,41 +437,48 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
                   chunk<T>& c, T scale, Index& guarded, Index& valid_tokens) {
   using namespace Eigen::internal;
   using P = packet<T>;
-  constexpr Index W = packet_width<T>;
-  // One part: scale folded into the switches (the switched-off part's product is exactly
-  // 0). Both parts: the scale multiplies their sum, since scale * v and scale * g may
-  // overflow with opposite signs where the sum does not (k3-both, beta = 1e30).
-  const bool both = p.reward != T(0) && p.loss != T(0);
-  const P in = pset1<P>(scale * p.reward), ls = pset1<P>(scale * p.loss),
-          factor = pset1<P>(scale);
   // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
   constexpr bool mask_gradient = Eb::id == estimator::k1;
-  double total = 0.0;
-  for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
-    const Index n = std::min(chunk_size, q.size - i0);
-    const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid) {
-      P v, g;
-      value_and_gradient<Ea, Eb>(s, v, g);
-      P out = both ? pmul(factor, padd(v, g)) : pmadd(in, v, pmul(ls, g));
-      if constexpr (mask_gradient) out = pand(out, valid);
-      if (k + W <= n) {
-        pstoreu(value + i0 + k, v);
-        pstoreu(coef + i0 + k, out);
-      } else {
-        pstore(c.va + k, v);
-        pstore(c.scratch + k, out);
-        std::copy(c.va + k, c.va + n, value + i0 + k);
-        std::copy(c.scratch + k, c.scratch + n, coef + i0 + k);
-      }
-      return v;
-    });
-    if (p.nonfinite == nonfinite_policy::raise && checks.nonfinite) find_nonfinite(q, i0, n);
-    guarded += checks.guarded;
-    valid_tokens += checks.valid;
-    total += double(checks.sum);
-    if (scale > T(1)) saturate(coef + i0, n);
-  }
-  return total;
+  // The coefficient from value and derivative, chosen once per sequence. One part: the
+  // scale times that part. Both parts: the scale multiplies their sum, since scale * v and
+  // scale * g may overflow with opposite signs where the sum does not (k3-both, beta = 1e30).
+  auto pass = [&](auto coefficient) {
+    double total = 0.0;
+    for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+      const Index n = std::min(chunk_size, q.size - i0);
+      // Local copies, so that the compiler keeps the destinations in registers.
+      T* const value_out = value + i0;
+      T* const coef_out = coef + i0;
+      const auto checks =
+          log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto whole) {
+            P v, g;
+            value_and_gradient<Ea, Eb>(s, v, g);
+            P out = coefficient(v, g);
+            if constexpr (mask_gradient) out = pand(out, valid);
+            if constexpr (decltype(whole)::value) {
+              pstoreu(value_out + k, v);
+              pstoreu(coef_out + k, out);
+            } else {
+              pstore(c.va + k, v);
+              pstore(c.scratch + k, out);
+              std::copy(c.va + k, c.va + n, value_out + k);
+              std::copy(c.scratch + k, c.scratch + n, coef_out + k);
+            }
+            return v;
+          });
+      if (p.nonfinite == nonfinite_policy::raise && checks.nonfinite) find_nonfinite(q, i0, n);
+      guarded += checks.guarded;
+      valid_tokens += checks.valid;
+      total += double(checks.sum);
+      if (scale > T(1)) saturate(coef + i0, n);
+    }
+    return total;
+  };
+  const P factor = pset1<P>(scale);
+  if (p.reward != T(0) && p.loss != T(0))
+    return pass([&](const P& v, const P& g) { return pmul(factor, padd(v, g)); });
+  if (p.reward != T(0)) return pass([&](const P& v, const P&) { return pmul(factor, v); });
+  return pass([&](const P&, const P& g) { return pmul(factor, g); });
 }
 
 /// Adds a sequence with n_b valid tokens and summed value `total` to the summary; returns
