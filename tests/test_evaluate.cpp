@@ -2,6 +2,7 @@
 // combination, against finite differences of the surrogate losses, the per-sample
 // identities of SPEC 3-4, edge values, bad input, masks and data-parallel shards.
 #include "reference.hpp"
+#include "spec_strings.hpp"
 
 #include <klgrad/klgrad.hpp>
 
@@ -49,52 +50,6 @@ struct random_batch {
   }
 };
 
-/// Every valid combination of the grammar's choices (invalid ones, which parse_spec rejects,
-/// are left out): weights and levels crossed with every aggregation, and with clamp
-/// policies at one aggregation.
-std::vector<std::string> all_spec_strings() {
-  std::vector<std::string> out;
-  const char* ests[] = {"k1", "k2", "k3", "abs"};
-  const char* weights[] = {"", ",is=detached", ",is=differentiable",
-                           ",is=detached,is-clip=1.3", ",is=differentiable,is-clip=1.3",
-                           ",is=differentiable,is-mask=0.6:1.5",
-                           ",is=detached,is-level=prefix",
-                           ",is=differentiable,is-level=prefix",
-                           ",is=differentiable,is-level=prefix,is-clip=1.3,is-mask=0.3:inf",
-                           ",is=detached,is-level=per-decision",
-                           ",is=detached,is-level=per-decision,gamma=0.9,is-clip=1.5",
-                           ",is=detached,is-level=sequence-mean,is-mask=0.8:1.25",
-                           ",is=differentiable,is-level=sequence-mean",
-                           ",is=differentiable,is-level=sequence-mean,is-clip=1.1"};
-  const char* levels[] = {"", ",level=to-go", ",level=to-go,gamma=0.9", ",level=sequence"};
-  const char* aggs[] = {"", ",agg=token-sum", ",agg=seq-mean-token-sum",
-                        ",agg=seq-mean-token-mean", ",agg=seq-mean-token-sum-norm,agg-norm=9",
-                        ",agg=seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,agg-scale=3",
-                        ",agg=token-sum-norm,agg-norm=7,agg-scale=0.5"};
-  const char* clamps[] = {",clamp=log-ratio:-2:3/value:-1:2", ",clamp=value:-0.5:1.5/est:k2:k3",
-                          ",clamp=log-ratio:-1:1/value:-1:1/after-weight/detach-weight",
-                          ",clamp=log-ratio:-1.5:2/value:-inf:0.7/pass-gradient",
-                          ",clamp=log-ratio:-1:1/value:-0.5:0.5/after-weight/pass-gradient"};
-  auto add = [&](const std::string& s) {
-    try {
-      parse_spec(s);
-      out.push_back(s);
-    } catch (const spec_error&) {
-    }
-  };
-  for (auto a : ests)
-    for (auto b : ests)
-      for (const char* place : {"in-reward", "as-loss", "both"})
-        for (auto w : weights)
-          for (auto l : levels) {
-            std::string term = std::string(a) + (std::string(a) == b ? "" : std::string("~") + b);
-            const std::string head = term + "-" + place + w + l;
-            for (auto g : aggs) add(head + g + ",beta=0.5");
-            for (auto c : clamps) add(head + c + ",agg=token-sum,beta=0.5");
-          }
-  return out;
-}
-
 template <class T>
 void check_against_reference(const std::string& text, const random_batch<T>& data) {
   const spec s = parse_spec(text);
@@ -123,7 +78,7 @@ void check_against_reference(const std::string& text, const random_batch<T>& dat
 TEMPLATE_TEST_CASE("evaluate: every spec of the grammar agrees with the plain reference",
                    "[evaluate]", float, double) {
   const random_batch<TestType> data(5, 37, 7);
-  const auto specs = all_spec_strings();
+  const auto specs = test::all_spec_strings();
   CHECK(specs.size() > 10000);
   for (const auto& text : specs) check_against_reference<TestType>(text, data);
 }
