@@ -302,9 +302,8 @@ row_result reverse_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
   const T c = T(scale) * it;
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
-    const P itp = splat<P>(it);
-    const P X = ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cx));
-    const P Y = ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cy));
+    const P X = shifted_at<P>(z, i, it, cx);
+    const P Y = shifted_at<P>(zr, i, it, cy);
     const P p = v_exp(ei::psub(X, splat<P>(lsx)));
     const P t = ei::psub(ei::psub(X, Y), splat<P>(K));
     return where_positive(p, ei::pmul(splat<P>(c), ei::pmul(p, t)));
@@ -323,14 +322,12 @@ row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
   const double value = kl_of(s);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
-  // (z it - c) - log s: subtracting the shift first keeps log pi accurate when |z| is large.
   const T cz = s.cy, cr = s.cx, lsz = T(s.log_sy()), lsr = T(s.log_sx());
   const T c = T(scale) * it;
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
-    const P itp = splat<P>(it);
-    const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cz)), splat<P>(lsz));
-    const P lr = ei::psub(ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cr)), splat<P>(lsr));
+    const P lp = log_softmax_at<P>(z, i, it, cz, lsz);
+    const P lr = log_softmax_at<P>(zr, i, it, cr, lsr);
     const P p = v_exp(lp), r = v_exp(lr);
     return ei::pmul(splat<P>(c), ei::psub(p, r));
   });
@@ -355,12 +352,10 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
   const T lam = T(lambda), mu = T(1 - lambda), tiny = std::numeric_limits<T>::min();
   const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
     using P = std::remove_pointer_t<decltype(acc)>;
-    const P itp = splat<P>(it);
-    const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), itp), splat<P>(cx)), splat<P>(lsx));
-    const P lr = ei::psub(ei::psub(ei::pmul(load<P>(zr, i), itp), splat<P>(cy)), splat<P>(lsy));
+    const P lp = log_softmax_at<P>(z, i, it, cx, lsx);
+    const P lr = log_softmax_at<P>(zr, i, it, cy, lsy);
     const P p = v_exp(lp), q = v_exp(lr);
-    const P m = ei::pmax(ei::padd(ei::pmul(splat<P>(lam), q), ei::pmul(splat<P>(mu), p)),
-                         splat<P>(tiny));
+    const P m = ei::pmax(ei::pmadd(splat<P>(lam), q, ei::pmul(splat<P>(mu), p)), splat<P>(tiny));
     const P lm = v_log(m);
     const P u = where_positive(p, ei::psub(lp, lm));
     if (g) store(g, i, u);
@@ -374,9 +369,7 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
   const T c = T(scale * (1 - lambda)) * it, Ut = T(U);
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
-    const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
-                          splat<P>(lsx));
-    const P p = v_exp(lp);
+    const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
     return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g, i), splat<P>(Ut))));
   });
   return {value, row_ok};
@@ -445,8 +438,7 @@ row_result top_k_row(const T* z, const T* zr, Index V, T it, bool log_probs, I* 
   const T c = T(scale) * it;
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
-    const P p = v_exp(ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
-                               splat<P>(lsx)));
+    const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
     return ei::pmul(splat<P>(c), p);
   });
   for (Index j = 0; j < k; ++j) {

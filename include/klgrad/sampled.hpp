@@ -112,9 +112,7 @@ void sampled_gradient(const sampled_rows<T, Y, K>& v, const T* coef, const strid
     const T cx = s.cx, lsx = T(s.log_sx()), c = coef[r] * it;
     write_row(g, V, [&](auto tag, Index i) {
       using P = decltype(tag);
-      const P lp = ei::psub(ei::psub(ei::pmul(load<P>(z, i), splat<P>(it)), splat<P>(cx)),
-                            splat<P>(lsx));
-      return ei::pmul(splat<P>(-c), v_exp(lp));
+      return ei::pmul(splat<P>(-c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));
     });
     g[Index(v.ids[r])] += c;
   }

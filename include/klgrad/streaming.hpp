@@ -148,6 +148,19 @@ P splat(T x) {
   return ei::pset1<P>(x);
 }
 
+/// x_i it - shift of a row at entries i.. (a packet or a scalar), in one rounding.
+template <class P, class T>
+P shifted_at(const T* x, Index i, T it, T shift) {
+  return ei::pmadd(load<P>(x, i), splat<P>(it), splat<P>(-shift));
+}
+
+/// log softmax of a row at entries i..: (x_i it - shift) - log_sum, the shift subtracted
+/// before the log-sum, so that the result stays accurate when |x| is large.
+template <class P, class T>
+P log_softmax_at(const T* x, Index i, T it, T shift, T log_sum) {
+  return ei::psub(shifted_at<P>(x, i, it, shift), splat<P>(log_sum));
+}
+
 /// The largest lane of a packet (a plain loop: GCC 12 warns inside predux_max's AVX-512
 /// intrinsics with -march=native).
 template <class T, class P>
