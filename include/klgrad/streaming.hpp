@@ -42,6 +42,13 @@ P v_exp(const P& x) {
 }
 inline float v_exp(float x) { return std::exp(x); }
 inline double v_exp(double x) { return std::exp(x); }
+/// Eigen's exp of a packet (no zero below exp_floor), std::exp of a scalar.
+template <class P>
+P pexp_or_exp(const P& x) {
+  return ei::pexp(x);
+}
+inline float pexp_or_exp(float x) { return std::exp(x); }
+inline double pexp_or_exp(double x) { return std::exp(x); }
 template <class P>
 P v_log(const P& x) {
   return ei::plog(x);
