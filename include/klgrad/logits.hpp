@@ -328,9 +328,10 @@ row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
     using P = decltype(tag);
     const P lp = log_softmax_at<P>(z, i, it, cz, lsz);
     const P lr = log_softmax_at<P>(zr, i, it, cr, lsr);
-    // Eigen's exp without v_exp's zero below exp_floor: there it returns one and the same
-    // tiny number (about 4e-39 in float) for every argument, -inf included, so p - r stays
-    // exact where both underflow and is off by less than that number elsewhere.
+    // Eigen's exp without v_exp's zero below exp_floor: below its own clamp Eigen returns
+    // one and the same number for every argument, -inf included (0, or a denormal on some
+    // instruction sets), so p - r is exact where both underflow and off by less than the
+    // smallest normal number where one does.
     const P p = pexp_or_exp(lp), r = pexp_or_exp(lr);
     return ei::pmul(splat<P>(c), ei::psub(p, r));
   });
