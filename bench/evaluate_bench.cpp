@@ -5,13 +5,13 @@
 // mask (1), write value and coef (2 x sizeof(T)). "stream5" moves exactly those bytes with
 // trivial arithmetic (the machine's limit for this access pattern); "triad" is McCalpin's
 // a = b + s c over arrays whose total size matches.
+#include "paired.hpp"
+
 #include <klgrad/klgrad.hpp>
 
 #include <benchmark/benchmark.h>
 
-#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -152,34 +152,23 @@ void triad(benchmark::State& state) {
   finish(state, d);
 }
 
-// The target's ratio (kernel bytes/s over triad bytes/s) measured in pairs: every iteration
-// times one triad and one kernel call back to back, in alternating order, so that the slow
-// drifts of this VM's bandwidth (up to 40% within minutes) hit both halves of a pair alike.
-// Reports the median and quartiles of the per-pair ratios; the iteration time is the kernel's.
+// The target's ratio (kernel bytes/s over triad bytes/s) measured in pairs (paired.hpp):
+// every iteration times one triad and one kernel call back to back, in alternating order.
+// The iteration time is the kernel's.
 template <class T, class Kernel>
 void of_triad(benchmark::State& state, data<T>& d, Kernel&& kernel) {
-  using clock = std::chrono::steady_clock;
   triad_arrays<T> t(d);
-  auto seconds = [](auto&& f) {
-    const auto start = clock::now();
-    f();
-    return std::chrono::duration<double>(clock::now() - start).count();
-  };
   std::vector<double> ratios;
   ratios.reserve(std::size_t(state.max_iterations));
   for (auto _ : state) {
     const bool triad_first = ratios.size() % 2 == 0;
-    const double before = triad_first ? seconds([&] { t.run(); }) : 0.0;
-    const double k = seconds(kernel);
-    const double after = triad_first ? 0.0 : seconds([&] { t.run(); });
+    const double before = triad_first ? paired::seconds([&] { t.run(); }) : 0.0;
+    const double k = paired::seconds(kernel);
+    const double after = triad_first ? 0.0 : paired::seconds([&] { t.run(); });
     ratios.push_back((before + after) / k);
     state.SetIterationTime(k);
   }
-  std::sort(ratios.begin(), ratios.end());
-  auto quantile = [&](double q) { return ratios[std::size_t(q * double(ratios.size() - 1) + 0.5)]; };
-  state.counters["of_triad"] = quantile(0.5);
-  state.counters["of_triad_q1"] = quantile(0.25);
-  state.counters["of_triad_q3"] = quantile(0.75);
+  paired::report(state, ratios, "of_triad");
   finish(state, d);
 }
 
@@ -245,14 +234,14 @@ KLGRAD_BENCH_TERM(k3_as_loss_detached, "k3-as-loss,is=detached")
 // pairs (21 pairs, about 2 s a benchmark). Beside it: stream5 (the access pattern itself),
 // k1-in-reward and k2-as-loss (almost no arithmetic: the ceiling of this kernel's loop), the
 // token-sum mode (no count of the mask before the pass) and double.
-void paired(benchmark::internal::Benchmark* b) {
+void pairs_at_2_26(benchmark::internal::Benchmark* b) {
   b->Arg(int64_t(1) << 26)->Iterations(21)->UseManualTime()->Unit(benchmark::kMillisecond);
 }
-BENCHMARK_TEMPLATE(stream5_of_triad, float)->Apply(paired);
-BENCHMARK_CAPTURE(of_triad_float, k3_as_loss, "k3-as-loss")->Apply(paired);
-BENCHMARK_CAPTURE(of_triad_float, k1_in_reward, "k1-in-reward")->Apply(paired);
-BENCHMARK_CAPTURE(of_triad_float, k2_as_loss, "k2-as-loss")->Apply(paired);
-BENCHMARK_CAPTURE(of_triad_float, k3_as_loss_token_sum, "k3-as-loss,agg=token-sum")->Apply(paired);
-BENCHMARK_CAPTURE(of_triad_double, k3_as_loss, "k3-as-loss")->Apply(paired);
+BENCHMARK_TEMPLATE(stream5_of_triad, float)->Apply(pairs_at_2_26);
+BENCHMARK_CAPTURE(of_triad_float, k3_as_loss, "k3-as-loss")->Apply(pairs_at_2_26);
+BENCHMARK_CAPTURE(of_triad_float, k1_in_reward, "k1-in-reward")->Apply(pairs_at_2_26);
+BENCHMARK_CAPTURE(of_triad_float, k2_as_loss, "k2-as-loss")->Apply(pairs_at_2_26);
+BENCHMARK_CAPTURE(of_triad_float, k3_as_loss_token_sum, "k3-as-loss,agg=token-sum")->Apply(pairs_at_2_26);
+BENCHMARK_CAPTURE(of_triad_double, k3_as_loss, "k3-as-loss")->Apply(pairs_at_2_26);
 
 BENCHMARK_MAIN();

@@ -1,12 +1,13 @@
 // Full-vocabulary kernels (logits.hpp) next to what bounds them on this machine: a plain read
 // of the same bytes and a vectorised exp-and-sum over the same number of elements, plus a
 // naive materialising Eigen composite; prints the ratios after the table.
+#include "paired.hpp"
+
 #include <klgrad/logits.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -94,23 +95,16 @@ void kernel(benchmark::State& state, klgrad::divergence d, bool gradient, Index 
   account(state, v, n, 2);
 }
 
-/// The target's ratio measured in triples: every iteration times (a), (b) and the kernel back
-/// to back, in rotating order, so that the machine's drifts (its exp rate alone moved by 30%
-/// between runs) hit all three alike. Reports the median and quartiles over the iterations
-/// of max(a, b) / kernel; the iteration time is the kernel's.
+/// The target's ratio measured in triples (paired.hpp): every iteration times (a), (b) and
+/// the kernel back to back, in rotating order, and keeps max(a, b) / kernel; the iteration
+/// time is the kernel's.
 void of_bound(benchmark::State& state, klgrad::divergence d, bool gradient, Index v, Index n) {
-  using clock = std::chrono::steady_clock;
-  auto seconds = [](auto&& f) {
-    const auto start = clock::now();
-    f();
-    return std::chrono::duration<double>(clock::now() - start).count();
-  };
   std::vector<double> ratios;
   for (auto _ : state) {
     double t[3];
     for (int k = 0; k < 3; ++k) {
       const int which = int((std::size_t(k) + ratios.size()) % 3);
-      t[which] = seconds([&] {
+      t[which] = paired::seconds([&] {
         if (which == 0) read_once(v, n);
         else if (which == 1) exp_once(v, n);
         else kernel_once(d, gradient, v, n);
@@ -119,11 +113,7 @@ void of_bound(benchmark::State& state, klgrad::divergence d, bool gradient, Inde
     ratios.push_back(std::max(t[0], t[1]) / t[2]);
     state.SetIterationTime(t[2]);
   }
-  std::sort(ratios.begin(), ratios.end());
-  auto quantile = [&](double q) { return ratios[std::size_t(q * double(ratios.size() - 1) + 0.5)]; };
-  state.counters["of_bound"] = quantile(0.5);
-  state.counters["of_bound_q1"] = quantile(0.25);
-  state.counters["of_bound_q3"] = quantile(0.75);
+  paired::report(state, ratios, "of_bound");
   account(state, v, n, 2);
 }
 
