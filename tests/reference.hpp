@@ -108,19 +108,19 @@ inline reference_result reference(const spec& s, const std::vector<std::vector<t
       }
     }
     // a_{b,t}: the trainers' denominators, each count plus its epsilon, times the scale.
-    const double N_eps = double(tokens) + s.aggregation_eps;
-    const double B_eps = double(sequences) + s.aggregation_eps;
-    const double n_eps = double(n) + s.aggregation_seq_eps;
+    const double N_eps = double(tokens) + s.aggregation_constants.eps;
+    const double B_eps = double(sequences) + s.aggregation_constants.eps;
+    const double n_eps = double(n) + s.aggregation_constants.seq_eps;
     double a = 0;
     switch (s.aggregation) {
       case aggregation::token_mean: a = 1.0 / N_eps; break;
       case aggregation::token_sum: a = 1.0; break;
-      case aggregation::token_sum_norm: a = 1.0 / s.aggregation_norm; break;
+      case aggregation::token_sum_norm: a = 1.0 / s.aggregation_constants.norm; break;
       case aggregation::seq_mean_token_sum: a = 1.0 / B_eps; break;
       case aggregation::seq_mean_token_mean: a = 1.0 / (B_eps * n_eps); break;
-      case aggregation::seq_mean_token_sum_norm: a = 1.0 / (B_eps * s.aggregation_norm); break;
+      case aggregation::seq_mean_token_sum_norm: a = 1.0 / (B_eps * s.aggregation_constants.norm); break;
     }
-    a *= s.aggregation_scale;
+    a *= s.aggregation_constants.scale;
     // The reward R_t at the level, and the as-loss term's value A_t and derivative D_t.
     std::vector<double> R(T, 0.0), A(T, 0.0), D(T, 0.0), V(T, 0.0);
     for (std::size_t t = 0; t < T; ++t) {

@@ -231,15 +231,15 @@ TEST_CASE("presets: aggregation and weights each trainer applies by default", "[
   CHECK(parse_spec("k3-in-reward,preset=nemo-rl").importance.mode == weighting::none);
   // The "+ 1e-8" of the default mode's denominators (denominators()): NeMo-RL's global token
   // mean and ROLL's seq-mean-token-mean; the others divide by exact counts.
-  CHECK(parse_spec("k3-as-loss,preset=nemo-rl").aggregation_eps == 1e-8);
-  CHECK(parse_spec("k3-as-loss,preset=nemo-rl").aggregation_seq_eps == 0.0);
-  CHECK(parse_spec("k3-as-loss,preset=roll").aggregation_eps == 1e-8);
-  CHECK(parse_spec("k3-as-loss,preset=roll").aggregation_seq_eps == 1e-8);
+  CHECK(parse_spec("k3-as-loss,preset=nemo-rl").aggregation_constants.eps == 1e-8);
+  CHECK(parse_spec("k3-as-loss,preset=nemo-rl").aggregation_constants.seq_eps == 0.0);
+  CHECK(parse_spec("k3-as-loss,preset=roll").aggregation_constants.eps == 1e-8);
+  CHECK(parse_spec("k3-as-loss,preset=roll").aggregation_constants.seq_eps == 1e-8);
   for (const char* p : {"verl", "openrlhf", "trl", "slime", "open-instruct", "easyr1"}) {
     const spec s = parse_spec(std::string("k3-as-loss,preset=") + p);
-    CHECK(s.aggregation_eps == 0.0);
-    CHECK(s.aggregation_seq_eps == 0.0);
-    CHECK(s.aggregation_scale == 1.0);
+    CHECK(s.aggregation_constants.eps == 0.0);
+    CHECK(s.aggregation_constants.seq_eps == 0.0);
+    CHECK(s.aggregation_constants.scale == 1.0);
   }
   // NeMo-RL's default weight needs the batch's behavior log-probs (its own detached lp).
   rows<double> lp(1, 1), v(1, 1), c(1, 1);
@@ -406,7 +406,7 @@ TEST_CASE("presets: the trainers' 1e-8 is modelled, not rounded away, in double"
                            "k3-as-loss,preset=verl,agg=seq-mean-token-mean"}) {
     const spec s = parse_spec(text);
     spec bare = s;
-    bare.aggregation_eps = bare.aggregation_seq_eps = 0.0;
+    bare.aggregation_constants.eps = bare.aggregation_constants.seq_eps = 0.0;
     evaluate(s, padded(lp, lr), v, with);
     evaluate(bare, padded(lp, lr), v, without);
     INFO(text);

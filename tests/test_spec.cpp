@@ -71,9 +71,9 @@ TEST_CASE("spec: the aggregation constants agg-eps, agg-seq-eps, agg-scale and t
           "[spec]") {
   // Defaults: no epsilon, scale 1.
   const auto plain = parse_spec("k3-as-loss");
-  CHECK(plain.aggregation_eps == 0.0);
-  CHECK(plain.aggregation_seq_eps == 0.0);
-  CHECK(plain.aggregation_scale == 1.0);
+  CHECK(plain.aggregation_constants.eps == 0.0);
+  CHECK(plain.aggregation_constants.seq_eps == 0.0);
+  CHECK(plain.aggregation_constants.scale == 1.0);
   // Canonical order: agg, agg-norm, agg-eps, agg-seq-eps, agg-scale, beta; defaults dropped.
   CHECK(to_string(parse_spec("k3-as-loss,agg-scale=8,beta=0.001,agg-seq-eps=1e-8,"
                              "agg=seq-mean-token-mean,agg-eps=1e-8")) ==
@@ -91,9 +91,9 @@ TEST_CASE("spec: the aggregation constants agg-eps, agg-seq-eps, agg-scale and t
     CHECK(parse_spec(to_string(s)) == s);
   }
   const auto s = parse_spec("k3-as-loss,agg=seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,agg-scale=3");
-  CHECK(s.aggregation_eps == 0.5);
-  CHECK(s.aggregation_seq_eps == 0.25);
-  CHECK(s.aggregation_scale == 3.0);
+  CHECK(s.aggregation_constants.eps == 0.5);
+  CHECK(s.aggregation_constants.seq_eps == 0.25);
+  CHECK(s.aggregation_constants.scale == 3.0);
   CHECK(parse_spec("k3-as-loss,agg=token-sum-norm,agg-norm=9").aggregation ==
         klgrad::aggregation::token_sum_norm);
   // a_{b,t} with the constants: scale / ((B + eps) (n_b + seq_eps)).
@@ -162,8 +162,8 @@ TEST_CASE("spec: a preset's denominator epsilons follow the final agg and round-
   for (const auto& r : table) {
     const auto s = parse_spec(r.text);
     INFO(r.text);
-    CHECK(s.aggregation_eps == r.eps);
-    CHECK(s.aggregation_seq_eps == r.seq_eps);
+    CHECK(s.aggregation_constants.eps == r.eps);
+    CHECK(s.aggregation_constants.seq_eps == r.seq_eps);
     CHECK(to_string(s) == r.text);
     CHECK(parse_spec(to_string(s)) == s);
     const auto e = klgrad::expand(s);

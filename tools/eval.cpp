@@ -456,7 +456,7 @@ void add_eval(CLI::App& app) {
       const spec s = logits_spec(cfg->spec);
       logits_options opt;
       opt.aggregation = s.aggregation;
-      opt.aggregation_norm = s.aggregation_norm;
+      opt.aggregation_norm = s.aggregation_constants.norm;
       opt.beta = s.beta;
       opt.counts.tokens = cfg->tokens;
       opt.counts.sequences = cfg->sequences;

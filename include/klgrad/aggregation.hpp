@@ -68,6 +68,13 @@ struct aggregation_constants {
   double eps = 0.0;      ///< added to the batch count the mode divides by (N_tokens or B)
   double seq_eps = 0.0;  ///< added to n_b (seq-mean-token-mean)
   double scale = 1.0;    ///< constant factor
+
+  friend bool operator==(const aggregation_constants& a, const aggregation_constants& b) {
+    return a.norm == b.norm && a.eps == b.eps && a.seq_eps == b.seq_eps && a.scale == b.scale;
+  }
+  friend bool operator!=(const aggregation_constants& a, const aggregation_constants& b) {
+    return !(a == b);
+  }
 };
 
 /// Batch-wide counts. A negative entry means "count the local batch"; a data-parallel

@@ -58,29 +58,15 @@ struct spec {
   klgrad::level level = level::token;
   double gamma = 1.0;
   klgrad::aggregation aggregation = aggregation::token_mean;
-  double aggregation_norm = 0.0;     ///< L of the -norm modes (0 when unused)
-  double aggregation_eps = 0.0;      ///< added to N_tokens or B (agg-eps)
-  double aggregation_seq_eps = 0.0;  ///< added to n_b (agg-seq-eps)
-  double aggregation_scale = 1.0;    ///< constant factor on a_{b,t} (agg-scale)
+  /// The aggregation's constants: agg-norm, agg-eps, agg-seq-eps, agg-scale.
+  klgrad::aggregation_constants aggregation_constants;
   double beta = 1.0;
-
-  /// The aggregation's constants (norm, epsilons, scale) in one value.
-  klgrad::aggregation_constants aggregation_constants() const {
-    klgrad::aggregation_constants k;
-    k.norm = aggregation_norm;
-    k.eps = aggregation_eps;
-    k.seq_eps = aggregation_seq_eps;
-    k.scale = aggregation_scale;
-    return k;
-  }
 
   friend bool operator==(const spec& a, const spec& b) {
     return a.term == b.term && a.preset == b.preset && a.importance == b.importance &&
            a.clamp == b.clamp && a.level == b.level &&
            a.gamma == b.gamma && a.aggregation == b.aggregation &&
-           a.aggregation_norm == b.aggregation_norm && a.aggregation_eps == b.aggregation_eps &&
-           a.aggregation_seq_eps == b.aggregation_seq_eps &&
-           a.aggregation_scale == b.aggregation_scale && a.beta == b.beta;
+           a.aggregation_constants == b.aggregation_constants && a.beta == b.beta;
   }
   friend bool operator!=(const spec& a, const spec& b) { return !(a == b); }
 };
@@ -240,14 +226,9 @@ inline std::string format_clamp(const clamp_policy& c) {
   return out.empty() ? "none" : out;
 }
 
-/// Sets the epsilons the spec's preset adds to the denominators of its aggregation mode.
-inline void set_preset_denominators(spec& s) {
-  const preset_denominators d = denominators(s.preset, s.aggregation);
-  s.aggregation_eps = d.eps;
-  s.aggregation_seq_eps = d.seq_eps;
-}
-
 /// The spec a preset gives a term before explicit keys (the defaults when preset is none).
+/// The preset's denominator epsilons are left out: they belong to the final agg, which only
+/// the keys settle (parse_spec sets them last).
 inline spec preset_base(preset p, const term& t) {
   spec s;
   s.term = t;
@@ -256,7 +237,6 @@ inline spec preset_base(preset p, const term& t) {
   s.clamp = c.clamp;
   s.importance.mode = c.weight;
   s.aggregation = c.agg;
-  set_preset_denominators(s);
   return s;
 }
 
@@ -330,24 +310,24 @@ inline void validate(const spec& s, std::string_view whole) {
   }
   const std::string agg(to_string(s.aggregation));
   const bool normed = uses_norm(s.aggregation);
-  if (normed && !(s.aggregation_norm > 0.0))
+  if (normed && !(s.aggregation_constants.norm > 0.0))
     fail(cat("agg=", agg, " needs agg-norm=L with L > 0 (the fixed length it divides by)"));
-  if (!normed && s.aggregation_norm != 0.0)
+  if (!normed && s.aggregation_constants.norm != 0.0)
     fail(cat("agg-norm=L applies only to agg=token-sum-norm and agg=seq-mean-token-sum-norm, "
              "not agg=", agg));
-  if (!(s.aggregation_eps >= 0.0))
-    fail(cat("agg-eps=", format_number(s.aggregation_eps), " must be >= 0"));
-  if (s.aggregation_eps != 0.0 && !uses_batch_count(s.aggregation))
+  if (!(s.aggregation_constants.eps >= 0.0))
+    fail(cat("agg-eps=", format_number(s.aggregation_constants.eps), " must be >= 0"));
+  if (s.aggregation_constants.eps != 0.0 && !uses_batch_count(s.aggregation))
     fail(cat("agg-eps=E is added to the batch count a mode divides by (N_tokens or B); agg=",
              agg, " divides by none: use it with token-mean, seq-mean-token-sum, "
              "seq-mean-token-mean or seq-mean-token-sum-norm"));
-  if (!(s.aggregation_seq_eps >= 0.0))
-    fail(cat("agg-seq-eps=", format_number(s.aggregation_seq_eps), " must be >= 0"));
-  if (s.aggregation_seq_eps != 0.0 && !uses_sequence_count(s.aggregation))
+  if (!(s.aggregation_constants.seq_eps >= 0.0))
+    fail(cat("agg-seq-eps=", format_number(s.aggregation_constants.seq_eps), " must be >= 0"));
+  if (s.aggregation_constants.seq_eps != 0.0 && !uses_sequence_count(s.aggregation))
     fail(cat("agg-seq-eps=E is added to a sequence's token count n_b, which only "
              "agg=seq-mean-token-mean divides by, not agg=", agg));
-  if (!(s.aggregation_scale > 0.0))
-    fail(cat("agg-scale=", format_number(s.aggregation_scale),
+  if (!(s.aggregation_constants.scale > 0.0))
+    fail(cat("agg-scale=", format_number(s.aggregation_constants.scale),
              " must be > 0 (use beta=0 to switch the term off)"));
   if (s.preset != preset::none) {
     const std::string why = preset_aggregation_mismatch(s.preset, s.aggregation);
@@ -411,15 +391,15 @@ inline spec parse_spec(std::string_view text) {
     } else if (key == "agg") {
       s.aggregation = detail::parse_word(val, all_aggregations, "agg", text);
     } else if (key == "agg-norm") {
-      s.aggregation_norm = detail::parse_number(val, key, text);
+      s.aggregation_constants.norm = detail::parse_number(val, key, text);
     } else if (key == "agg-eps") {
-      s.aggregation_eps = detail::parse_number(val, key, text);
+      s.aggregation_constants.eps = detail::parse_number(val, key, text);
       eps_given = true;
     } else if (key == "agg-seq-eps") {
-      s.aggregation_seq_eps = detail::parse_number(val, key, text);
+      s.aggregation_constants.seq_eps = detail::parse_number(val, key, text);
       seq_eps_given = true;
     } else if (key == "agg-scale") {
-      s.aggregation_scale = detail::parse_number(val, key, text);
+      s.aggregation_constants.scale = detail::parse_number(val, key, text);
     } else if (key == "beta") {
       s.beta = detail::parse_number(val, key, text);
     } else {
@@ -428,8 +408,8 @@ inline spec parse_spec(std::string_view text) {
     }
   }
   const preset_denominators d = denominators(s.preset, s.aggregation);
-  if (!eps_given) s.aggregation_eps = d.eps;
-  if (!seq_eps_given) s.aggregation_seq_eps = d.seq_eps;
+  if (!eps_given) s.aggregation_constants.eps = d.eps;
+  if (!seq_eps_given) s.aggregation_constants.seq_eps = d.seq_eps;
   detail::validate(s, text);
   return s;
 }
@@ -454,13 +434,13 @@ inline std::string to_string(const spec& s) {
   if (s.gamma != 1.0) out += ",gamma=" + format_number(s.gamma);
   if (s.aggregation != base.aggregation)
     out += ",agg=" + std::string(to_string(s.aggregation));
-  if (uses_norm(s.aggregation)) out += ",agg-norm=" + format_number(s.aggregation_norm);
+  if (uses_norm(s.aggregation)) out += ",agg-norm=" + format_number(s.aggregation_constants.norm);
   // The preset's epsilons are those of the final agg.
   const preset_denominators d = denominators(s.preset, s.aggregation);
-  if (s.aggregation_eps != d.eps) out += ",agg-eps=" + format_number(s.aggregation_eps);
-  if (s.aggregation_seq_eps != d.seq_eps)
-    out += ",agg-seq-eps=" + format_number(s.aggregation_seq_eps);
-  if (s.aggregation_scale != 1.0) out += ",agg-scale=" + format_number(s.aggregation_scale);
+  if (s.aggregation_constants.eps != d.eps) out += ",agg-eps=" + format_number(s.aggregation_constants.eps);
+  if (s.aggregation_constants.seq_eps != d.seq_eps)
+    out += ",agg-seq-eps=" + format_number(s.aggregation_constants.seq_eps);
+  if (s.aggregation_constants.scale != 1.0) out += ",agg-scale=" + format_number(s.aggregation_constants.scale);
   if (s.beta != 1.0) out += ",beta=" + format_number(s.beta);
   return out;
 }
@@ -476,7 +456,7 @@ inline spec expand(spec s) {
 /// with n_b valid tokens, given the batch's N_tokens and B.
 inline double aggregation_weight(const spec& s, Eigen::Index n_b, Eigen::Index tokens,
                                  Eigen::Index sequences) {
-  return aggregation_weight(s.aggregation, s.aggregation_constants(), n_b, tokens, sequences);
+  return aggregation_weight(s.aggregation, s.aggregation_constants, n_b, tokens, sequences);
 }
 
 }  // namespace klgrad

@@ -54,10 +54,7 @@ inline matrix token_log_probs(const tabular& shape, const matrix& lp, const sequ
 /// token-sum makes a sample's gradient the plain sum_t c_t * score_t.
 inline spec per_sample_spec(spec s) {
   s.aggregation = aggregation::token_sum;
-  s.aggregation_norm = 0.0;
-  s.aggregation_eps = 0.0;
-  s.aggregation_seq_eps = 0.0;
-  s.aggregation_scale = 1.0;
+  s.aggregation_constants = {};
   s.beta = 1.0;
   return s;
 }

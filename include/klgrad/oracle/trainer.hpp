@@ -132,10 +132,7 @@ struct train_result {
 /// same scale as the task term's batch mean.
 inline spec trainer_spec(spec s, double beta) {
   s.aggregation = aggregation::seq_mean_token_sum;
-  s.aggregation_norm = 0.0;
-  s.aggregation_eps = 0.0;
-  s.aggregation_seq_eps = 0.0;
-  s.aggregation_scale = 1.0;
+  s.aggregation_constants = {};
   s.beta = beta;
   return s;
 }
