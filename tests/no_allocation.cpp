@@ -28,18 +28,34 @@ const int* volatile escaped = nullptr;  // where a test's allocation escapes, so
 std::atomic<long> allocations{0};
 }  // namespace
 
-// The replacement pair is malloc and free; gcc, seeing free() given what operator new
-// returned, would warn of a mismatch that the replacement makes correct.
+// Every replaceable allocation function except the aligned ones (which stay a matching pair
+// of the runtime's) counts and allocates with malloc; every deallocation function frees:
+// a partial set would pair one runtime's new with free (ASan reports Catch's nothrow new).
+// gcc, seeing free() given what operator new returned, would warn of a mismatch that the
+// replacement makes correct.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
-void* operator new(std::size_t n) {
+namespace {
+void* counted_malloc(std::size_t n) noexcept {
   if (counting) ++allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
+  return std::malloc(n ? n : 1);
+}
+void* counted_or_throw(std::size_t n) {
+  if (void* p = counted_malloc(n)) return p;
   throw std::bad_alloc();
 }
+}  // namespace
+void* operator new(std::size_t n) { return counted_or_throw(n); }
+void* operator new[](std::size_t n) { return counted_or_throw(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 
