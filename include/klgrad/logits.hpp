@@ -6,6 +6,7 @@
 #include "aggregation.hpp"
 #include "batch.hpp"
 #include "errors.hpp"
+#include "normal_log.hpp"
 #include "streaming.hpp"
 
 #include <Eigen/Core>
@@ -360,7 +361,7 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
     const P lr = log_softmax_at<P>(zr, i, it, cy, lsy);
     const P p = v_exp(lp), q = v_exp(lr);
     const P m = ei::pmax(ei::pmadd(splat<P>(lam), q, ei::pmul(splat<P>(mu), p)), splat<P>(tiny));
-    const P lm = v_log(m);
+    const P lm = log_of_normal(m);
     const P u = where_positive(p, ei::psub(lp, lm));
     if (g) store(g, i, u);
     acc[0] = ei::padd(acc[0], ei::pmul(p, u));

@@ -49,12 +49,6 @@ P pexp_or_exp(const P& x) {
 }
 inline float pexp_or_exp(float x) { return std::exp(x); }
 inline double pexp_or_exp(double x) { return std::exp(x); }
-template <class P>
-P v_log(const P& x) {
-  return ei::plog(x);
-}
-inline float v_log(float x) { return std::log(x); }
-inline double v_log(double x) { return std::log(x); }
 /// a where p > 0, else 0: drops the 0 * inf and 0 * nan of zero-probability entries
 /// (-inf logits, or exponentials that underflowed).
 template <class P>
