@@ -359,13 +359,15 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
     using P = std::remove_pointer_t<decltype(acc)>;
     const P lp = log_softmax_at<P>(z, i, it, cx, lsx);
     const P lr = log_softmax_at<P>(zr, i, it, cy, lsy);
-    const P p = v_exp(lp), q = v_exp(lr);
+    // Eigen's exp as it is: where it is not normal, u and v are 0 and p u and q v with them
+    // (no 0 * -inf); there p and q are at most a denormal in M, whose log needs M >= tiny.
+    const P p = pexp_or_exp(lp), q = pexp_or_exp(lr);
     const P m = ei::pmax(ei::pmadd(splat<P>(lam), q, ei::pmul(splat<P>(mu), p)), splat<P>(tiny));
     const P lm = log_of_normal(m);
-    const P u = where_positive(p, ei::psub(lp, lm));
+    const P u = where_exp_normal(lp, ei::psub(lp, lm)), v = where_exp_normal(lr, ei::psub(lr, lm));
     if (g) store(g, i, u);
-    acc[0] = ei::padd(acc[0], ei::pmul(p, u));
-    acc[1] = ei::padd(acc[1], where_positive(q, ei::pmul(q, ei::psub(lr, lm))));
+    acc[0] = ei::pmadd(p, u, acc[0]);
+    acc[1] = ei::pmadd(q, v, acc[1]);
   });
   const double U = r[0], Kr = r[1];
   const double value = lambda * Kr + (1 - lambda) * U;

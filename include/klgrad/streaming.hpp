@@ -58,6 +58,15 @@ P where_positive(const P& p, const P& a) {
 }
 inline float where_positive(float p, float a) { return p > 0.f ? a : 0.f; }
 inline double where_positive(double p, double a) { return p > 0.0 ? a : 0.0; }
+/// a where exp(x) is a normal number (x > exp_floor), else 0: where_positive(v_exp(x), a)
+/// without computing v_exp's zero, for a caller that takes Eigen's exp as it is.
+template <class P>
+P where_exp_normal(const P& x, const P& a) {
+  using T = typename ei::unpacket_traits<P>::type;
+  return ei::pselect(ei::pcmp_lt(ei::pset1<P>(exp_floor<T>), x), a, ei::pset1<P>(T(0)));
+}
+inline float where_exp_normal(float x, float a) { return x > exp_floor<float> ? a : 0.f; }
+inline double where_exp_normal(double x, double a) { return x > exp_floor<double> ? a : 0.0; }
 
 /// Calls f(acc, i) for i = 0, L, 2L, ... over whole packets of n elements with acc an array
 /// of K packet accumulators, then f(acc, i) over the remaining elements with K scalar ones;
