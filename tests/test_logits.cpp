@@ -294,7 +294,12 @@ TEST_CASE("logits: aggregation scales the gradient by beta * a_{b,t}; masked row
     for (divergence d : all_divergences) {
       klgrad::logits_options opt;
       opt.aggregation = mode;
-      opt.aggregation_norm = klgrad::uses_norm(mode) ? 8.0 : 0.0;
+      // Every constant the mode takes, away from its default.
+      auto& k = opt.aggregation_constants;
+      k.norm = klgrad::uses_norm(mode) ? 8.0 : 0.0;
+      k.eps = klgrad::uses_batch_count(mode) ? 0.5 : 0.0;
+      k.seq_eps = klgrad::uses_sequence_count(mode) ? 0.25 : 0.0;
+      k.scale = 3.0;
       opt.beta = 0.04;
       Rows value(B, T), grad(B * T, V);
       value.setConstant(7);
@@ -311,7 +316,18 @@ TEST_CASE("logits: aggregation scales the gradient by beta * a_{b,t}; masked row
           continue;
         }
         const Index n_b = (mask.row(b) != 0).count();
-        const double a = klgrad::aggregation_weight(mode, opt.aggregation_norm, n_b, 5, 2);
+        // a_{b,t} in closed form (SPEC's table of modes), 5 valid rows in 2 sequences
+        const double nonempty = 2 + k.eps, a = k.scale * [&] {
+          switch (mode) {
+            case klgrad::aggregation::token_mean: return 1 / (5 + k.eps);
+            case klgrad::aggregation::token_sum: return 1.0;
+            case klgrad::aggregation::token_sum_norm: return 1 / 8.0;
+            case klgrad::aggregation::seq_mean_token_sum: return 1 / nonempty;
+            case klgrad::aggregation::seq_mean_token_mean: return 1 / (nonempty * (double(n_b) + k.seq_eps));
+            case klgrad::aggregation::seq_mean_token_sum_norm: return 1 / (nonempty * 8.0);
+          }
+          return 0.0;
+        }();
         const auto o = oracle(d, z.row(r).data(), zr.row(r).data(), V, 1, 0.5);
         CHECK(close(value(b, r % T), o.value, 1e-12));
         loss += 0.04 * a * double(o.value);
@@ -477,6 +493,33 @@ TEST_CASE("logits: infinite divergences and invalid rows", "[logits]") {
     CHECK_THROWS_AS(klgrad::logits_divergence(divergence::jensen_shannon, b, value, opt),
                     klgrad::input_error);
   }
+  // Aggregation constants: the spec's rules, named by the struct's fields.
+  const auto bad_constants = [&](klgrad::aggregation mode, auto set) {
+    klgrad::logits_options opt;
+    opt.aggregation = mode;
+    set(opt.aggregation_constants);
+    return message_of([&] { klgrad::logits_divergence(divergence::forward_kl, b, value, opt); });
+  };
+  using klgrad::aggregation;
+  using K = klgrad::aggregation_constants;
+  CHECK(bad_constants(aggregation::token_sum_norm, [](K&) {}) ==
+        "logits_options: aggregation=token-sum-norm needs aggregation_constants.norm=L with "
+        "L > 0 (the fixed length it divides by)");
+  CHECK(bad_constants(aggregation::token_mean, [](K& k) { k.norm = 8; })
+            .find("aggregation_constants.norm=L applies only to aggregation=token-sum-norm") !=
+        std::string::npos);
+  CHECK(bad_constants(aggregation::token_mean, [](K& k) { k.eps = -1; }) ==
+        "logits_options: aggregation_constants.eps=-1 must be >= 0");
+  CHECK(bad_constants(aggregation::token_sum, [](K& k) { k.eps = 1e-8; })
+            .find("aggregation=token-sum divides by none") != std::string::npos);
+  CHECK(bad_constants(aggregation::token_mean, [](K& k) { k.seq_eps = 0.5; })
+            .find("aggregation_constants.seq_eps=E is added to a sequence's token count") !=
+        std::string::npos);
+  CHECK(bad_constants(aggregation::token_mean, [](K& k) { k.scale = qnan; }) ==
+        "logits_options: aggregation_constants.scale=nan must be > 0 (use beta=0 to switch "
+        "the term off)");
+  CHECK(bad_constants(aggregation::seq_mean_token_mean, [](K& k) { k.seq_eps = inf; }) ==
+        "logits_options: aggregation_constants.seq_eps=inf must be finite");
 }
 
 TEST_CASE("logits: generalised JSD tends to lambda * FKL and (1 - lambda) * RKL", "[logits]") {

@@ -234,16 +234,20 @@ constexpr const char* logits_keys[] = {"logits",      "ref_logits", "mask",   "i
                                        "coef",        "divergence", "lambda", "top_k",
                                        "temperature", "log_probs",  "gradient"};
 
-/// The aggregation and beta of logits input: --spec holds only agg=, agg-norm= and beta=
-/// (e.g. agg=token-sum,beta=0.04); an estimator term means nothing for exact divergences.
+/// The aggregation and beta of logits input: --spec holds only agg= and its constants
+/// (agg-norm=, agg-eps=, agg-seq-eps=, agg-scale=) and beta= (e.g. agg=token-sum,beta=0.04);
+/// an estimator term means nothing for exact divergences.
 /// parse_spec reads the keys behind a stand-in term, so the grammar has one parser.
 spec logits_spec(const std::string& text) {
   const std::string stand_in = "k1-in-reward";
   if (text.empty()) return parse_spec(stand_in);
+  constexpr std::string_view keys[] = {"agg",         "agg-norm",  "agg-eps",
+                                       "agg-seq-eps", "agg-scale", "beta"};
   for (const std::string_view part : detail::split(text, ',')) {
     const std::string_view key = part.substr(0, part.find('='));
-    if (key == part || (key != "agg" && key != "agg-norm" && key != "beta"))
-      throw usage_error("logits input: --spec takes only agg=, agg-norm= and beta= (e.g. "
+    if (key == part || std::find(std::begin(keys), std::end(keys), key) == std::end(keys))
+      throw usage_error("logits input: --spec takes only agg=, agg-norm=, agg-eps=, "
+                        "agg-seq-eps=, agg-scale= and beta= (e.g. "
                         "--spec agg=token-sum,beta=0.04), not '" + std::string(part) +
                         "'; the rest of a spec applies to sampled log-probabilities "
                         "(logp, ref)");
@@ -456,7 +460,7 @@ void add_eval(CLI::App& app) {
       const spec s = logits_spec(cfg->spec);
       logits_options opt;
       opt.aggregation = s.aggregation;
-      opt.aggregation_norm = s.aggregation_constants.norm;
+      opt.aggregation_constants = s.aggregation_constants;
       opt.beta = s.beta;
       opt.counts.tokens = cfg->tokens;
       opt.counts.sequences = cfg->sequences;

@@ -5,7 +5,10 @@
 #include "errors.hpp"
 
 #include <Eigen/Core>
+#include <cmath>
+#include <string>
 #include <string_view>
+#include <utility>
 
 namespace klgrad {
 
@@ -77,6 +80,49 @@ struct aggregation_constants {
   }
 };
 
+namespace detail {
+
+/// How a caller names the aggregation settings in its messages, each name ending where the
+/// value follows: {"agg=", "agg-norm=", ...} for a spec, {"aggregation=",
+/// "aggregation_constants.norm=", ...} for logits_options.
+struct aggregation_names {
+  const char* mode;
+  const char* norm;
+  const char* eps;
+  const char* seq_eps;
+  const char* scale;
+};
+
+/// Why the constants k cannot serve mode (each finite; norm > 0 exactly for the -norm
+/// modes; eps >= 0, and nonzero only for a mode that divides by a batch count; seq_eps >= 0,
+/// and nonzero only for seq-mean-token-mean; scale > 0), named by `n`; empty when they can.
+inline std::string aggregation_problem(aggregation mode, const aggregation_constants& k,
+                                       const aggregation_names& n) {
+  const auto agg = [&] { return cat(n.mode, to_string(mode)); };  // no allocation unless bad
+  for (const auto& [name, value] : {std::pair{n.norm, k.norm}, std::pair{n.eps, k.eps},
+                                    std::pair{n.seq_eps, k.seq_eps}, std::pair{n.scale, k.scale}})
+    if (std::isinf(value)) return cat(name, format_number(value), " must be finite");
+  if (uses_norm(mode) && !(k.norm > 0.0))
+    return cat(agg(), " needs ", n.norm, "L with L > 0 (the fixed length it divides by)");
+  if (!uses_norm(mode) && k.norm != 0.0)
+    return cat(n.norm, "L applies only to ", n.mode, "token-sum-norm and ", n.mode,
+               "seq-mean-token-sum-norm, not ", agg());
+  if (!(k.eps >= 0.0)) return cat(n.eps, format_number(k.eps), " must be >= 0");
+  if (k.eps != 0.0 && !uses_batch_count(mode))
+    return cat(n.eps, "E is added to the batch count a mode divides by (N_tokens or B); ", agg(),
+               " divides by none: use it with token-mean, seq-mean-token-sum, "
+               "seq-mean-token-mean or seq-mean-token-sum-norm");
+  if (!(k.seq_eps >= 0.0)) return cat(n.seq_eps, format_number(k.seq_eps), " must be >= 0");
+  if (k.seq_eps != 0.0 && !uses_sequence_count(mode))
+    return cat(n.seq_eps, "E is added to a sequence's token count n_b, which only ", n.mode,
+               "seq-mean-token-mean divides by, not ", agg());
+  if (!(k.scale > 0.0))
+    return cat(n.scale, format_number(k.scale), " must be > 0 (use beta=0 to switch the term off)");
+  return {};
+}
+
+}  // namespace detail
+
 /// Batch-wide counts. A negative entry means "count the local batch"; a data-parallel
 /// trainer passes the global counts (all shards) so that summing the shards' losses and
 /// concatenating their coefficients gives exactly the unsharded result.
@@ -101,14 +147,6 @@ inline double aggregation_weight(aggregation mode, const aggregation_constants& 
     case aggregation::seq_mean_token_sum_norm: a = 1.0 / (B * k.norm); break;
   }
   return k.scale * a;
-}
-
-/// a_{b,t} without epsilons or scale: norm is the L of the -norm modes.
-inline double aggregation_weight(aggregation mode, double norm, Eigen::Index n_b,
-                                 Eigen::Index tokens, Eigen::Index sequences) {
-  aggregation_constants k;
-  k.norm = norm;
-  return aggregation_weight(mode, k, n_b, tokens, sequences);
 }
 
 }  // namespace klgrad

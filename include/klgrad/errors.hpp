@@ -1,6 +1,7 @@
 // Exceptions the library raises, and how it raises them when exceptions are disabled.
 #pragma once
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -51,6 +52,21 @@ std::string cat(const Args&... args) {
   out.precision(17);
   (out << ... << args);
   return out.str();
+}
+
+/// Shortest decimal text that reads back as exactly v.
+inline std::string format_number(double v) {
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[40];
+  if (v == std::floor(v) && std::abs(v) < 1e15) {  // integers without an exponent
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+    return buf;
+  }
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
 }
 
 }  // namespace detail

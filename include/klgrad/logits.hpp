@@ -46,7 +46,9 @@ struct logits_options {
   /// with respect to the logits those log-probabilities came from.
   bool log_probs = false;
   klgrad::aggregation aggregation = aggregation::token_mean;
-  double aggregation_norm = 0.0;  ///< L of the -norm modes
+  /// L of the -norm modes, the epsilons added to the counts, the scale: as the spec keys
+  /// agg-norm, agg-eps, agg-seq-eps and agg-scale (aggregation.hpp).
+  klgrad::aggregation_constants aggregation_constants;
   double beta = 1.0;
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
 };
@@ -152,9 +154,12 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
   if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
     raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
                        "local batch");
-  if (uses_norm(opt.aggregation) && !(opt.aggregation_norm > 0))
-    raise<input_error>(cat(to_string(opt.aggregation), " needs aggregation_norm > 0, got ",
-                           opt.aggregation_norm));
+  const std::string why =
+      aggregation_problem(opt.aggregation, opt.aggregation_constants,
+                          {"aggregation=", "aggregation_constants.norm=",
+                           "aggregation_constants.eps=", "aggregation_constants.seq_eps=",
+                           "aggregation_constants.scale="});
+  if (!why.empty()) raise<input_error>("logits_options: " + why);
   auto count = [&](Index s) {
     if (!b.mask.present()) return P;
     const M* m = b.mask.row(s);
@@ -191,7 +196,7 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
         seq = s;
         const Index n_b = count(s);
         seq_scale = n_b > 0 ? opt.beta * aggregation_weight(opt.aggregation,
-                                                            opt.aggregation_norm, n_b,
+                                                            opt.aggregation_constants, n_b,
                                                             n_tokens, n_sequences)
                             : 0.0;
       }

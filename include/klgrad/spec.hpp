@@ -104,20 +104,6 @@ inline double parse_number(std::string_view text, std::string_view key, std::str
   return v;
 }
 
-/// Shortest decimal text that reads back as exactly v.
-inline std::string format_number(double v) {
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  char buf[40];
-  if (v == std::floor(v) && std::abs(v) < 1e15) {  // integers without an exponent
-    std::snprintf(buf, sizeof buf, "%.0f", v);
-    return buf;
-  }
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
-}
 
 inline std::vector<std::string_view> split(std::string_view text, char separator) {
   std::vector<std::string_view> parts;
@@ -308,27 +294,10 @@ inline void validate(const spec& s, std::string_view whole) {
     const std::string why = preset_mismatch(s.preset, s.term);
     if (!why.empty()) fail(why);
   }
-  const std::string agg(to_string(s.aggregation));
-  const bool normed = uses_norm(s.aggregation);
-  if (normed && !(s.aggregation_constants.norm > 0.0))
-    fail(cat("agg=", agg, " needs agg-norm=L with L > 0 (the fixed length it divides by)"));
-  if (!normed && s.aggregation_constants.norm != 0.0)
-    fail(cat("agg-norm=L applies only to agg=token-sum-norm and agg=seq-mean-token-sum-norm, "
-             "not agg=", agg));
-  if (!(s.aggregation_constants.eps >= 0.0))
-    fail(cat("agg-eps=", format_number(s.aggregation_constants.eps), " must be >= 0"));
-  if (s.aggregation_constants.eps != 0.0 && !uses_batch_count(s.aggregation))
-    fail(cat("agg-eps=E is added to the batch count a mode divides by (N_tokens or B); agg=",
-             agg, " divides by none: use it with token-mean, seq-mean-token-sum, "
-             "seq-mean-token-mean or seq-mean-token-sum-norm"));
-  if (!(s.aggregation_constants.seq_eps >= 0.0))
-    fail(cat("agg-seq-eps=", format_number(s.aggregation_constants.seq_eps), " must be >= 0"));
-  if (s.aggregation_constants.seq_eps != 0.0 && !uses_sequence_count(s.aggregation))
-    fail(cat("agg-seq-eps=E is added to a sequence's token count n_b, which only "
-             "agg=seq-mean-token-mean divides by, not agg=", agg));
-  if (!(s.aggregation_constants.scale > 0.0))
-    fail(cat("agg-scale=", format_number(s.aggregation_constants.scale),
-             " must be > 0 (use beta=0 to switch the term off)"));
+  const std::string constants_problem =
+      aggregation_problem(s.aggregation, s.aggregation_constants,
+                          {"agg=", "agg-norm=", "agg-eps=", "agg-seq-eps=", "agg-scale="});
+  if (!constants_problem.empty()) fail(constants_problem);
   if (s.preset != preset::none) {
     const std::string why = preset_aggregation_mismatch(s.preset, s.aggregation);
     if (!why.empty()) fail(why);

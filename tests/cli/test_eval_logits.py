@@ -117,16 +117,18 @@ def numeric_gradient(f, z, h=1e-5):
     return g
 
 
-def weights(mask, agg, beta, norm=0.0, tokens=None, sequences=None):
+def weights(mask, agg, beta, norm=0.0, eps=0.0, seq_eps=0.0, scale=1.0, tokens=None,
+            sequences=None):
     """beta * a_{b,t} per position (0 where masked), SPEC section 6."""
     n = mask.sum(axis=1)
-    n_tokens = tokens if tokens is not None else n.sum()
-    n_seq = sequences if sequences is not None else (n > 0).sum()
+    n_tokens = (tokens if tokens is not None else n.sum()) + eps
+    n_seq = (sequences if sequences is not None else (n > 0).sum()) + eps
     a = {"token-mean": lambda nb: 1 / n_tokens, "token-sum": lambda nb: 1.0,
          "seq-mean-token-sum": lambda nb: 1 / n_seq,
-         "seq-mean-token-mean": lambda nb: 1 / (n_seq * nb),
+         "seq-mean-token-mean": lambda nb: 1 / (n_seq * (nb + seq_eps)),
          "seq-mean-token-sum-norm": lambda nb: 1 / (n_seq * norm)}[agg]
-    return np.array([[beta * a(n[b]) if mask[b, t] else 0.0 for t in range(mask.shape[1])]
+    return np.array([[beta * scale * a(n[b]) if mask[b, t] else 0.0
+                      for t in range(mask.shape[1])]
                      for b in range(mask.shape[0])])
 
 
@@ -180,6 +182,9 @@ for name, extra, spec, kw in [
      {"agg": "seq-mean-token-sum-norm", "norm": 4.0, "beta": 2.0}),
     ("forward-kl-top-k", {"top_k": 2}, ["--spec", "agg=seq-mean-token-sum"],
      {"k": 2, "agg": "seq-mean-token-sum"}),
+    ("reverse-kl", {}, ["--spec", "agg=seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,"
+                                  "agg-scale=3"],
+     {"agg": "seq-mean-token-mean", "eps": 0.5, "seq_eps": 0.25, "scale": 3.0}),
 ]:
     label = f"padded {name} {' '.join(spec)} {extra}"
     rc, out, err = run({**base, "divergence": name, **extra}, *spec)
@@ -383,9 +388,12 @@ error("ids out of the vocabulary", {**good, "ids": [2]}, "ids row 0 is 2, outsid
 error("ids not integers", {**good, "ids": [0.5]}, "ids[0] must be an integer, got 0.5")
 error("coef without ids", {**good, "coef": [1.0]}, "coef needs ids")
 error("coef NaN in a valid row", {**good, "ids": [0], "coef": [None]}, "coef row 0 is nan")
-error("a sampled spec", good, "--spec takes only agg=, agg-norm= and beta=", "'k3-as-loss'",
+error("a sampled spec", good, "--spec takes only agg=, agg-norm=, agg-eps=, agg-seq-eps=, "
+      "agg-scale= and beta=", "'k3-as-loss'",
       args=("--spec", "k3-as-loss,agg=token-sum"))
 error("a bad agg", good, "spec 'agg=tokens': unknown agg 'tokens'", args=("--spec", "agg=tokens"))
+error("an epsilon the agg does not use", good, "agg=token-sum divides by none",
+      args=("--spec", "agg=token-sum,agg-eps=1e-8"))
 error("--nonfinite propagate", good, "logits input always raises",
       args=("--nonfinite", "propagate"))
 
