@@ -364,8 +364,9 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
     using P = std::remove_pointer_t<decltype(acc)>;
     const P lp = log_softmax_at<P>(z, i, it, cx, lsx);
     const P lr = log_softmax_at<P>(zr, i, it, cy, lsy);
-    // Eigen's exp as it is: where it is not normal, u and v are 0 and p u and q v with them
-    // (no 0 * -inf); there p and q are at most a denormal in M, whose log needs M >= tiny.
+    // Eigen's exp as it is (0 or a denormal below its clamp): where exp(lp) is not normal
+    // u is 0, so p u is 0 (no 0 * -inf), and p adds at most a denormal to M, which is
+    // clamped to the smallest normal number for log_of_normal; likewise v and q.
     const P p = pexp_or_exp(lp), q = pexp_or_exp(lr);
     const P m = ei::pmax(ei::pmadd(splat<P>(lam), q, ei::pmul(splat<P>(mu), p)), splat<P>(tiny));
     const P lm = log_of_normal(m);

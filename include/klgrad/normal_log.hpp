@@ -1,7 +1,7 @@
 // The natural logarithm of a packet of positive normal floats, about three times cheaper
 // than Eigen's plog (which also handles zero, denormals, negative numbers, inf and NaN):
-// the Jensen-Shannon pass takes one per vocabulary entry, where Eigen's cost as much as the
-// four exponentials around it.
+// the Jensen-Shannon pass takes one per vocabulary entry, where Eigen's cost more than three
+// of the four exponentials around it.
 #pragma once
 
 #include <Eigen/Core>

@@ -14,7 +14,6 @@
 
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -103,7 +102,6 @@ inline double parse_number(std::string_view text, std::string_view key, std::str
                           "' is not a finite number"));
   return v;
 }
-
 
 inline std::vector<std::string_view> split(std::string_view text, char separator) {
   std::vector<std::string_view> parts;
