@@ -16,7 +16,7 @@ TEST_CASE("is-level: per-decision weights restore the whole sequence RKL gradien
     }
 }
 
-TEST_CASE("is-level: prefix weights restore part 1 from mu; token weights do not",
+TEST_CASE("is-level: prefix weights restore part 1 from mu, token weights do not",
           "[oracle][importance]") {
   for (const auto& c : sequence_cases()) {
     INFO(c.name());

@@ -280,7 +280,7 @@ TEST_CASE("logits: closed-form gradients equal central differences", "[logits]")
   }
 }
 
-TEST_CASE("logits: aggregation scales the gradient by beta * a_{b,t}; masked rows never read",
+TEST_CASE("logits: aggregation scales the gradient by beta * a_{b,t}, masked rows never read",
           "[logits]") {
   const Index B = 3, T = 4, V = 50;
   Rows z = random_rows(B * T, V, 2.0, 31), zr = random_rows(B * T, V, 2.0, 32);

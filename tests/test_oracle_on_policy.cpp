@@ -111,7 +111,7 @@ TEST_CASE("table 3: k2-in-reward follows grad E[k2] - grad RKL", "[oracle][table
   });
 }
 
-TEST_CASE("table 3: k1-both and k3-both follow grad RKL; k3-both's coefficient is s",
+TEST_CASE("table 3: k1-both and k3-both follow grad RKL, k3-both's coefficient is s",
           "[oracle][table3]") {
   check_follows("k1-both", rkl_part1);
   check_follows("k3-both", rkl_part1);
