@@ -401,13 +401,13 @@ inline std::string to_string(const spec& s) {
   if (s.gamma != 1.0) out += ",gamma=" + format_number(s.gamma);
   if (s.aggregation != base.aggregation)
     out += ",agg=" + std::string(to_string(s.aggregation));
-  if (uses_norm(s.aggregation)) out += ",agg-norm=" + format_number(s.aggregation_constants.norm);
+  const aggregation_constants& k = s.aggregation_constants;
+  if (uses_norm(s.aggregation)) out += ",agg-norm=" + format_number(k.norm);
   // The preset's epsilons are those of the final agg.
   const preset_denominators d = denominators(s.preset, s.aggregation);
-  if (s.aggregation_constants.eps != d.eps) out += ",agg-eps=" + format_number(s.aggregation_constants.eps);
-  if (s.aggregation_constants.seq_eps != d.seq_eps)
-    out += ",agg-seq-eps=" + format_number(s.aggregation_constants.seq_eps);
-  if (s.aggregation_constants.scale != 1.0) out += ",agg-scale=" + format_number(s.aggregation_constants.scale);
+  if (k.eps != d.eps) out += ",agg-eps=" + format_number(k.eps);
+  if (k.seq_eps != d.seq_eps) out += ",agg-seq-eps=" + format_number(k.seq_eps);
+  if (k.scale != 1.0) out += ",agg-scale=" + format_number(k.scale);
   if (s.beta != 1.0) out += ",beta=" + format_number(s.beta);
   return out;
 }
