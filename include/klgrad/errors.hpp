@@ -1,12 +1,16 @@
 // Exceptions the library raises, and how it raises them when exceptions are disabled.
 #pragma once
 
-#include <cmath>
+#include "number_text.hpp"
+
 #include <cstdio>
 #include <cstdlib>
+#include <locale>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
 namespace klgrad {
 
@@ -45,28 +49,33 @@ template <class E>
 #endif
 }
 
-/// Concatenates its arguments with operator<< (numbers at full precision).
+/// Appends one argument of cat: floating-point numbers as their shortest text (the text
+/// read_number reads back), anything else by operator<<.
+template <class T>
+void append(std::ostringstream& out, const T& x) {
+  if constexpr (std::is_same_v<T, float>) out << shortest_text(x);
+  else if constexpr (std::is_floating_point_v<T>) out << shortest_text(double(x));
+  else out << x;
+}
+
+/// Concatenates its arguments. The stream reads the classic locale, whatever
+/// std::locale::global says, so that 12345 never prints as "12.345".
 template <class... Args>
 std::string cat(const Args&... args) {
   std::ostringstream out;
-  out.precision(17);
-  (out << ... << args);
+  out.imbue(std::locale::classic());
+  (append(out, args), ...);
   return out.str();
 }
 
-/// Shortest decimal text that reads back as exactly v.
-inline std::string format_number(double v) {
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  char buf[40];
-  if (v == std::floor(v) && std::abs(v) < 1e15) {  // integers without an exponent
-    std::snprintf(buf, sizeof buf, "%.0f", v);
-    return buf;
-  }
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
+/// User text for a message: all of it up to 80 characters, else its first 80 (not cutting
+/// a UTF-8 character) and "... (N characters)", so that a huge input gives a short message.
+inline std::string clip(std::string_view text) {
+  constexpr std::size_t shown = 80;
+  if (text.size() <= shown) return std::string(text);
+  std::size_t end = shown;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0u) == 0x80u) --end;
+  return cat(text.substr(0, end), "... (", text.size(), " characters)");
 }
 
 }  // namespace detail

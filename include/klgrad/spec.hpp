@@ -12,10 +12,7 @@
 #include "placement.hpp"
 #include "presets.hpp"
 
-#include <cerrno>
 #include <cmath>
-#include <cstdlib>
-#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -35,7 +32,14 @@ namespace klgrad {
 ///         agg-seq-eps=E  agg-scale=S  beta=B
 ///   CLAMP = none | ITEM{/ITEM}, ITEM = PRESET (that trainer's clamp for the term)
 ///         | log-ratio:LO:HI | value:LO:HI | est:EST{:EST} | after-weight | detach-weight
-///         | pass-gradient            (bounds may be inf or -inf; see clamp_policy)
+///         | pass-gradient   (each kind once; a PRESET only first, the items after it amend
+///                            it; none only alone; see clamp_policy)
+///   Every number (C, LO, HI, G, L, E, S, B) is NUMBER = [+|-](D[.[D]]|.D)[(e|E)[+|-]D],
+///   D = decimal digits: no spaces, no hex, no nan, read the same in every locale; clamp
+///   bounds and is-mask HI may also be exactly inf, +inf or -inf, nothing else may.
+///   A number beyond the largest double, or nonzero below the smallest normal double
+///   (2.2250738585072014e-308: a subnormal), is refused with that reason (detail::read_number).
+///   Messages quote at most 80 characters of the spec and of each word.
 /// Defaults: is=none, is-level=token, no clamp, level=token, gamma=1, agg=token-mean,
 /// agg-eps=0, agg-seq-eps=0, agg-scale=1, beta=1. agg-norm=L (L > 0) is required by the -norm
 /// modes and refused elsewhere; agg-eps (>= 0) is added to the batch count a mode divides by
@@ -88,19 +92,40 @@ Enum parse_word(std::string_view word, const Enum (&all)[N], std::string_view wh
                 std::string_view whole) {
   for (auto e : all)
     if (to_string(e) == word) return e;
-  raise<spec_error>(cat("spec '", whole, "': unknown ", what, " '", word, "'; allowed: ",
+  raise<spec_error>(cat("spec '", whole, "': unknown ", what, " '", clip(word), "'; allowed: ",
                         alternatives(all)));
 }
 
-inline double parse_number(std::string_view text, std::string_view key, std::string_view whole) {
-  const std::string s(text);
-  char* end = nullptr;
-  errno = 0;
-  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
-  if (s.empty() || end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(v))
-    raise<spec_error>(cat("spec '", whole, "': ", key, "='", text,
-                          "' is not a finite number"));
-  return v;
+/// Where a number may be infinite: clamp bounds and is-mask HI take inf, +inf and -inf.
+enum class infinity { refused, allowed };
+
+/// The value of `key` in the spec's one number grammar (read_number), or spec_error with the
+/// reason. Every numeric key reads through here.
+inline double parse_number(std::string_view text, std::string_view key, std::string_view whole,
+                           infinity inf = infinity::refused) {
+  const number_reading r = read_number(text, inf == infinity::allowed);
+  if (r.problem == number_problem::none) return r.value;
+  const char* why = "";
+  switch (r.problem) {
+    case number_problem::syntax:
+      why = inf == infinity::allowed ? "is neither a number nor inf, +inf or -inf"
+                                     : "is not a finite number";
+      break;
+    case number_problem::infinite:
+      why = "is not a finite number (only clamp bounds and is-mask HI may be inf)";
+      break;
+    case number_problem::too_large:
+      why = "is beyond the largest double, 1.7976931348623157e+308";
+      break;
+    default:
+      why = "is nonzero but below the smallest normal double, 2.2250738585072014e-308: write 0 "
+            "or a larger magnitude";
+  }
+  const char* grammar = r.problem != number_problem::syntax
+                            ? ""
+                            : ": write [+|-]DIGITS[.DIGITS][e[+|-]DIGITS] in decimal, without "
+                              "spaces (e.g. 0.04, -1, 1e-3)";
+  raise<spec_error>(cat("spec '", whole, "': ", key, "='", clip(text), "' ", why, grammar));
 }
 
 inline std::vector<std::string_view> split(std::string_view text, char separator) {
@@ -123,7 +148,7 @@ inline term parse_term(std::string_view text, std::string_view whole) {
       const std::string_view estimators = text.substr(0, text.size() - suffix.size());
       const auto names = split(estimators, '~');
       if (names.size() > 2)
-        raise<spec_error>(cat("spec '", whole, "': term '", text,
+        raise<spec_error>(cat("spec '", whole, "': term '", clip(text),
                               "' has more than one '~'; write VALUE~GRADIENT-PLACEMENT"));
       term t;
       t.where = p;
@@ -134,48 +159,50 @@ inline term parse_term(std::string_view text, std::string_view whole) {
       return t;
     }
   }
-  raise<spec_error>(cat("spec '", whole, "': term '", text,
+  raise<spec_error>(cat("spec '", whole, "': term '", clip(text),
                         "' must be EST[~EST]-PLACEMENT with EST ",
                         alternatives(all_estimators), " and PLACEMENT ",
                         alternatives(all_placements), " (e.g. k3-as-loss)"));
 }
 
-/// A clamp bound: a finite number, inf or -inf.
-inline double parse_bound(std::string_view text, std::string_view what, std::string_view whole) {
-  if (text == "inf" || text == "+inf") return std::numeric_limits<double>::infinity();
-  if (text == "-inf") return -std::numeric_limits<double>::infinity();
-  return parse_number(text, what, whole);
-}
-
-/// Parses CLAMP (see spec) on top of `base`, the clamp the spec had before the key.
+/// Parses CLAMP (see spec): `none` alone, or items each given once, a preset's item first
+/// (it sets the whole policy, which the items after it amend).
 inline clamp_policy parse_clamp(std::string_view text, const term& t, std::string_view whole) {
   auto fail = [&](const std::string& why) {
-    raise<spec_error>(cat("spec '", whole, "': clamp='", text, "': ", why));
+    raise<spec_error>(cat("spec '", whole, "': clamp='", clip(text), "': ", why));
   };
   clamp_policy c;
   if (text == "none") return c;
-  for (std::string_view item : split(text, '/')) {
+  const auto items = split(text, '/');
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const std::string_view item = items[i];
     const auto fields = split(item, ':');
     const std::string_view head = fields[0];
-    bool known_preset = false;
+    if (item == "none") fail("'none' means no clamp and stands alone: drop it or the other items");
+    bool preset_item = false;
     for (auto p : all_presets)
-      if (to_string(p) == head && fields.size() == 1) {
+      if (to_string(p) == item) {
+        if (i > 0)
+          fail(cat("'", clip(items[0]), "' and '", item, "': a preset item sets the whole "
+                   "clamp, so it comes first and once (the items after it amend it)"));
         c = conventions(p, t).clamp;
-        known_preset = true;
+        preset_item = true;
       }
-    if (known_preset) continue;
+    if (preset_item) continue;
     if (head == "log-ratio" || head == "value") {
-      if (fields.size() != 3) fail(cat("'", item, "' must be ", head, ":LO:HI"));
-      const double lo = parse_bound(fields[1], cat("clamp ", head, " LO"), whole);
-      const double hi = parse_bound(fields[2], cat("clamp ", head, " HI"), whole);
-      if (!(lo < hi)) fail(cat("'", item, "' needs LO < HI"));
+      if (fields.size() != 3) fail(cat("'", clip(item), "' must be ", head, ":LO:HI"));
+      const double lo = parse_number(fields[1], cat("clamp ", head, " LO"), whole,
+                                     infinity::allowed);
+      const double hi = parse_number(fields[2], cat("clamp ", head, " HI"), whole,
+                                     infinity::allowed);
+      if (!(lo < hi)) fail(cat("'", clip(item), "' needs LO < HI"));
       (head == "value" ? c.value_lo : c.log_lo) = lo;
       (head == "value" ? c.value_hi : c.log_hi) = hi;
     } else if (head == "est") {
       if (fields.size() < 2) fail("'est' needs at least one estimator, e.g. est:k3");
       c.estimators = 0;
-      for (std::size_t i = 1; i < fields.size(); ++i)
-        c.estimators |= estimator_bit(parse_word(fields[i], all_estimators, "estimator", whole));
+      for (std::size_t k = 1; k < fields.size(); ++k)
+        c.estimators |= estimator_bit(parse_word(fields[k], all_estimators, "estimator", whole));
     } else if (head == "after-weight" && fields.size() == 1) {
       c.after_weight = true;
     } else if (head == "detach-weight" && fields.size() == 1) {
@@ -183,10 +210,13 @@ inline clamp_policy parse_clamp(std::string_view text, const term& t, std::strin
     } else if (head == "pass-gradient" && fields.size() == 1) {
       c.pass_gradient = true;
     } else {
-      fail(cat("unknown item '", item, "'; items: none, a preset (", alternatives(all_presets),
+      fail(cat("unknown item '", clip(item), "'; items: none, a preset (", alternatives(all_presets),
                "), log-ratio:LO:HI, value:LO:HI, est:EST[:EST...], after-weight, "
                "detach-weight, pass-gradient, joined by '/'"));
     }
+    for (std::size_t j = 0; j < i; ++j)  // a second item of one kind would silently win
+      if (split(items[j], ':')[0] == head)
+        fail(cat("'", clip(items[j]), "' and '", clip(item), "' set the same thing: give one"));
   }
   return c;
 }
@@ -307,8 +337,10 @@ inline void validate(const spec& s, std::string_view whole) {
 /// Parses and validates a spec string; raises spec_error naming the wrong word and the
 /// allowed ones.
 inline spec parse_spec(std::string_view text) {
+  using detail::clip;
   const auto parts = detail::split(text, ',');
-  const term t = detail::parse_term(parts[0], text);
+  const std::string whole = clip(text);  // as messages quote it
+  const term t = detail::parse_term(parts[0], whole);
   const char* keys =
       "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, agg-eps, "
       "agg-seq-eps, agg-scale, beta";
@@ -318,14 +350,15 @@ inline spec parse_spec(std::string_view text) {
     const std::string_view part = parts[i];
     const std::size_t eq = part.find('=');
     if (eq == std::string_view::npos)
-      detail::raise<spec_error>(detail::cat("spec '", text, "': '", part,
+      detail::raise<spec_error>(detail::cat("spec '", whole, "': '", clip(part),
                                             "' is not key=value; keys: ", keys));
     const std::string_view key = part.substr(0, eq), val = part.substr(eq + 1);
     for (const auto& seen : items)
       if (seen.first == key)
-        detail::raise<spec_error>(detail::cat("spec '", text, "': key '", key, "' given twice"));
+        detail::raise<spec_error>(
+            detail::cat("spec '", whole, "': key '", clip(key), "' given twice"));
     items.emplace_back(key, val);
-    if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", text);
+    if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", whole);
   }
   // The preset first, wherever it stands; explicit keys override it. The preset's
   // denominator epsilons belong to the final agg, so they are set after the keys unless
@@ -335,49 +368,48 @@ inline spec parse_spec(std::string_view text) {
   for (const auto& [key, val] : items) {
     if (key == "preset") {
     } else if (key == "is") {
-      s.importance.mode = detail::parse_word(val, all_weightings, "is", text);
+      s.importance.mode = detail::parse_word(val, all_weightings, "is", whole);
     } else if (key == "is-level") {
-      s.importance.level = detail::parse_word(val, all_weight_levels, "is-level", text);
+      s.importance.level = detail::parse_word(val, all_weight_levels, "is-level", whole);
     } else if (key == "is-clip") {
-      s.importance.clip = detail::parse_number(val, key, text);
+      s.importance.clip = detail::parse_number(val, key, whole);
     } else if (key == "is-mask") {
       const auto bounds = detail::split(val, ':');
       if (bounds.size() != 2)
         detail::raise<spec_error>(
-            detail::cat("spec '", text, "': is-mask='", val, "' must be LO:HI"));
-      s.importance.mask_lo = detail::parse_number(bounds[0], "is-mask LO", text);
-      s.importance.mask_hi = bounds[1] == "inf"
-                                 ? std::numeric_limits<double>::infinity()
-                                 : detail::parse_number(bounds[1], "is-mask HI", text);
+            detail::cat("spec '", whole, "': is-mask='", clip(val), "' must be LO:HI"));
+      s.importance.mask_lo = detail::parse_number(bounds[0], "is-mask LO", whole);
+      s.importance.mask_hi =
+          detail::parse_number(bounds[1], "is-mask HI", whole, detail::infinity::allowed);
     } else if (key == "clamp") {
-      s.clamp = detail::parse_clamp(val, t, text);
+      s.clamp = detail::parse_clamp(val, t, whole);
     } else if (key == "level") {
-      s.level = detail::parse_word(val, all_levels, "level", text);
+      s.level = detail::parse_word(val, all_levels, "level", whole);
     } else if (key == "gamma") {
-      s.gamma = detail::parse_number(val, key, text);
+      s.gamma = detail::parse_number(val, key, whole);
     } else if (key == "agg") {
-      s.aggregation = detail::parse_word(val, all_aggregations, "agg", text);
+      s.aggregation = detail::parse_word(val, all_aggregations, "agg", whole);
     } else if (key == "agg-norm") {
-      s.aggregation_constants.norm = detail::parse_number(val, key, text);
+      s.aggregation_constants.norm = detail::parse_number(val, key, whole);
     } else if (key == "agg-eps") {
-      s.aggregation_constants.eps = detail::parse_number(val, key, text);
+      s.aggregation_constants.eps = detail::parse_number(val, key, whole);
       eps_given = true;
     } else if (key == "agg-seq-eps") {
-      s.aggregation_constants.seq_eps = detail::parse_number(val, key, text);
+      s.aggregation_constants.seq_eps = detail::parse_number(val, key, whole);
       seq_eps_given = true;
     } else if (key == "agg-scale") {
-      s.aggregation_constants.scale = detail::parse_number(val, key, text);
+      s.aggregation_constants.scale = detail::parse_number(val, key, whole);
     } else if (key == "beta") {
-      s.beta = detail::parse_number(val, key, text);
+      s.beta = detail::parse_number(val, key, whole);
     } else {
       detail::raise<spec_error>(
-          detail::cat("spec '", text, "': unknown key '", key, "'; keys: ", keys));
+          detail::cat("spec '", whole, "': unknown key '", clip(key), "'; keys: ", keys));
     }
   }
   const preset_denominators d = denominators(s.preset, s.aggregation);
   if (!eps_given) s.aggregation_constants.eps = d.eps;
   if (!seq_eps_given) s.aggregation_constants.seq_eps = d.seq_eps;
-  detail::validate(s, text);
+  detail::validate(s, whole);
   return s;
 }
 

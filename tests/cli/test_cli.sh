@@ -41,6 +41,23 @@ check "unmasked NaN names the position" contains "$err" "logp at sequence 0, pos
 err=$(echo 'not json' | "$klgrad" eval --spec k1-in-reward 2>&1 >/dev/null)
 check "malformed JSON exits 2" test $? -eq 2
 
+# eval --spec: the library's number grammar and messages, word for word.
+batch='{"logp":[[-1]],"ref":[[-1]]}'
+err=$(echo "$batch" | "$klgrad" eval --spec 'k3-as-loss,beta=1e-310' 2>&1 >/dev/null)
+check "subnormal beta exits 2" test $? -eq 2
+check "subnormal beta says why" test "$err" = "klgrad: spec 'k3-as-loss,beta=1e-310': beta='1e-310' is nonzero but below the smallest normal double, 2.2250738585072014e-308: write 0 or a larger magnitude"
+err=$(echo "$batch" | "$klgrad" eval --spec 'k3-as-loss,beta=0x1p3' 2>&1 >/dev/null)
+check "hex beta says why" test "$err" = "klgrad: spec 'k3-as-loss,beta=0x1p3': beta='0x1p3' is not a finite number: write [+|-]DIGITS[.DIGITS][e[+|-]DIGITS] in decimal, without spaces (e.g. 0.04, -1, 1e-3)"
+err=$(echo "$batch" | "$klgrad" eval --spec 'k3-as-loss,clamp=value:-10:10/value:-1:1' 2>&1 >/dev/null)
+check "duplicate clamp items name both" test "$err" = "klgrad: spec 'k3-as-loss,clamp=value:-10:10/value:-1:1': clamp='value:-10:10/value:-1:1': 'value:-10:10' and 'value:-1:1' set the same thing: give one"
+long="k3-as-loss,beta=$(head -c 100000 /dev/zero | tr '\0' 7)"
+err=$(echo "$batch" | "$klgrad" eval --spec "$long" 2>&1 >/dev/null)
+check "a 100 KB spec exits 2" test $? -eq 2
+check "a 100 KB spec gives a short message" test "${#err}" -lt 400
+check "a 100 KB spec's message says its length" contains "$err" "... (100016 characters)': beta='"
+out=$(echo '{"logp":[[-1]],"ref":[[-1]],"behavior":[[-1]]}' | "$klgrad" eval --spec 'k3-as-loss,is=detached,is-mask=.5:+inf,beta=+4e-2' 2>/dev/null)
+check "is-mask +inf and signed beta parse and print canonically" contains "$out" '"spec":"k3-as-loss,is=detached,is-mask=0.5:inf,beta=0.04"'
+
 # audit: a one-step categorical policy (V = 2, T = 1), k2-as-loss follows grad RKL.
 policy=$(mktemp)
 echo '{"vocab":2,"steps":1,"logits":[[0.3,-0.2]],"ref_logits":[[0.0,0.5]]}' >"$policy"
