@@ -1,17 +1,13 @@
 // klgrad audit: the exact expected gradient of a spec on a small tabular policy, computed
 // through klgrad::evaluate by enumerating every outcome, compared with the exact gradients
 // of the divergences it might be estimating.
+#include "audit_json.hpp"
 #include "commands.hpp"
-#include "policy_file.hpp"
+#include "json_input.hpp"
 
-#include <klgrad/oracle/enumeration.hpp>
-#include <klgrad/oracle/monte_carlo.hpp>
-#include <klgrad/oracle/targets.hpp>
-#include <klgrad/spec.hpp>
-
-#include <cmath>
 #include <cstdint>
 #include <iomanip>
+#include <iostream>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -20,79 +16,13 @@
 namespace klgrad::cli {
 namespace {
 
-using oracle::vector;
-
-/// Above this many outcomes (V^T) the enumeration is refused: it would take too long.
-constexpr Index max_outcomes = 1 << 20;
-
-
-nlohmann::ordered_json to_json(const vector& x) {
-  nlohmann::ordered_json out = nlohmann::ordered_json::array();
-  for (Index i = 0; i < x.size(); ++i) out.push_back(x(i));
-  return out;
-}
+using namespace audit_input;
 
 std::string fixed_list(const vector& x) {
   std::ostringstream out;
   out << std::setprecision(6) << std::showpos;
   for (Index i = 0; i < x.size(); ++i) out << (i ? " " : "") << x(i);
   return out.str();
-}
-
-struct settings {
-  std::string policy, spec, sampling = "policy", format = "json";
-  Index mc = 0;
-  std::uint64_t seed = 0;
-};
-
-/// The audit report; keys keep the documented order.
-nlohmann::ordered_json audit(const settings& cfg) {
-  const spec s = parse_spec(cfg.spec);
-  const nlohmann::json in = read_json(cfg.policy);
-  if (!in.is_object()) throw usage_error("the policy file must hold a JSON object");
-  const Index v = positive_integer(in, "vocab", 2), t = positive_integer(in, "steps", 1);
-  Index outcomes = 1;
-  for (Index i = 0; i < t; ++i)
-    if ((outcomes *= v) > max_outcomes)
-      throw usage_error("vocab^steps exceeds " + std::to_string(max_outcomes) +
-                        " outcomes; the audit enumerates every one");
-  const tabular pi = read_logits(in, "logits", v, t), ref = read_logits(in, "ref_logits", v, t);
-  const bool from_mu = cfg.sampling == "behavior";
-  std::unique_ptr<tabular> mu;
-  if (from_mu) mu = std::make_unique<tabular>(read_logits(in, "behavior_logits", v, t));
-
-  const oracle::exact_expectation e = oracle::enumerate(s, pi, ref, mu.get());
-  const oracle::targets tg = oracle::exact_targets(pi, ref);
-  const std::pair<const char*, const vector*> named[] = {{"rkl", &tg.rkl_gradient},
-                                                         {"rkl_token", &tg.rkl_token_gradient},
-                                                         {"fkl", &tg.fkl_gradient},
-                                                         {"fkl_token", &tg.fkl_token_gradient}};
-  nlohmann::ordered_json out;
-  out["spec"] = to_string(s);
-  out["sampling"] = cfg.sampling;
-  out["parameters"] = pi.parameters();
-  out["expected_value"] = e.value;
-  out["expected_gradient"] = to_json(e.gradient);
-  out["gradient_trace_variance"] = e.trace_variance;
-  out["targets"] = nlohmann::ordered_json{{"rkl", {{"value", tg.rkl}, {"gradient", to_json(tg.rkl_gradient)}}},
-                    {"rkl_token", {{"gradient", to_json(tg.rkl_token_gradient)}}},
-                    {"fkl", {{"value", tg.fkl}, {"gradient", to_json(tg.fkl_gradient)}}},
-                    {"fkl_token", {{"gradient", to_json(tg.fkl_token_gradient)}}}};
-  std::string follows = "none";
-  for (const auto& [name, target] : named) {
-    const double r = oracle::relative_error(e.gradient, *target);
-    out["relative_error"][name] = r;
-    if (follows == "none" && r <= 1e-9) follows = name;
-  }
-  out["follows"] = follows;
-  if (cfg.mc > 0) {
-    const oracle::mc_estimate m = oracle::monte_carlo(s, pi, ref, mu.get(), cfg.mc, cfg.seed);
-    out["mc"] = nlohmann::ordered_json{{"samples", m.samples},
-                 {"seed", cfg.seed},
-                 {"gradient", to_json(m.gradient)},
-                 {"standard_error", to_json(m.standard_error)}};
-  }
-  return out;
 }
 
 std::vector<double> as_vector(const nlohmann::ordered_json& x) { return x.get<std::vector<double>>(); }
@@ -131,7 +61,7 @@ void print_table(const nlohmann::ordered_json& r) {
 }  // namespace
 
 void add_audit(CLI::App& app) {
-  auto cfg = std::make_shared<settings>();
+  auto cfg = std::make_shared<audit_input::settings>();
   CLI::App* cmd = app.add_subcommand(
       "audit",
       "Audit a spec on a tabular policy given as JSON {\"vocab\": V, \"steps\": T, \"logits\", "
@@ -147,10 +77,14 @@ void add_audit(CLI::App& app) {
   cmd->add_option("--mc", cfg->mc, "also estimate the gradient from N Monte Carlo samples")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", cfg->seed, "seed of the Monte Carlo sampler");
+  cmd->add_option("--max-memory", cfg->max_memory,
+                  "refuse an audit whose enumeration (or Monte Carlo batch) needs more memory, "
+                  "e.g. 512M, 4G (default 1G)")
+      ->transform(CLI::AsSizeValue(false));
   cmd->add_option("--format", cfg->format, "output format")->check(CLI::IsMember({"json", "table"}));
   cmd->callback([cfg] {
     if (cfg->mc == 1) throw usage_error("--mc needs at least 2 samples for a standard error");
-    const nlohmann::ordered_json r = audit(*cfg);
+    const nlohmann::ordered_json r = audit(*cfg, read_json(cfg->policy));
     if (cfg->format == "json")
       std::cout << r.dump() << "\n";
     else

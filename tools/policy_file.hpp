@@ -3,6 +3,7 @@
 #pragma once
 
 #include "commands.hpp"
+#include "json_input.hpp"
 
 #include <klgrad/oracle/tabular.hpp>
 
@@ -22,7 +23,7 @@ inline Index positive_integer(const nlohmann::json& in, const char* key, Index l
   const auto& x = in[key];
   if (!x.is_number_integer() || x.get<long long>() < least)
     throw usage_error(std::string("'") + key + "' must be an integer >= " + std::to_string(least) +
-                      ", got " + x.dump());
+                      ", got " + shown(x));
   return Index(x.get<long long>());
 }
 
@@ -43,12 +44,12 @@ inline tabular read_logits(const nlohmann::json& in, const char* key, Index v, I
     if (!row.is_array() || Index(row.size()) != v)
       throw usage_error(std::string(key) + " row " + std::to_string(r) + " must hold " +
                         std::to_string(v) + " logits, got " +
-                        (row.is_array() ? std::to_string(row.size()) : row.dump()));
+                        (row.is_array() ? std::to_string(row.size()) : shown(row)));
     for (Index i = 0; i < v; ++i) {
       const auto& e = row[std::size_t(i)];
       if (!e.is_number() || !std::isfinite(e.get<double>()))
         throw usage_error(std::string(key) + "[" + std::to_string(r) + "][" + std::to_string(i) +
-                          "] must be a finite number, got " + e.dump());
+                          "] must be a finite number, got " + shown(e));
       z(r, i) = e.get<double>();
     }
   }

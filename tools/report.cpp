@@ -36,7 +36,7 @@ struct options_ {
 /// an optional "reward" list gives R(y) for the V^T sequences in lexicographic order
 /// (default: U(0, 1) drawn from --seed).
 report::case_ user_case(const report::settings& cfg) {
-  const nlohmann::json in = read_json(cfg.policy_file);
+  const nlohmann::json& in = read_json(cfg.policy_file);
   if (!in.is_object()) throw usage_error("the policy file must hold a JSON object");
   const Index v = positive_integer(in, "vocab", 2), t = positive_integer(in, "steps", 1);
   if (double(t) * std::log(double(v)) > std::log(65536.0))

@@ -132,6 +132,20 @@ struct batch_counts {
                                 ///< trainer's own sequence count (docs/presets.md)
 };
 
+namespace detail {
+
+/// Raises input_error (reason bad_count) for a global count of 0, which would divide.
+inline void require_nonzero_counts(const batch_counts& counts) {
+  if (counts.tokens != 0 && counts.sequences != 0) return;
+  input_error e("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
+                "local batch",
+                input_reason::bad_count, counts.tokens == 0 ? "counts.tokens" : "counts.sequences");
+  e.value = 0;
+  raise(e);
+}
+
+}  // namespace detail
+
 /// a_{b,t} for a valid token of a sequence with n_b valid tokens, given the batch's
 /// N_tokens and B and the mode's constants.
 inline double aggregation_weight(aggregation mode, const aggregation_constants& k,

@@ -89,10 +89,16 @@ struct weight_state {
 
 template <class T>
 [[noreturn]] void report_nonfinite(const char* name, Index row, Index position, Index flat, T v) {
-  raise<input_error>(cat(name, " at sequence ", row, ", position ", position, " (flat token ",
-                         flat, ") is ", v,
-                         ", not finite, in an unmasked token; mask it out, or pass "
-                         "nonfinite_policy::propagate to compute anyway"));
+  input_error e(cat(name, " at sequence ", row, ", position ", position, " (flat token ", flat,
+                    ") is ", v,
+                    ", not finite, in an unmasked token; mask it out, or pass "
+                    "nonfinite_policy::propagate to compute anyway"),
+                input_reason::nonfinite, name);
+  e.sequence = row;
+  e.position = position;
+  e.flat = flat;
+  e.value = double(v);
+  raise(e);
 }
 
 /// Raises for the first non-finite input among positions i0 .. i0+n-1. Returns when there
@@ -735,13 +741,14 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   p.detach = cp.detach_weight && cp.log_bounded() && (p.clamp_a || p.clamp_b) &&
              is.mode == weighting::differentiable;
   if (is.active() && !batch.has_behavior())
-    raise<input_error>(cat("spec '", to_string(s), "' weights tokens by pi/mu (is=",
-                           to_string(is.mode), ") but the batch has no behavior log-probs; "
-                           "add them with .with_behavior(lb)",
-                           s.preset == preset::nemo_rl
-                               ? " (preset=nemo-rl's default weight is exp(lp - sg(lp)): pass "
-                                 "the detached logp itself, or the generation log-probs)"
-                               : ""));
+    raise(input_error(cat("spec '", to_string(s), "' weights tokens by pi/mu (is=",
+                          to_string(is.mode), ") but the batch has no behavior log-probs; "
+                          "add them with .with_behavior(lb)",
+                          s.preset == preset::nemo_rl
+                              ? " (preset=nemo-rl's default weight is exp(lp - sg(lp)): pass "
+                                "the detached logp itself, or the generation log-probs)"
+                              : ""),
+                      input_reason::missing_behavior, "behavior"));
 
   // Counts the aggregation needs before the first coefficient: N_tokens for token-mean,
   // B_nonempty for the sequence means, unless the caller passed global ones.
@@ -749,9 +756,7 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   const bool need_sequences = s.aggregation != aggregation::token_mean &&
                               s.aggregation != aggregation::token_sum &&
                               opt.counts.sequences < 0;
-  if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
-    raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
-                       "local batch");
+  require_nonzero_counts(opt.counts);
   p.tokens = opt.counts.tokens;
   p.sequences = opt.counts.sequences;
   if (need_tokens || need_sequences) {

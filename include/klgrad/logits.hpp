@@ -151,9 +151,7 @@ template <class T, class M, class RowFn>
 logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows<T>* grad,
                         const logits_options& opt, RowFn&& row) {
   const Index V = b.vocabulary(), P = b.positions;
-  if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
-    raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
-                       "local batch");
+  require_nonzero_counts(opt.counts);
   const std::string why =
       aggregation_problem(opt.aggregation, opt.aggregation_constants,
                           {"aggregation=", "aggregation_constants.norm=",
@@ -236,9 +234,12 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
       report_bad_row(b.z.row(r), V, "z", r, place);
     if (status == row_bad_ref || status == row_nan)
       report_bad_row(b.ref.row(r), V, "z_ref", r, place);
-    raise<input_error>(cat("z_ref ", row_place(r, place),
-                           " gives zero probability (a -inf logit) to an entry where pi is "
-                           "positive: RKL = +inf and its gradient is undefined"));
+    input_error e(cat("z_ref ", row_place(r, place),
+                      " gives zero probability (a -inf logit) to an entry where pi is "
+                      "positive: RKL = +inf and its gradient is undefined"),
+                  input_reason::zero_reference, "z_ref");
+    locate_row(e, r, place);
+    raise(e);
   }
   logits_summary sum;
   sum.loss = loss;

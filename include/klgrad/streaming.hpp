@@ -338,18 +338,31 @@ inline std::string row_place(Index row, Index positions) {
   return cat("row ", row, " (sequence ", row / positions, ", position ", row % positions, ")");
 }
 
+/// Fills the place fields of e for row `row` (see row_place).
+inline void locate_row(input_error& e, Index row, Index positions) {
+  e.flat = row;
+  e.sequence = positions > 0 ? row / positions : -1;
+  e.position = positions > 0 ? row % positions : -1;
+}
+
 /// Raises input_error for a row whose log-sum-exp is not finite: the first NaN / +inf
 /// entry, or "no finite entry" when every entry is -inf.
 template <class T>
 [[noreturn]] void report_bad_row(const T* x, Index V, const char* name, Index row,
                                  Index positions) {
   const Index j = first_invalid(x, V);
-  if (j >= 0)
-    raise<input_error>(cat(name, " ", row_place(row, positions), ", column ", j, " is ", x[j],
-                           "; logits must be finite or -inf"));
-  raise<input_error>(cat(name, " ", row_place(row, positions),
-                         " has no finite entry (every logit is -inf), so its softmax is "
-                         "undefined; mask the row out"));
+  input_error e =
+      j >= 0 ? input_error(cat(name, " ", row_place(row, positions), ", column ", j, " is ",
+                               x[j], "; logits must be finite or -inf"),
+                           input_reason::nonfinite, name)
+             : input_error(cat(name, " ", row_place(row, positions),
+                               " has no finite entry (every logit is -inf), so its softmax is "
+                               "undefined; mask the row out"),
+                           input_reason::empty_row, name);
+  locate_row(e, row, positions);
+  e.column = j;
+  if (j >= 0) e.value = double(x[j]);
+  raise(e);
 }
 
 /// Checks a temperature: finite and positive.

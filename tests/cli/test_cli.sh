@@ -37,7 +37,7 @@ check "shape mismatch exits 2" test $? -eq 2
 check "shape mismatch names both shapes" contains "$err" "logp is 1x2 but ref is 1x1"
 err=$(echo '{"logp":[[-1, null]],"ref":[[-1, -1]]}' | "$klgrad" eval --spec k1-in-reward 2>&1 >/dev/null)
 check "unmasked NaN exits 2" test $? -eq 2
-check "unmasked NaN names the position" contains "$err" "logp at sequence 0, position 1"
+check "unmasked NaN names the field and index" contains "$err" "logp[0][1] is null (NaN)"
 err=$(echo 'not json' | "$klgrad" eval --spec k1-in-reward 2>&1 >/dev/null)
 check "malformed JSON exits 2" test $? -eq 2
 

@@ -291,7 +291,7 @@ check("-inf RKL = inf with gradient false", rc == 0 and out["value"][1] == "inf"
 rc, out, err = run({"logits": jsonable(r), "ref_logits": jsonable(a)})
 check("-inf RKL = inf with a gradient exits 2", rc == 2)
 check("-inf RKL = inf names ref_logits and the row",
-      "ref_logits row 1 gives zero probability" in err, err)
+      "ref_logits[1] gives zero probability" in err, err)
 
 # ---- ids and coef: selective log-softmax and coef (onehot - softmax) / tau ---------------
 
@@ -365,12 +365,12 @@ error("bad divergence name", {**good, "divergence": "kl"}, "divergence 'kl' is u
       "reverse-kl, forward-kl, jensen-shannon, forward-kl-top-k")
 error("divergence not a string", {**good, "divergence": 1}, "divergence must be a string, got 1")
 error("NaN in a valid row", {"logits": [[0.0, 1.0], [None, 1.0]], "ref_logits": [[0, 0], [0, 0]]},
-      "logits row 1, column 0 is nan")
+      "logits[1][0] is null (NaN) in a valid row")
 error("NaN in a valid padded row", {"logits": [[[0.0, 1.0], [0.0, 1.0]]],
                                     "ref_logits": [[[0.0, 1.0], [0.0, None]]], "mask": [[1, 1]]},
-      "ref_logits row 1 (sequence 0, position 1), column 1 is nan")
+      "ref_logits[0][1][1] is null (NaN) in a valid row")
 error("every logit -inf", {"logits": [["-inf", "-inf"]], "ref_logits": [[0, 0]]},
-      "logits row 0 has no finite entry")
+      "logits[0] has no finite entry")
 error("top_k missing", {**good, "divergence": "forward-kl-top-k"}, "needs top_k")
 error("top_k > V", {**good, "divergence": "forward-kl-top-k", "top_k": 3},
       "top_k must be an integer in [1, V] = [1, 2], got 3")

@@ -12,6 +12,8 @@
 #include <klgrad/spec.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 namespace klgrad::oracle {
 
@@ -100,6 +102,49 @@ inline sample_results per_sample(const spec& s, const tabular& pi, const tabular
   return out;
 }
 
+/// Default limit on the working memory of enumerate() and monte_carlo(): 1 GiB.
+inline constexpr double default_max_bytes = 1024.0 * 1024.0 * 1024.0;
+
+/// Bytes per_sample() holds for `count` sequences of a policy of V tokens and T steps: per
+/// sequence its gradient row and that row centred (2 x parameters doubles), its per-token
+/// arrays (tokens, lp, lr, lb, value, coefficient: 6 T) and 3 scalars. Computed in double,
+/// so that sizes beyond Index's range compare too.
+inline double sample_bytes(double count, Index vocab, Index steps) {
+  double rows = 0, power = 1;
+  for (Index t = 0; t < steps; ++t, power *= double(vocab)) rows += power;
+  return count * (2 * rows * double(vocab) + 6 * double(steps) + 3) * double(sizeof(double));
+}
+
+/// Bytes enumerate() needs: sample_bytes() of all V^T outcomes.
+inline double enumeration_bytes(Index vocab, Index steps) {
+  return sample_bytes(std::pow(double(vocab), double(steps)), vocab, steps);
+}
+
+/// A byte count for messages: "1.5 GiB (1610612736 bytes)".
+inline std::string byte_text(double bytes) {
+  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double scaled = bytes;
+  int u = 0;
+  while (scaled >= 1024 && u < 6) scaled /= 1024, ++u;
+  if (u == 0) return klgrad::detail::format_number(bytes) + " bytes";
+  char short_form[32];
+  std::snprintf(short_form, sizeof short_form, "%.3g %s", scaled, units[u]);
+  return klgrad::detail::cat(short_form, " (", klgrad::detail::format_number(bytes), " bytes)");
+}
+
+/// Raises input_error (reason too_large, value = need, limit = max_bytes) when `who` would
+/// need more than max_bytes bytes: refused before allocating, not a std::bad_alloc midway.
+inline void require_memory(const char* who, double need, double max_bytes) {
+  if (need <= max_bytes) return;
+  input_error e(klgrad::detail::cat(who, " needs ", byte_text(need), ", over max_bytes = ",
+                                    byte_text(max_bytes),
+                                    "; pass a larger max_bytes, or use a smaller policy"),
+                input_reason::too_large, "max_bytes");
+  e.value = need;
+  e.limit = max_bytes;
+  klgrad::detail::raise(e);
+}
+
 /// An exact expectation over all outcomes.
 struct exact_expectation {
   double value = 0;           ///< E[sum_t value_t]
@@ -109,8 +154,11 @@ struct exact_expectation {
 
 /// Exact expectation of the spec's per-sample gradient and summed value, each outcome
 /// weighted by its probability under pi (behavior == nullptr, on-policy) or under mu.
+/// Raises input_error (too_large) when that needs more than max_bytes (enumeration_bytes).
 inline exact_expectation enumerate(const spec& s, const tabular& pi, const tabular& ref,
-                             const tabular* behavior = nullptr) {
+                                   const tabular* behavior = nullptr,
+                                   double max_bytes = default_max_bytes) {
+  require_memory("enumerate", enumeration_bytes(pi.vocab, pi.steps), max_bytes);
   const sample_results r = per_sample(s, pi, ref, behavior, all_sequences(pi.vocab, pi.steps));
   const vector q = r.log_weight.array().exp().matrix();
   exact_expectation out;

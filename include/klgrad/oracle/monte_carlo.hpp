@@ -55,8 +55,12 @@ struct mc_estimate {
 /// sequences, each evaluated by klgrad::evaluate exactly as in enumerate().
 inline mc_estimate monte_carlo(const spec& s, const tabular& pi, const tabular& ref,
                                const tabular* behavior, Index n, std::uint64_t seed,
-                               Index batch = 4096) {
+                               Index batch = 4096, double max_bytes = default_max_bytes) {
   if (n < 2) klgrad::detail::raise<input_error>(klgrad::detail::cat("monte_carlo needs at least 2 samples, got ", n));
+  require_memory("monte_carlo",
+                 sample_bytes(double(std::min(batch, n)), pi.vocab, pi.steps) +
+                     2 * double(pi.parameters()) * double(sizeof(double)),
+                 max_bytes);
   sampler draw(seed);
   const tabular& source = behavior ? *behavior : pi;
   // Chan et al.'s pairwise merge of (count, mean, sum of squared deviations) per batch.
