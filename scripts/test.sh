@@ -2,10 +2,12 @@
 # klgrad's CI: installs missing packages, then
 #   (i)   gcc, Release, warnings as errors: build everything, run every test
 #   (ii)  clang++-14, warnings as errors: build everything, run every test
-#   (iii) gcc with ASan + UBSan, RelWithDebInfo: the library's unit tests (the build tests,
+#   (iii) the fuzz smoke (scripts/fuzz.sh, build-fuzz): every libFuzzer target for
+#         KLGRAD_FUZZ_SECONDS (default 30) over a copy of its corpus
+#   (iv)  gcc with ASan + UBSan, RelWithDebInfo: the library's unit tests (the build tests,
 #         header self-containment check, tools and examples, done by (i) and (ii), skipped
 #         to keep CI well inside its 90 minutes on two cores)
-# each in its own build directory (build-ci-gcc, build-ci-clang, build-ci-asan).
+# each in its own build directory (build-ci-gcc, build-ci-clang, build-fuzz, build-ci-asan).
 # KLGRAD_CI_QUICK=1 runs only (i). KLGRAD_CI_JOBS sets the parallelism (default 2).
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -53,6 +55,13 @@ fi
 
 run_config "clang-14 Release" build-ci-clang "" -- \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14
+
+echo "=== fuzz smoke"
+if ! bash scripts/fuzz.sh "${KLGRAD_FUZZ_SECONDS:-30}"; then
+  echo "=== fuzz smoke: FAILED" >&2
+  exit 1
+fi
+summaries+=("fuzz smoke: no finding in ${KLGRAD_FUZZ_SECONDS:-30} s per target")
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

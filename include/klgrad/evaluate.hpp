@@ -275,14 +275,14 @@ EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequenc
   Index k = 0;
   for (; k + W <= n; k += W) one(k, ploadu<P>(lp + k), ploadu<P>(lr + k), full_packet{});
   if (k < n) {
-    alignas(64) T lp_tail[W] = {}, lr_tail[W] = {};
+    alignas(64) T lp_tail[std::size_t(W)] = {}, lr_tail[std::size_t(W)] = {};
     std::copy(lp + k, lp + n, lp_tail);
     std::copy(lr + k, lr + n, lr_tail);
     std::fill(c.lanes + n, c.lanes + k + W, T(0));
     one(k, pload<P>(lp_tail), pload<P>(lr_tail), partial_packet{});
   }
   out.sum = predux(sum);
-  alignas(64) T excess_lanes[W];
+  alignas(64) T excess_lanes[std::size_t(W)];
   pstore(excess_lanes, excess);
   auto has_bits = [](T x) { return Eigen::numext::bit_cast<unsigned_of<T>>(x) != 0; };
   if (std::any_of(excess_lanes, excess_lanes + W, has_bits)) {

@@ -120,12 +120,12 @@ inline function estimator_derivative(estimator e) {
 
 inline function combine(double a, const function& f, double b, const function& g) {
   function out{};
-  for (int i = 0; i < basis_size; ++i) out[i] = a * f[i] + b * g[i];
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = a * f[i] + b * g[i];
   return out;
 }
 
 inline bool constant(const function& f) {
-  for (int i = 1; i < basis_size; ++i)
+  for (std::size_t i = 1; i < f.size(); ++i)
     if (f[i] != 0) return false;
   return true;
 }

@@ -176,7 +176,7 @@ P log_softmax_at(const T* x, Index i, T it, T shift, T log_sum) {
 template <class T, class P>
 T horizontal_max(const P& x) {
   constexpr Index L = ei::packet_traits<T>::size;
-  T lanes[L];
+  T lanes[std::size_t(L)];
   ei::pstoreu(lanes, x);
   T m = lanes[0];
   for (Index i = 1; i < L; ++i) m = lanes[i] > m ? lanes[i] : m;
