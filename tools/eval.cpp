@@ -276,6 +276,24 @@ auto with_field_names(F&& f) -> decltype(f()) {
   }
 }
 
+/// Runs f, naming the global counts of the library's errors (batch_counts.tokens, .sequences)
+/// by the options that set them.
+template <class F>
+auto with_count_options(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::runtime_error& e) {  // input_error, or usage_error from with_field_names
+    const std::string message = e.what();
+    for (const std::string_view field : {"tokens = ", "sequences = "}) {
+      const std::string name = "batch_counts." + std::string(field);
+      if (message.compare(0, name.size(), name) == 0)
+        throw usage_error("--" + std::string(field.substr(0, field.find(' '))) + " " +
+                          message.substr(name.size()));
+    }
+    throw;
+  }
+}
+
 double real_setting(const nlohmann::json& in, const char* key, double fallback) {
   if (!in.contains(key)) return fallback;
   if (!in[key].is_number())
@@ -464,8 +482,10 @@ void add_eval(CLI::App& app) {
       opt.beta = s.beta;
       opt.counts.tokens = cfg->tokens;
       opt.counts.sequences = cfg->sequences;
-      out = cfg->type == "float" ? evaluate_logits_json<float>(in, opt)
-                                 : evaluate_logits_json<double>(in, opt);
+      out = with_count_options([&] {
+        return cfg->type == "float" ? evaluate_logits_json<float>(in, opt)
+                                    : evaluate_logits_json<double>(in, opt);
+      });
     } else {
       if (cfg->spec.empty())
         throw usage_error("--spec is required for logp/ref input, e.g. --spec k3-as-loss");
@@ -475,8 +495,10 @@ void add_eval(CLI::App& app) {
       opt.counts.sequences = cfg->sequences;
       opt.nonfinite =
           cfg->nonfinite == "raise" ? nonfinite_policy::raise : nonfinite_policy::propagate;
-      out = cfg->type == "float" ? evaluate_json<float>(s, in, opt)
-                                 : evaluate_json<double>(s, in, opt);
+      out = with_count_options([&] {
+        return cfg->type == "float" ? evaluate_json<float>(s, in, opt)
+                                    : evaluate_json<double>(s, in, opt);
+      });
     }
     std::cout << out.dump() << "\n";
   });

@@ -151,9 +151,6 @@ template <class T, class M, class RowFn>
 logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows<T>* grad,
                         const logits_options& opt, RowFn&& row) {
   const Index V = b.vocabulary(), P = b.positions;
-  if (opt.counts.tokens == 0 || opt.counts.sequences == 0)
-    raise<input_error>("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
-                       "local batch");
   const std::string why =
       aggregation_problem(opt.aggregation, opt.aggregation_constants,
                           {"aggregation=", "aggregation_constants.norm=",
@@ -173,8 +170,9 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
     tokens += n;
     sequences += n > 0;
   }
-  const Index n_tokens = opt.counts.tokens > 0 ? opt.counts.tokens : tokens;
-  const Index n_sequences = opt.counts.sequences > 0 ? opt.counts.sequences : sequences;
+  check_counts(opt.counts, tokens, sequences);
+  const Index n_tokens = opt.counts.tokens >= 0 ? opt.counts.tokens : tokens;
+  const Index n_sequences = opt.counts.sequences >= 0 ? opt.counts.sequences : sequences;
 
   // Rows run in chunks of `chunk`: the rows of a chunk in parallel with KLGRAD_OPENMP (each
   // row is computed whole by one thread), their values kept in `part`; then the chunk's
