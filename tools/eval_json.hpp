@@ -266,8 +266,10 @@ inline usage_error in_cli_words(const input_error& e, Index positions, const spe
                  "itself as \"behavior\", or the generation log-probs)"
                : ""));
     case input_reason::bad_count:
-      return usage_error(at + " " + json_number(e.value) + " cannot divide; leave " + at +
-                         " out (or pass -1) to count the local batch");
+      return usage_error(at + " " + json_number(e.value) + " must be -1 (count this batch) or a "
+                         "global count of at least this batch's own " + json_number(e.limit) +
+                         (at == "--tokens" ? " valid tokens" : " non-empty sequences") +
+                         " (a global count covers every shard, this one included)");
     default:
       return usage_error(e.what());
   }

@@ -5,7 +5,9 @@
 #include "errors.hpp"
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -123,9 +125,11 @@ inline std::string aggregation_problem(aggregation mode, const aggregation_const
 
 }  // namespace detail
 
-/// Batch-wide counts. A negative entry means "count the local batch"; a data-parallel
-/// trainer passes the global counts (all shards) so that summing the shards' losses and
-/// concatenating their coefficients gives exactly the unsharded result.
+/// Batch-wide counts. -1 means "count the local batch"; a data-parallel trainer passes the
+/// global counts (all shards) so that summing the shards' losses and concatenating their
+/// coefficients gives exactly the unsharded result. A global count covers every shard, this
+/// one included, so it is at least the local count (0 only for a batch with no valid token,
+/// whose coefficients are 0 whatever it divides by); anything else raises input_error.
 struct batch_counts {
   Eigen::Index tokens = -1;     ///< N_tokens: valid tokens in the whole batch
   Eigen::Index sequences = -1;  ///< B: sequences with at least one valid token, or the
@@ -134,22 +138,37 @@ struct batch_counts {
 
 namespace detail {
 
-/// Raises input_error (reason bad_count) for a global count of 0, which would divide.
-inline void require_nonzero_counts(const batch_counts& counts) {
-  if (counts.tokens != 0 && counts.sequences != 0) return;
-  input_error e("batch_counts: a global count of 0 cannot divide; pass -1 to count the "
-                "local batch",
-                input_reason::bad_count, counts.tokens == 0 ? "counts.tokens" : "counts.sequences");
-  e.value = 0;
-  raise(e);
+/// Raises input_error (reason bad_count) unless each of the caller's counts is -1 or at least
+/// the local batch's own (tokens valid tokens in sequences non-empty sequences). A smaller
+/// global count would scale every coefficient up by local / global; a negative one used to
+/// fall back silently.
+inline void check_counts(const batch_counts& given, Eigen::Index tokens, Eigen::Index sequences) {
+  auto check = [](const char* name, Eigen::Index count, Eigen::Index local, const char* what) {
+    if (count == -1 || count >= local) return;
+    input_error e(cat("batch_counts.", name, " = ", count, " must be -1 (count this batch) "
+                      "or a global count of at least this batch's own ", local, " ", what,
+                      " (a global count covers every shard, this one included)"),
+                  input_reason::bad_count, cat("counts.", name));
+    e.value = double(count);
+    e.limit = double(local);
+    raise(e);
+  };
+  check("tokens", given.tokens, tokens, "valid tokens");
+  check("sequences", given.sequences, sequences, "non-empty sequences");
 }
 
 }  // namespace detail
 
 /// a_{b,t} for a valid token of a sequence with n_b valid tokens, given the batch's
-/// N_tokens and B and the mode's constants.
+/// N_tokens and B and the mode's constants. Where the count a mode divides by is 0 the batch
+/// (or, for seq-mean-token-mean, the sequence) has no valid token to weight, and a = 0: not
+/// the 1/0 = inf whose product with a masked token's 0 is NaN. Saturates at the largest
+/// double (agg-scale=1e308 with agg-norm=1e-300 is finite input).
 inline double aggregation_weight(aggregation mode, const aggregation_constants& k,
                                  Eigen::Index n_b, Eigen::Index tokens, Eigen::Index sequences) {
+  const Eigen::Index count = mode == aggregation::token_mean ? tokens : sequences;
+  if ((uses_batch_count(mode) && count == 0) || (uses_sequence_count(mode) && n_b == 0))
+    return 0.0;
   const double B = double(sequences) + k.eps;
   double a = 0.0;
   switch (mode) {
@@ -160,7 +179,7 @@ inline double aggregation_weight(aggregation mode, const aggregation_constants& 
     case aggregation::seq_mean_token_mean: a = 1.0 / (B * (double(n_b) + k.seq_eps)); break;
     case aggregation::seq_mean_token_sum_norm: a = 1.0 / (B * k.norm); break;
   }
-  return k.scale * a;
+  return std::min(k.scale * a, std::numeric_limits<double>::max());
 }
 
 }  // namespace klgrad

@@ -3,9 +3,12 @@
 // how gradients pass through them.
 #pragma once
 
+#include "errors.hpp"
 #include "estimators.hpp"
 
 #include <limits>
+#include <string>
+#include <tuple>
 
 namespace klgrad {
 
@@ -57,6 +60,26 @@ struct clamp_policy {
 };
 
 inline constexpr unsigned estimator_bit(estimator e) { return 1u << unsigned(e); }
+
+namespace detail {
+
+/// Why a policy's bands cannot serve (a band that excludes 0); empty when they can. Every
+/// estimator is 0 at s = 0, where pi = ref: a band without 0 would penalise or reward the
+/// on-policy point itself, hand masked positions (s = 0) its bound, and hold s where the
+/// finiteness guard, which acts before the clamp, cannot reach (log-ratio:-1000:-900 gives
+/// k3 = e^900 = inf).
+inline std::string clamp_band_problem(const clamp_policy& c) {
+  for (const auto& [name, lo, hi] : {std::tuple{"log-ratio", c.log_lo, c.log_hi},
+                                     std::tuple{"value", c.value_lo, c.value_hi}})
+    if (!(lo <= 0.0 && 0.0 <= hi))
+      return cat("clamp ", name, " band [", format_number(lo), ", ", format_number(hi),
+                 "] excludes 0: every estimator is 0 at s = 0 (pi = ref), so a band without 0 "
+                 "would penalise or reward the on-policy point (and give masked tokens its "
+                 "bound); use LO <= 0 <= HI");
+  return {};
+}
+
+}  // namespace detail
 
 /// A clamped estimator at one s: the value, the derivative d(value)/ds as autograd gives
 /// it, and whether the log-ratio bound let s through (for detach_weight).

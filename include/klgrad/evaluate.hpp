@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 namespace klgrad {
@@ -140,15 +141,6 @@ bool any_valid(const sequence_view<T, M>& q) {
   return false;
 }
 
-/// The weighted values of a chunk (used * k_a), summed. The chunk buffers always sit at the
-/// same alignment, so Eigen's vectorised sum adds in the same order whatever the layout of
-/// the caller's arrays: shards reproduce the unsharded sums.
-template <class T>
-double weighted_values(chunk<T>& c) {
-  c.m(c.scratch) = c.m(c.used) * c.m(c.va);
-  return double(c.m(c.scratch).sum());
-}
-
 /// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
 template <class T>
 T saturated(T x) {
@@ -160,6 +152,27 @@ T saturated(T x) {
 template <class T>
 void saturate(T* x, Index n) {
   for (Index i = 0; i < n; ++i) x[i] = saturated(x[i]);
+}
+
+/// The sum of a chunk's x in double, saturated: the vectorised sum in T, or, where that
+/// overflowed (partial sums of +-max reach +inf and -inf, whose sum is NaN), a running sum
+/// that saturates at every step. NaN stays NaN.
+template <class T>
+double saturated_sum(chunk<T>& c, T* x) {
+  const double fast = double(c.m(x).sum());
+  if (std::isfinite(fast)) return fast;
+  double sum = 0;
+  for (Index i = 0; i < c.n; ++i) sum = saturated(sum + double(x[i]));
+  return sum;
+}
+
+/// The weighted values of a chunk (used * k_a), summed. The chunk buffers always sit at the
+/// same alignment, so Eigen's vectorised sum adds in the same order whatever the layout of
+/// the caller's arrays: shards reproduce the unsharded sums.
+template <class T>
+double weighted_values(chunk<T>& c) {
+  c.m(c.scratch) = c.m(c.used) * c.m(c.va);
+  return saturated_sum(c, c.scratch);
 }
 
 /// Applies the spec's clamp policy to a chunk's estimator values and derivatives (scalar
@@ -380,6 +393,23 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
   return guarded;
 }
 
+/// Writes coef = scale * x, saturated. x, the unscaled coefficient, is finite at token level
+/// (every term below max / e^2, the guards) but may overflow where a level sum meets a weight
+/// (`sums`): it saturates first there, since the scale may be 0 (beta = 0) and 0 * inf is NaN.
+/// The scale multiplies last, so that a huge scale times a huge weight never meets a 0 factor.
+template <class T, class X>
+void store_scaled(T* coef, Index n, const X& x, T scale, bool sums) {
+  typename chunk<T>::map out(coef, n);
+  if (sums) {
+    out = x;
+    saturate(coef, n);
+    out *= scale;
+  } else {
+    out = scale * x;
+  }
+  if (sums || scale > T(1)) saturate(coef, n);
+}
+
 /// Writes coef = scale * valid * C where, with R the in-reward penalty at the level and A,
 /// D the as-loss term's value and derivative at the level,
 ///   none:           C = [reward] R + [loss] D
@@ -389,23 +419,21 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
 template <class T, class R, class A, class D>
 void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, T scale,
              T* coef) {
-  typename chunk<T>::map out(coef, c.n);
   auto valid = c.m(c.valid);
   const T in = p.reward, ls = p.loss;
+  const bool sums = p.s->level != level::token;
   switch (p.s->importance.mode) {
     case weighting::none:
-      out = scale * valid * (in * r + ls * d);
+      store_scaled(coef, c.n, valid * (in * r + ls * d), scale, sums);
       break;
     case weighting::detached:
-      out = scale * valid * c.m(c.used) * (in * r + ls * d);
+      store_scaled(coef, c.n, valid * c.m(c.used) * (in * r + ls * d), scale, sums);
       break;
     case weighting::differentiable:
-      out = scale * valid * (c.m(c.grad) * (in * r + ls * a) + ls * c.m(c.used) * d);
+      store_scaled(coef, c.n, valid * (c.m(c.grad) * (in * r + ls * a) + ls * c.m(c.used) * d),
+                   scale, sums);
       break;
   }
-  // At token level every term is below max / e^2 (the guards), so only a scale above 1 or
-  // a level sum can overflow.
-  if (scale > T(1) || p.s->level != level::token) saturate(coef, c.n);
 }
 
 /// combine() for weights whose gradient reaches other tokens (prefix, sequence-mean):
@@ -415,9 +443,7 @@ void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, 
 /// Only is=differentiable comes here (detached weights use combine()).
 template <class T, class W>
 void combine_weight_gradient(chunk<T>& c, const plan<T>& p, const W& wt, T scale, T* coef) {
-  typename chunk<T>::map out(coef, c.n);
-  out = scale * c.m(c.valid) * (wt + p.loss * c.m(c.used) * c.m(c.gb));
-  saturate(coef, c.n);
+  store_scaled(coef, c.n, c.m(c.valid) * (wt + p.loss * c.m(c.used) * c.m(c.gb)), scale, true);
 }
 
 /// Backward sum over the valid tokens of a sequence: x_t <- sum_{t'>=t} gamma^(t'-t) x_t'
@@ -487,15 +513,26 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   return pass([&](const P&, const P& g) { return pmul(factor, g); });
 }
 
+/// beta * a_{b,t} for a sequence with n_b valid tokens, in T, saturated at T's largest
+/// finite value: beta=1e308 in float, or agg-norm=1e-300 with beta=1e10 in double, must not
+/// give an inf whose product with a masked token's 0 (or with k'(0) = 0) is NaN. The
+/// products after it saturate where they can exceed max (combine(), token_pass()).
+template <class T>
+T token_scale(const plan<T>& p, Index n_b) {
+  const spec& s = *p.s;
+  return T(std::min(s.beta * aggregation_weight(s, n_b, p.tokens, p.sequences),
+                    double(std::numeric_limits<T>::max())));
+}
+
 /// Adds a sequence with n_b valid tokens and summed value `total` to the summary; returns
-/// total.
+/// total, saturated (so that scale * total is never 0 * inf).
 template <class T>
 double account(summary& out, Index n_b, T scale, double total) {
+  total = saturated(total);
   if (n_b == 0) return total;
   out.tokens += n_b;
   out.sequences += 1;
-  const double top = std::numeric_limits<double>::max();
-  out.loss = std::clamp(out.loss + double(scale) * total, -top, top);
+  out.loss = saturated(out.loss + double(scale) * total);
   return total;
 }
 
@@ -509,7 +546,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
       !uses_sequence_count(s.aggregation)) {
     // The common case in one pass that also counts the valid tokens, so that the mask is
     // read once (an empty sequence gets zeros: masked tokens have s = 0 and coefficient 0).
-    const T scale = T(s.beta * aggregation_weight(s, 0, p.tokens, p.sequences));
+    const T scale = token_scale(p, 0);
     Index n_b = 0;
     const double total = token_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded, n_b);
     return account(out, n_b, scale, total);
@@ -520,7 +557,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
     std::fill(coef, coef + q.size, T(0));
     return 0.0;
   }
-  const T scale = T(s.beta * aggregation_weight(s, n_b, p.tokens, p.sequences));
+  const T scale = token_scale(p, n_b);
   auto scalar = [&](T x) { return chunk<T>::array::Constant(c.n, x); };
   using map = typename chunk<T>::map;
   const bool differentiable = is.mode == weighting::differentiable;
@@ -591,7 +628,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
           total += weighted_values(c);
           map(value + i0, n) = c.m(c.scratch);
           c.m(c.scratch) = c.m(c.valid) * c.m(c.va);
-          penalty += double(c.m(c.scratch).sum());
+          penalty = saturated(penalty + saturated_sum(c, c.scratch));
         }
         const double top = double(std::numeric_limits<T>::max());
         const T share = T(std::clamp(penalty * double(p.reward + p.loss) / double(n_b), -top, top));
@@ -641,8 +678,8 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
         const Index n = std::min(chunk_size, q.size - i0);
         out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
         c.m(c.scratch) = c.m(c.valid) * c.m(c.va);
-        penalty += double(c.m(c.scratch).sum());
-        log_ratio += double(c.m(c.s).sum());
+        penalty = saturated(penalty + saturated_sum(c, c.scratch));
+        log_ratio = saturated(log_ratio + saturated_sum(c, c.s));
       }
       const T lo = p.lowest, hi = p.highest;
       T S = T(log_ratio);
@@ -711,6 +748,10 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   p.s = &s;
   p.nonfinite = opt.nonfinite;
   const clamp_policy& cp = s.clamp;
+  // parse_spec refuses such a band; a spec assembled in C++ comes here unchecked, and the
+  // guard (before the clamp) cannot keep s finite inside a band that excludes 0.
+  const std::string band = clamp_band_problem(cp);
+  if (!band.empty()) raise<spec_error>(cat("spec '", to_string(s), "': ", band));
   p.clamp_a = cp.active() && cp.applies_to(Ea::id);
   p.clamp_b = cp.active() && cp.applies_to(Eb::id);
   // The guard keeps s where each estimator in use stays finite. An estimator whose clamp
@@ -740,7 +781,9 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   p.log_hi = is.mask_hi < std::numeric_limits<double>::infinity() ? std::log(T(is.mask_hi)) : inf;
   p.detach = cp.detach_weight && cp.log_bounded() && (p.clamp_a || p.clamp_b) &&
              is.mode == weighting::differentiable;
-  if (is.active() && !batch.has_behavior())
+  // An empty batch has nothing to weight (and its empty arrays no data to tell whether
+  // behaviour log-probs were given).
+  if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0)
     raise(input_error(cat("spec '", to_string(s), "' weights tokens by pi/mu (is=",
                           to_string(is.mode), ") but the batch has no behavior log-probs; "
                           "add them with .with_behavior(lb)",
@@ -751,12 +794,12 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
                       input_reason::missing_behavior, "behavior"));
 
   // Counts the aggregation needs before the first coefficient: N_tokens for token-mean,
-  // B_nonempty for the sequence means, unless the caller passed global ones.
+  // B_nonempty for the sequence means, unless the caller passed global ones (checked against
+  // the local counts, which the pass counts anyway, at the end).
   const bool need_tokens = s.aggregation == aggregation::token_mean && opt.counts.tokens < 0;
   const bool need_sequences = s.aggregation != aggregation::token_mean &&
                               s.aggregation != aggregation::token_sum &&
                               opt.counts.sequences < 0;
-  require_nonzero_counts(opt.counts);
   p.tokens = opt.counts.tokens;
   p.sequences = opt.counts.sequences;
   if (need_tokens || need_sequences) {
@@ -784,9 +827,10 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   double total = 0.0;
   for (Index b = 0; b < batch.sequences(); ++b) {
     const auto q = batch.sequence(b);
-    total += run_sequence<Ea, Eb>(q, output_row(batch, value, q), output_row(batch, coef, q),
-                                  p, c, out);
+    total = saturated(total + run_sequence<Ea, Eb>(q, output_row(batch, value, q),
+                                                   output_row(batch, coef, q), p, c, out));
   }
+  check_counts(opt.counts, out.tokens, out.sequences);
   out.kl = out.tokens > 0 ? total / double(out.tokens) : 0.0;
   out.kl_sequence = out.sequences > 0 ? total / double(out.sequences) : 0.0;
   return out;

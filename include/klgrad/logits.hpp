@@ -151,7 +151,6 @@ template <class T, class M, class RowFn>
 logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows<T>* grad,
                         const logits_options& opt, RowFn&& row) {
   const Index V = b.vocabulary(), P = b.positions;
-  require_nonzero_counts(opt.counts);
   const std::string why =
       aggregation_problem(opt.aggregation, opt.aggregation_constants,
                           {"aggregation=", "aggregation_constants.norm=",
@@ -171,8 +170,9 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
     tokens += n;
     sequences += n > 0;
   }
-  const Index n_tokens = opt.counts.tokens > 0 ? opt.counts.tokens : tokens;
-  const Index n_sequences = opt.counts.sequences > 0 ? opt.counts.sequences : sequences;
+  check_counts(opt.counts, tokens, sequences);
+  const Index n_tokens = opt.counts.tokens >= 0 ? opt.counts.tokens : tokens;
+  const Index n_sequences = opt.counts.sequences >= 0 ? opt.counts.sequences : sequences;
 
   // Rows run in chunks of `chunk`: the rows of a chunk in parallel with KLGRAD_OPENMP (each
   // row is computed whole by one thread), their values kept in `part`; then the chunk's
@@ -234,12 +234,9 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
       report_bad_row(b.z.row(r), V, "z", r, place);
     if (status == row_bad_ref || status == row_nan)
       report_bad_row(b.ref.row(r), V, "z_ref", r, place);
-    input_error e(cat("z_ref ", row_place(r, place),
-                      " gives zero probability (a -inf logit) to an entry where pi is "
-                      "positive: RKL = +inf and its gradient is undefined"),
-                  input_reason::zero_reference, "z_ref");
-    locate_row(e, r, place);
-    raise(e);
+    raise<input_error>(cat("z_ref ", row_place(r, place),
+                           " gives zero probability (a -inf logit) to an entry where pi is "
+                           "positive: RKL = +inf and its gradient is undefined"));
   }
   logits_summary sum;
   sum.loss = loss;

@@ -304,6 +304,8 @@ inline void validate(const spec& s, std::string_view whole) {
              " needs 0 <= LO < HI"));
   const clamp_policy& c = s.clamp;
   if (c.estimators == 0) fail("clamp est: needs at least one estimator");
+  const std::string band = clamp_band_problem(c);
+  if (!band.empty()) fail(band);
   if (c.after_weight) {
     if (!c.value_bounded())
       fail("clamp after-weight moves the value bound after the weight, and needs value:LO:HI");

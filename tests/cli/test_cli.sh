@@ -71,5 +71,34 @@ err=$("$klgrad" audit --policy "$policy" --spec k2-as-loss 2>&1 >/dev/null)
 check "audit: a short logits row exits 2" test $? -eq 2
 rm -f "$policy"
 
+# eval edges (issue 13): an all-padding batch gives zeros (TRL's token-mean divided by 0
+# before), clamp bands without 0 are refused, a huge beta saturates, global counts are checked.
+out=$(echo '{"logp":[[-1,-2],[-1,-1]],"ref":[[-3,-1],[-2,-2]],"mask":[[0,0],[0,0]]}' |
+  "$klgrad" eval --spec k3-as-loss,preset=trl,beta=0.04 --type float)
+check "eval all padding exits 0" test $? -eq 0
+check "eval all padding gives zero coefficients" contains "$out" '"coef":[[0.0,0.0],[0.0,0.0]]'
+check "eval all padding gives zero loss" contains "$out" '"loss":0.0'
+check "eval all padding gives zero kl" contains "$out" '"kl":0.0,"kl_sequence":0.0'
+err=$(echo '{"logp":[[-1]],"ref":[[-1]]}' | "$klgrad" eval --spec k3-as-loss,clamp=value:1:2 2>&1 >/dev/null)
+check "clamp band without 0 exits 2" test $? -eq 2
+check "clamp band without 0 says why" contains "$err" "clamp value band [1, 2] excludes 0"
+out=$(echo '{"logp":[[-1,-2,-1]],"ref":[[-2,-1,-1]]}' |
+  "$klgrad" eval --spec k1-in-reward,agg=token-sum,beta=1e308 --type float)
+check "eval huge beta in float exits 0" test $? -eq 0
+check "eval huge beta saturates, 0 stays 0" contains "$out" '"coef":[[3.4028234663852886e+38,-3.4028234663852886e+38,0.0]]'
+batch='{"logp":[[-1,-2],[-1,-1]],"ref":[[-3,-1],[-2,-2]],"mask":[[1,1],[1,0]]}'
+err=$(echo "$batch" | "$klgrad" eval --spec k3-as-loss --tokens 2 2>&1 >/dev/null)
+check "--tokens below the local count exits 2" test $? -eq 2
+check "--tokens below the local count names both" contains "$err" "--tokens 2 must be -1 (count this batch) or a global count of at least this batch's own 3 valid tokens"
+err=$(echo "$batch" | "$klgrad" eval --spec k3-as-loss,agg=seq-mean-token-sum --sequences -3 2>&1 >/dev/null)
+check "negative --sequences exits 2" test $? -eq 2
+check "negative --sequences is named" contains "$err" "--sequences -3 must be -1"
+out=$(echo "$batch" | "$klgrad" eval --spec k3-as-loss,agg=token-sum --tokens 3 --sequences 2)
+check "counts equal to the local ones are accepted" test $? -eq 0
+err=$(echo '{"logits":[[[0,1],[1,0]]],"ref_logits":[[[1,0],[0,1]]]}' |
+  "$klgrad" eval --spec agg=token-mean --tokens 1 2>&1 >/dev/null)
+check "logits input: --tokens below the local count exits 2" test $? -eq 2
+check "logits input: --tokens is named" contains "$err" "--tokens 1 must be -1"
+
 echo "${passes} passed, ${failures} failed"
 test "$failures" -eq 0

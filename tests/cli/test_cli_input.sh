@@ -147,7 +147,7 @@ refused "NaN packed ref" "ref[2] is null (NaN), not finite, in a valid token; se
 input='{"logp":[[-1,-2]],"ref":[[-1,-1]]}'
 refused "no behavior" "--spec 'k3-as-loss,is=differentiable' weights tokens by pi/mu (is=differentiable) but the input has no \"behavior\"" eval --spec k3-as-loss,is=differentiable
 check "no behavior: no C++ call" lacks "$last_err" "with_behavior"
-refused "--tokens 0" "--tokens 0 cannot divide; leave --tokens out (or pass -1)" eval --spec k1-in-reward --tokens 0
+refused "--tokens 0" "--tokens 0 must be -1 (count this batch) or a global count of at least this batch's own 2 valid tokens" eval --spec k1-in-reward --tokens 0
 input='{"logits":[[[0,1],[0,1]],[[0,1],[null,1]]],"ref_logits":[[[0,0],[0,0]],[[0,0],[0,0]]]}'
 refused "NaN padded logits" "logits[1][1][0] is null (NaN) in a valid row" eval
 input='{"logits":[[0,1],["-inf","-inf"]],"ref_logits":[[0,0],[0,0]]}'
