@@ -41,7 +41,7 @@ inline std::string shown(const nlohmann::json& x) {
 struct json_path {
   struct frame {
     bool list;
-    std::string key;      ///< the current key, in an object
+    std::string key;      ///< the current key, in an object (cut short)
     std::size_t count;    ///< entries finished, in a list (the current entry's index)
     std::set<std::string> keys;  ///< keys seen, in an object
   };
@@ -79,8 +79,9 @@ inline void parse_json(const std::string& text, const std::string& source, nlohm
         break;
       case event::key: {
         auto& f = path.frames.back();
-        f.key = parsed.get<std::string>();
-        if (!f.keys.insert(f.key).second)
+        const std::string& key = parsed.get_ref<const std::string&>();
+        f.key = key.size() > 60 ? key.substr(0, 57) + "..." : key;  // for messages
+        if (!f.keys.insert(key).second)
           throw usage_error("'" + source + "': key '" + path.text() + "' is given twice");
         break;
       }

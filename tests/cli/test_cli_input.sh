@@ -59,6 +59,13 @@ input='{"logits":[[0,1]],"ref_logits":[[1,0]],"ref_logits":[[0,0]]}'
 refused "a duplicate logits key" "key 'ref_logits' is given twice" eval
 input='{"vocab":2,"vocab":3,"steps":1,"logits":[[0,1]],"ref_logits":[[1,0]]}'
 refused "a duplicate policy file key" "key 'vocab' is given twice" audit --policy - --spec k1-in-reward
+long_key=$(printf 'k%.0s' $(seq 100000))
+input="{\"$long_key\":1,\"$long_key\":2}"
+refused "a long duplicate key" "is given twice" "${eval_k1[@]}"
+check "a long duplicate key: the message is short" test "${#last_err}" -lt 300
+input="{\"$long_key\":1}"
+refused "a long unknown key" "unknown key 'kkk" "${eval_k1[@]}"
+check "a long unknown key: the message is short" test "${#last_err}" -lt 300
 
 # ---- masks: null refused, booleans are 1 and 0 -----------------------------------------
 input='{"logp":[[-1,-2]],"ref":[[-1,-1]],"mask":[[1,null]]}'
