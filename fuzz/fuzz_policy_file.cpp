@@ -27,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (auto& cfg : runs) {
     cfg.max_memory = 4u << 20;
     try {
-      (void)audit_input::audit(cfg, doc).dump();
+      (void)audit_input::audit(klgrad::parse_spec(cfg.spec), doc, cfg).dump();
     } catch (const usage_error&) {
     } catch (const klgrad::error&) {
     }

@@ -84,7 +84,7 @@ void add_audit(CLI::App& app) {
   cmd->add_option("--format", cfg->format, "output format")->check(CLI::IsMember({"json", "table"}));
   cmd->callback([cfg] {
     if (cfg->mc == 1) throw usage_error("--mc needs at least 2 samples for a standard error");
-    const nlohmann::ordered_json r = audit(*cfg, read_json(cfg->policy));
+    const nlohmann::ordered_json r = audit(parse_spec(cfg->spec), read_json(cfg->policy), *cfg);
     if (cfg->format == "json")
       std::cout << r.dump() << "\n";
     else

@@ -30,6 +30,7 @@ struct settings {
   Index mc = 0;
   std::uint64_t seed = 0;
   std::uint64_t max_memory = std::uint64_t(oracle::default_max_bytes);  ///< --max-memory
+  std::string memory_option = "--max-memory";  ///< how the caller names max_memory
 };
 
 inline nlohmann::ordered_json to_json(const vector& x) {
@@ -40,9 +41,9 @@ inline nlohmann::ordered_json to_json(const vector& x) {
 
 /// The refusal of work needing `need` bytes, over --max-memory.
 inline usage_error over_memory(const std::string& what, double need, const settings& cfg) {
-  return usage_error(what + " needs " + oracle::byte_text(need) + ", over --max-memory " +
-                     oracle::byte_text(double(cfg.max_memory)) +
-                     "; raise --max-memory or use a smaller policy");
+  return usage_error(what + " needs " + oracle::byte_text(need) + ", over " + cfg.memory_option +
+                     " " + oracle::byte_text(double(cfg.max_memory)) + "; raise " +
+                     cfg.memory_option + " or use a smaller policy");
 }
 
 /// Runs f, turning the oracle's too_large error into the CLI's words.
@@ -56,9 +57,10 @@ auto within_memory(F&& f, const std::string& what, const settings& cfg) -> declt
   }
 }
 
-/// The audit report of the policy file `in`; keys keep the documented order.
-inline nlohmann::ordered_json audit(const settings& cfg, const nlohmann::json& in) {
-  const spec s = parse_spec(cfg.spec);
+/// The audit report of spec s on the policy file `in` (cfg: sampling, mc, seed, max_memory;
+/// cfg.spec is not read); keys keep the documented order. usage_error names a bad key of `in`.
+inline nlohmann::ordered_json audit(const spec& s, const nlohmann::json& in,
+                                    const settings& cfg) {
   if (!in.is_object()) throw usage_error("the policy file must hold a JSON object, got " + shown(in));
   require_known_keys(in, {"vocab", "steps", "logits", "ref_logits", "behavior_logits"},
                      "the policy file");
