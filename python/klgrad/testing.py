@@ -140,6 +140,8 @@ def _run_user(fn, g):
 
 
 def _run_klgrad(spec, g, index=None):
+    """klgrad's value and coef (float64) for a parsed spec on the grid (or one point of it),
+    and how many tokens its overflow guard clamped."""
     logp, ref, old = g.batch(index)
     r = klgrad.evaluate(spec, logp, ref, behavior=old)
     return _Side(r.value[0].double(), r.coef[0].double()), r.guarded
@@ -161,7 +163,8 @@ class _Comparison:
     def __init__(self, spec, g, mine, rtol, name=None):
         self.spec, self.grid, self.mine, self.rtol = spec, g, mine, rtol
         self.name = name or spec
-        self.theirs, guarded = _run_klgrad(spec, g)
+        parsed = klgrad.Spec(spec)
+        self.theirs, guarded = _run_klgrad(parsed, g)
         atol_value = g.floor
         # A differentiable weight adds w k to w k': the gradient cancels terms of the value's
         # size, so its floor scales with the value too.
@@ -178,7 +181,7 @@ class _Comparison:
         self.excused = torch.zeros_like(bad)
         if guarded:
             for i in torch.nonzero(bad & g.far).flatten().tolist():
-                self.excused[i] = _run_klgrad(spec, g, i)[1] > 0
+                self.excused[i] = _run_klgrad(parsed, g, i)[1] > 0
         self.bad = bad & ~self.excused
 
     def count(self, where=None):
@@ -248,7 +251,7 @@ def _per_token(spec):
 # --- assert_matches ------------------------------------------------------------------------
 
 def _describe(g, rtol):
-    return (f"{g.size} points, {str(g.dtype).replace('torch.', '')}, rtol={rtol:g}, "
+    return (f"{str(g.dtype).replace('torch.', '')}, rtol={rtol:g}, "
             f"absolute floor {16 * torch.finfo(g.dtype).eps:.2g} x max(1, weight)")
 
 
@@ -398,4 +401,5 @@ def identify(fn, *, dtype=torch.float64, points=None, rtol=1e-9):
         matches = [Match(c.name, "on-policy only", c.rows(5, ~g.on_policy)) for c in on]
     others = [c for c in comparisons if c.count()]
     nearest = min(others, key=lambda c: (c.count(), c.worst_units()), default=None)
-    return Matches(matches, Mismatch(nearest) if nearest else None, _describe(g, rtol))
+    return Matches(matches, Mismatch(nearest) if nearest else None,
+                   f"{g.size} points ({_describe(g, rtol)})")
