@@ -262,4 +262,4 @@ def test_candidates_cover_estimators_placements_weights_and_presets():
 def test_identify_is_fast():
     start = time.perf_counter()
     testing.identify(verl_low_var_kl)
-    assert time.perf_counter() - start < 10.0
+    assert time.perf_counter() - start < 5.0  # 0.5 s measured on one core
