@@ -13,7 +13,7 @@ import torch
 
 import klgrad
 
-__all__ = ["assert_matches", "identify", "grid", "Match", "Matches", "Mismatch"]
+__all__ = ["assert_matches", "identify", "grid", "candidates", "Match", "Matches", "Mismatch"]
 
 # --- the grid ------------------------------------------------------------------------------
 #
