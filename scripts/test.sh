@@ -5,6 +5,8 @@
 #   (iii) gcc with ASan + UBSan, RelWithDebInfo: the library's unit tests (the build tests,
 #         header self-containment check, tools and examples, done by (i) and (ii), skipped
 #         to keep CI well inside its 90 minutes on two cores)
+#   (iv)  the Python package: installed into build-ci-python/venv by scripts/python.sh, then
+#         pytest python/tests in that venv
 # each in its own build directory (build-ci-gcc, build-ci-clang, build-ci-asan).
 # KLGRAD_CI_QUICK=1 runs only (i). KLGRAD_CI_JOBS sets the parallelism (default 2).
 # Exits non-zero on the first failure.
@@ -59,3 +61,19 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 run_config "gcc ASan+UBSan" build-ci-asan "-LE build" -- \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DKLGRAD_SANITIZE=ON \
   -DKLGRAD_CHECK_HEADERS=OFF -DKLGRAD_BUILD_EXAMPLES=OFF -DKLGRAD_BUILD_TOOLS=OFF
+
+# (iv) The Python package (python/): installed into a venv exactly as the README says
+# (scripts/python.sh), then its pytest suite in that venv. pytest's exit code 5 (no test
+# collected) fails the stage like any other non-zero code.
+echo "=== python: install (scripts/python.sh build-ci-python/venv)"
+bash scripts/python.sh "$root/build-ci-python/venv"
+echo "=== python: test"
+python_rc=0
+KLGRAD="$root/build-ci-gcc/tools/klgrad" \
+  "$root/build-ci-python/venv/bin/python" -m pytest -q -p no:cacheprovider python/tests ||
+  python_rc=$?
+summaries+=("python: pytest exit code ${python_rc}")
+if [[ $python_rc -ne 0 ]]; then
+  echo "=== python: FAILED (pytest exit code ${python_rc}; 5 means no test ran)" >&2
+  exit 1
+fi

@@ -1,8 +1,8 @@
 // klgrad audit: the exact expected gradient of a spec on a small tabular policy, computed
 // through klgrad::evaluate by enumerating every outcome, compared with the exact gradients
 // of the divergences it might be estimating.
+#include "audit_report.hpp"
 #include "commands.hpp"
-#include "policy_file.hpp"
 
 #include <klgrad/oracle/enumeration.hpp>
 #include <klgrad/oracle/monte_carlo.hpp>
@@ -22,16 +22,6 @@ namespace {
 
 using oracle::vector;
 
-/// Above this many outcomes (V^T) the enumeration is refused: it would take too long.
-constexpr Index max_outcomes = 1 << 20;
-
-
-nlohmann::ordered_json to_json(const vector& x) {
-  nlohmann::ordered_json out = nlohmann::ordered_json::array();
-  for (Index i = 0; i < x.size(); ++i) out.push_back(x(i));
-  return out;
-}
-
 std::string fixed_list(const vector& x) {
   std::ostringstream out;
   out << std::setprecision(6) << std::showpos;
@@ -47,52 +37,8 @@ struct settings {
 
 /// The audit report; keys keep the documented order.
 nlohmann::ordered_json audit(const settings& cfg) {
-  const spec s = parse_spec(cfg.spec);
-  const nlohmann::json in = read_json(cfg.policy);
-  if (!in.is_object()) throw usage_error("the policy file must hold a JSON object");
-  const Index v = positive_integer(in, "vocab", 2), t = positive_integer(in, "steps", 1);
-  Index outcomes = 1;
-  for (Index i = 0; i < t; ++i)
-    if ((outcomes *= v) > max_outcomes)
-      throw usage_error("vocab^steps exceeds " + std::to_string(max_outcomes) +
-                        " outcomes; the audit enumerates every one");
-  const tabular pi = read_logits(in, "logits", v, t), ref = read_logits(in, "ref_logits", v, t);
-  const bool from_mu = cfg.sampling == "behavior";
-  std::unique_ptr<tabular> mu;
-  if (from_mu) mu = std::make_unique<tabular>(read_logits(in, "behavior_logits", v, t));
-
-  const oracle::exact_expectation e = oracle::enumerate(s, pi, ref, mu.get());
-  const oracle::targets tg = oracle::exact_targets(pi, ref);
-  const std::pair<const char*, const vector*> named[] = {{"rkl", &tg.rkl_gradient},
-                                                         {"rkl_token", &tg.rkl_token_gradient},
-                                                         {"fkl", &tg.fkl_gradient},
-                                                         {"fkl_token", &tg.fkl_token_gradient}};
-  nlohmann::ordered_json out;
-  out["spec"] = to_string(s);
-  out["sampling"] = cfg.sampling;
-  out["parameters"] = pi.parameters();
-  out["expected_value"] = e.value;
-  out["expected_gradient"] = to_json(e.gradient);
-  out["gradient_trace_variance"] = e.trace_variance;
-  out["targets"] = nlohmann::ordered_json{{"rkl", {{"value", tg.rkl}, {"gradient", to_json(tg.rkl_gradient)}}},
-                    {"rkl_token", {{"gradient", to_json(tg.rkl_token_gradient)}}},
-                    {"fkl", {{"value", tg.fkl}, {"gradient", to_json(tg.fkl_gradient)}}},
-                    {"fkl_token", {{"gradient", to_json(tg.fkl_token_gradient)}}}};
-  std::string follows = "none";
-  for (const auto& [name, target] : named) {
-    const double r = oracle::relative_error(e.gradient, *target);
-    out["relative_error"][name] = r;
-    if (follows == "none" && r <= 1e-9) follows = name;
-  }
-  out["follows"] = follows;
-  if (cfg.mc > 0) {
-    const oracle::mc_estimate m = oracle::monte_carlo(s, pi, ref, mu.get(), cfg.mc, cfg.seed);
-    out["mc"] = nlohmann::ordered_json{{"samples", m.samples},
-                 {"seed", cfg.seed},
-                 {"gradient", to_json(m.gradient)},
-                 {"standard_error", to_json(m.standard_error)}};
-  }
-  return out;
+  return audit_report(parse_spec(cfg.spec), read_json(cfg.policy), cfg.sampling, cfg.mc,
+                      cfg.seed);
 }
 
 std::vector<double> as_vector(const nlohmann::ordered_json& x) { return x.get<std::vector<double>>(); }

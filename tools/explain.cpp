@@ -2,6 +2,7 @@
 // expectation on one state and over sequences, on-policy and from a behaviour policy --
 // from the theory (klgrad::explain), as JSON, text or a Markdown table.
 #include "commands.hpp"
+#include "explain_json.hpp"
 
 #include <klgrad/explain.hpp>
 
@@ -16,31 +17,6 @@ struct explain_settings {
   std::vector<std::string> specs;
   std::string format = "json";
 };
-
-nlohmann::ordered_json to_json(const follows& f, bool one_state) {
-  nlohmann::ordered_json out;
-  out["follows"] = f.name;
-  out["kind"] = f.kind == follows::exact ? "exact" : f.kind == follows::zero ? "zero" : "biased";
-  nlohmann::ordered_json terms = nlohmann::ordered_json::array();
-  for (const auto& t : f.terms)
-    terms.push_back({{"gradient", std::string(to_string(t.what, one_state))},
-                     {"weight", t.weight},
-                     {"states", one_state || !per_state(t.what) ? "-" : (f.behavior_states ? "mu" : "pi")}});
-  out["terms"] = terms;
-  out["sentence"] = f.sentence;
-  return out;
-}
-
-nlohmann::ordered_json to_json(const verdict& v) {
-  nlohmann::ordered_json out;
-  out["spec"] = v.spec;
-  out["sentence"] = v.sentence;
-  out["on_policy"] = {{"token", to_json(v.on_policy_token, true)},
-                      {"sequence", to_json(v.on_policy_sequence, false)}};
-  out["off_policy"] = {{"token", to_json(v.off_policy_token, true)},
-                       {"sequence", to_json(v.off_policy_sequence, false)}};
-  return out;
-}
 
 void print_text(const verdict& v) {
   std::cout << v.sentence << "\n";

@@ -1,0 +1,193 @@
+"""klgrad from Python: exact KL values and coefficients d(loss)/d(log pi) for an RL trainer's
+sampled tokens, and exact full-vocabulary divergences, from the same C++ headers as the
+library (a thin compiled layer, no formula of its own). CPU only; numpy arrays and torch CPU
+tensors (float32, float64) cross without copies. See docs/python.md.
+"""
+import sys
+
+import numpy as _np
+
+from . import _klgrad
+from ._klgrad import InputError, NonFiniteError, ShapeError, Spec, SpecError
+
+__version__ = _klgrad.__version__
+
+__all__ = [
+    "Spec", "parse_spec", "SpecError", "ShapeError", "InputError", "NonFiniteError",
+    "Result", "evaluate", "explain", "audit", "LogitsResult", "logits_divergence",
+    "selective_log_softmax", "sampled_logits_gradient", "__version__",
+]
+
+
+def parse_spec(text):
+    """The Spec of a spec string (same as Spec(text)); raises SpecError."""
+    return Spec(text)
+
+
+def _spec_of(spec):
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, str):
+        return Spec(spec)
+    raise TypeError(f"spec= must be a klgrad.Spec or a spec string, got {type(spec).__name__}")
+
+
+class Result:
+    """What evaluate() returns: per-token value and coef (the input's type: numpy in, numpy
+    out; torch in, torch out) and the batch summary (loss, kl, kl_sequence, tokens,
+    sequences, guarded, dropped)."""
+
+    __slots__ = ("value", "coef", "loss", "kl", "kl_sequence", "tokens", "sequences",
+                 "guarded", "dropped")
+
+    def __init__(self, fields):
+        (self.value, self.coef, self.loss, self.kl, self.kl_sequence, self.tokens,
+         self.sequences, self.guarded, self.dropped) = fields
+
+    def __repr__(self):
+        return (f"klgrad.Result(loss={self.loss!r}, kl={self.kl!r}, "
+                f"kl_sequence={self.kl_sequence!r}, tokens={self.tokens}, "
+                f"sequences={self.sequences}, guarded={self.guarded}, dropped={self.dropped})")
+
+
+def _torch_tensor_type():
+    torch = sys.modules.get("torch")
+    return torch.Tensor if torch is not None else None
+
+
+def _numpy_view(x, name, floating):
+    """A torch CPU tensor as a numpy array over the same memory; other values unchanged.
+    Refuses other devices and dtypes naming the argument."""
+    tensor = _torch_tensor_type()
+    if tensor is None or not isinstance(x, tensor):
+        return x
+    if x.device.type != "cpu":
+        raise TypeError(f"{name}= is on device {x.device}; klgrad computes on the CPU "
+                        f"(pass {name}.cpu(), or use a GPU implementation)")
+    torch = sys.modules["torch"]
+    if floating and x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name}= has dtype {x.dtype}; klgrad computes in torch.float32 or "
+                        f"torch.float64 (cast with .float() first)")
+    if x.dtype in (torch.bfloat16, torch.complex64, torch.complex128) or x.is_quantized:
+        raise TypeError(f"{name}= has dtype {x.dtype}, which klgrad does not read")
+    return x.detach().numpy()
+
+
+_NAMES = ("logp", "ref", "behavior", "mask", "offsets", "value", "coef")
+_FLOATING = (True, True, True, False, False, True, True)
+
+
+def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=None,
+             sequences=None, nonfinite="raise", value=None, coef=None):
+    """Evaluates a spec on a batch: for every token the value the configuration logs and the
+    coefficient coef = d(loss)/d(logp) to back-propagate (loss = sum(coef * logp) up to a
+    constant), and the summary.
+
+    logp, ref, behavior: log-probabilities of the sampled tokens under the policy, the
+    reference and the behaviour policy (float32 or float64, one dtype): B x T (padded) or N
+    (packed, with offsets: B + 1 non-decreasing integers from 0 to N). mask: same shape,
+    bool / integer / float, nonzero = valid. tokens, sequences: global counts of a
+    data-parallel batch (None: this batch's). nonfinite: "raise" (NonFiniteError naming the
+    first bad token) or "propagate". value, coef: arrays to write into (else new ones).
+    numpy arrays and torch CPU tensors are read in place; results have logp's type.
+    """
+    spec = _spec_of(spec)
+    if type(logp) is _np.ndarray:
+        fields = _klgrad.evaluate(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
+                                  nonfinite, value, coef)
+        return Result(fields)
+    tensor = _torch_tensor_type()
+    args = [_numpy_view(x, n, f) for x, n, f in
+            zip((logp, ref, behavior, mask, offsets, value, coef), _NAMES, _FLOATING)]
+    fields = list(_klgrad.evaluate(spec, args[0], args[1], args[2], args[3], args[4], tokens,
+                                   sequences, nonfinite, args[5], args[6]))
+    if tensor is not None and isinstance(logp, tensor):
+        from_numpy = sys.modules["torch"].from_numpy
+        fields[0] = value if value is not None else from_numpy(fields[0])
+        fields[1] = coef if coef is not None else from_numpy(fields[1])
+    return Result(fields)
+
+
+def _is_tensor(x):
+    tensor = _torch_tensor_type()
+    return tensor is not None and isinstance(x, tensor)
+
+
+def _like(x, result):
+    """result (a numpy array or None) as the type of x: a torch tensor for a tensor."""
+    if result is None or not _is_tensor(x):
+        return result
+    return sys.modules["torch"].from_numpy(result)
+
+
+def explain(spec):
+    """The verdict on a spec as a dict: the JSON `klgrad explain --spec S` prints (which
+    gradient it follows on- and off-policy, on one state and over sequences)."""
+    import json
+    return json.loads(_klgrad.explain(_spec_of(spec)))
+
+
+def audit(policy, spec, sampling="policy", mc=None, seed=0):
+    """The report of `klgrad audit` as a dict: the exact expected gradient of the spec's
+    coefficients on a small tabular policy against the exact gradients of KL(pi||ref) and
+    KL(ref||pi) (docs/audit.md). policy: the policy file's JSON as a dict ({"vocab", "steps",
+    "logits", "ref_logits", optional "behavior_logits"}) or the path of such a file;
+    sampling: "policy" or "behavior"; mc: Monte Carlo samples (None: none)."""
+    import json
+    import os
+    if isinstance(policy, (str, os.PathLike)):
+        with open(policy) as f:
+            text = f.read()
+    else:
+        text = json.dumps(policy)
+    return json.loads(_klgrad.audit(text, _spec_of(spec), sampling, 0 if mc is None else mc,
+                                    seed))
+
+
+class LogitsResult:
+    """What logits_divergence() returns: value per row (N or B x T), grad (logits' shape, or
+    None), indices (top-k only), and the summary loss, mean, rows, sequences."""
+
+    __slots__ = ("value", "grad", "indices", "loss", "mean", "rows", "sequences")
+
+    def __init__(self, fields):
+        (self.value, self.grad, self.indices, self.loss, self.mean, self.rows,
+         self.sequences) = fields
+
+    def __repr__(self):
+        return (f"klgrad.LogitsResult(loss={self.loss!r}, mean={self.mean!r}, "
+                f"rows={self.rows}, sequences={self.sequences})")
+
+
+def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, top_k=None,
+                      temperature=1.0, mask=None, log_probs=False, gradient=True):
+    """The exact per-row divergence between softmax(logits / temperature) and
+    softmax(ref_logits / temperature) over the full vocabulary (reverse-kl, forward-kl,
+    jensen-shannon with the reference's share lam, or forward-kl-top-k with top_k), and with
+    gradient=True its exact gradient with respect to logits (of the loss: the mean over
+    valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero = valid)."""
+    z, zr, m = (_numpy_view(x, n, f) for x, n, f in
+                ((logits, "logits", True), (ref_logits, "ref_logits", True), (mask, "mask", False)))
+    fields = list(_klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
+                                            log_probs, gradient))
+    for i in range(3):
+        fields[i] = _like(logits, fields[i])
+    return LogitsResult(fields)
+
+
+def selective_log_softmax(logits, ids, *, mask=None, temperature=1.0):
+    """log softmax(logits / temperature)[ids] per row, in one streaming pass per row (the
+    softmax is never formed). logits: N x V or B x T x V; ids and mask: N or B x T."""
+    z, y, m = (_numpy_view(x, n, f) for x, n, f in
+               ((logits, "logits", True), (ids, "ids", False), (mask, "mask", False)))
+    return _like(logits, _klgrad.selective_log_softmax(z, y, m, temperature))
+
+
+def sampled_logits_gradient(logits, ids, coef, *, mask=None, temperature=1.0):
+    """coef (d loss / d logp per row, e.g. evaluate()'s coef) back-propagated through
+    log softmax(logits / temperature)[ids]: coef * (onehot(ids) - softmax) / temperature,
+    of the logits' shape."""
+    z, y, c, m = (_numpy_view(x, n, f) for x, n, f in
+                  ((logits, "logits", True), (ids, "ids", False), (coef, "coef", True),
+                   (mask, "mask", False)))
+    return _like(logits, _klgrad.sampled_logits_gradient(z, y, c, m, temperature))

@@ -1,0 +1,6 @@
+// klgrad.evaluate on padded double batches.
+#include "evaluate_padded.hpp"
+
+namespace klgrad::python {
+template summary evaluate_padded<double>(const evaluate_call&);
+}  // namespace klgrad::python

@@ -1,0 +1,120 @@
+"""The full-vocabulary functions and explain(): values and gradients against PyTorch autograd
+of the textbook formulas (an independent implementation) in float64, explain() against the
+theory's documented verdicts (docs/explain.md) and the CLI's JSON when the CLI is built."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import klgrad
+
+torch = pytest.importorskip("torch")
+import klgrad.torch as kt  # noqa: E402
+
+RNG = np.random.default_rng(11)
+
+
+def logits(rows=6, vocab=9, dtype=np.float64):
+    z = RNG.normal(0, 2, (rows, vocab)).astype(dtype)
+    zr = (z + RNG.normal(0, 1, (rows, vocab))).astype(dtype)
+    return z, zr
+
+
+def reference_divergence(z, zr, divergence, lam=0.5, tau=1.0):
+    lp, lr = torch.log_softmax(z / tau, -1), torch.log_softmax(zr / tau, -1)
+    if divergence == "reverse-kl":
+        return (lp.exp() * (lp - lr)).sum(-1)
+    if divergence == "forward-kl":
+        return (lr.exp() * (lr - lp)).sum(-1)
+    m = torch.logsumexp(torch.stack([lr + np.log(lam), lp + np.log(1 - lam)]), 0)
+    return lam * (lr.exp() * (lr - m)).sum(-1) + (1 - lam) * (lp.exp() * (lp - m)).sum(-1)
+
+
+@pytest.mark.parametrize("divergence", ["reverse-kl", "forward-kl", "jensen-shannon"])
+def test_logits_loss_matches_autograd(divergence):
+    z, zr = logits()
+    mask = np.array([1, 1, 0, 1, 1, 1], dtype=bool)
+    zt = torch.tensor(z, requires_grad=True)
+    loss, value = kt.logits_loss(zt, torch.tensor(zr), divergence=divergence,
+                                 mask=torch.tensor(mask), temperature=0.7, lam=0.3)
+    loss.backward()
+    zx = torch.tensor(z, requires_grad=True)
+    ref = reference_divergence(zx, torch.tensor(zr), divergence, 0.3, 0.7)
+    expected = ref[torch.tensor(mask)].mean()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(zt.grad, zx.grad, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(value[torch.tensor(mask)], ref.detach()[torch.tensor(mask)])
+    assert value[2] == 0
+
+
+def test_logits_divergence_numpy_padded_rows():
+    z, zr = logits(6, 5)
+    r = klgrad.logits_divergence(z.reshape(2, 3, 5), zr.reshape(2, 3, 5))
+    assert r.value.shape == (2, 3) and r.grad.shape == (2, 3, 5)
+    expected = reference_divergence(torch.tensor(z), torch.tensor(zr), "reverse-kl").numpy()
+    np.testing.assert_allclose(r.value.ravel(), expected, rtol=1e-12)
+    assert r.rows == 6 and r.sequences == 2
+    assert klgrad.logits_divergence(z, zr, gradient=False).grad is None
+
+
+def test_top_k_forward_kl_with_k_equal_v_is_forward_kl():
+    z, zr = logits(4, 6)
+    top = klgrad.logits_divergence(z, zr, divergence="forward-kl-top-k", top_k=6)
+    full = klgrad.logits_divergence(z, zr, divergence="forward-kl")
+    np.testing.assert_allclose(top.value, full.value, rtol=1e-12)
+    assert top.indices.shape == (4, 6)
+    np.testing.assert_array_equal(top.indices[:, 0], zr.argmax(-1))
+
+
+def test_selective_log_softmax_and_sampled_gradient_match_autograd():
+    z, _ = logits(5, 7)
+    ids = RNG.integers(0, 7, 5)
+    coef = RNG.normal(0, 1, 5)
+    zt = torch.tensor(z, requires_grad=True)
+    lp = torch.log_softmax(zt / 1.3, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+    (lp * torch.tensor(coef)).sum().backward()
+    np.testing.assert_allclose(klgrad.selective_log_softmax(z, ids, temperature=1.3),
+                               lp.detach().numpy(), rtol=1e-13)
+    np.testing.assert_allclose(klgrad.sampled_logits_gradient(z, ids, coef, temperature=1.3),
+                               zt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_logits_refusals():
+    z, zr = logits()
+    with pytest.raises(ValueError, match='divergence= "kl" is unknown'):
+        klgrad.logits_divergence(z, zr, divergence="kl")
+    with pytest.raises(ValueError, match="needs top_k="):
+        klgrad.logits_divergence(z, zr, divergence="forward-kl-top-k")
+    with pytest.raises(klgrad.ShapeError, match="ref_logits= has shape"):
+        klgrad.logits_divergence(z, zr[:, :4])
+    with pytest.raises(TypeError, match="logits= has dtype torch.bfloat16"):
+        kt.logits_loss(torch.tensor(z).bfloat16(), torch.tensor(zr).bfloat16())
+    bad = z.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(klgrad.NonFiniteError, match="^logits "):
+        klgrad.logits_divergence(bad, zr)
+    with pytest.raises(klgrad.InputError, match="ids"):
+        klgrad.selective_log_softmax(z, np.full(6, 99))
+
+
+def test_explain_gives_the_documented_verdicts():
+    v = klgrad.explain("k2-as-loss")
+    assert v["spec"] == "k2-as-loss"
+    assert set(v) == {"spec", "sentence", "on_policy", "off_policy"}
+    assert v["on_policy"]["token"]["follows"] == "rkl"
+    assert klgrad.explain(klgrad.Spec("k1-in-reward,level=to-go"))["on_policy"]["sequence"]["follows"] == "rkl"
+    with pytest.raises(klgrad.SpecError):
+        klgrad.explain("k3-as-los")
+
+
+def test_explain_equals_the_cli_json():
+    cli = os.environ.get("KLGRAD")
+    if not cli or not os.path.exists(cli):
+        pytest.skip("set KLGRAD to the klgrad program to compare with the CLI")
+    for spec in ("k3-as-loss,is=detached", "k1-in-reward,level=to-go", "k3~k2-as-loss,preset=verl"):
+        out = subprocess.run([cli, "explain", "--spec", spec], capture_output=True, text=True,
+                             check=True).stdout
+        assert klgrad.explain(spec) == json.loads(out)
