@@ -16,6 +16,7 @@
 #include <klgrad/level.hpp>
 #include <klgrad/logits.hpp>
 #include <klgrad/normal_log.hpp>
+#include <klgrad/number_text.hpp>
 #include <klgrad/placement.hpp>
 #include <klgrad/presets.hpp>
 #include <klgrad/returns.hpp>
