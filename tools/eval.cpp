@@ -15,8 +15,8 @@ void add_eval(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "eval",
       "Evaluate a spec on a batch given as JSON: {\"logp\", \"ref\", optional \"behavior\", "
-      "optional \"mask\"} as lists of rows (padded), or 1-D lists plus \"offsets\" (packed); "
-      "null stands for NaN. Prints JSON: spec, value, coef, loss, kl, kl_sequence, tokens, "
+      "optional \"mask\" (1/0 or true/false)} as lists of rows (padded), or 1-D lists plus "
+      "\"offsets\" (packed); null stands for NaN; no other key. Prints JSON: spec, value, coef, loss, kl, kl_sequence, tokens, "
       "sequences, guarded, dropped. With a \"logits\" key the input is full logits instead "
       "(docs/logits.md): {\"logits\", \"ref_logits\"} as B x T x V or N x V lists, optional "
       "\"mask\", \"divergence\" (reverse-kl, forward-kl, jensen-shannon, forward-kl-top-k), "
