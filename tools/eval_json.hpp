@@ -357,13 +357,14 @@ inline spec logits_spec(const std::string& text) {
                         "'; the rest of a spec applies to sampled log-probabilities "
                         "(logp, ref)");
   }
-  const std::string whole = stand_in + "," + text, quoted = "spec '" + whole + "'";
+  // The library quotes the spec as clip() shortens it.
+  const std::string whole = stand_in + "," + text, quoted = "spec '" + detail::clip(whole) + "'";
   try {
     return parse_spec(whole);
   } catch (const spec_error& e) {
     std::string message = e.what();
     if (message.compare(0, quoted.size(), quoted) == 0)
-      message = "spec '" + text + "'" + message.substr(quoted.size());
+      message = "spec '" + detail::clip(text) + "'" + message.substr(quoted.size());
     throw usage_error(message);
   }
 }

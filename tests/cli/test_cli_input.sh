@@ -160,6 +160,12 @@ refused "NaN padded logits" "logits[1][1][0] is null (NaN) in a valid row" eval
 input='{"logits":[[0,1],["-inf","-inf"]],"ref_logits":[[0,0],[0,0]]}'
 refused "a row of -inf" "logits[1] has no finite entry (every logit is \"-inf\")" eval
 check "a row of -inf: no C++ name" lacks "$last_err" "z row"
+# A long logits --spec: the library quotes it cut to 80 characters; the CLI quotes the user's
+# own text the same way, never the stand-in term it puts in front of the keys.
+input='{"logits":[[0,1]],"ref_logits":[[1,0]]}'
+long_spec="agg=token-sum,beta=1,agg-scale=1,agg-eps=0,agg-seq-eps=0,beta=2,agg-scale=3,agg=token-mean"
+refused "long logits --spec" "spec 'agg=token-sum,beta=1,agg-scale=1,agg-eps=0,agg-seq-eps=0,beta=2,agg-scale=3,agg=... (90 characters)': key 'beta' given twice" eval --spec "$long_spec"
+check "long logits --spec: no stand-in term" lacks "$last_err" "k1-in-reward"
 
 echo "${passes} passed, ${failures} failed"
 test "$failures" -eq 0
