@@ -8,11 +8,10 @@
 3. klgrad.torch.logits_loss (reverse KL) forward + backward against PyTorch's
    log_softmax + kl_div composite at V = 151,936.
 
-Each time is the median of `--repeats` runs after a warm-up. Run with the installed package:
+Each time is the least of `--repeats` runs after a warm-up. Run with the installed package:
     .venv/bin/python bench/python_bench.py
 """
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -22,14 +21,15 @@ import klgrad
 import klgrad.torch as kt
 
 
-def median_seconds(fn, repeats):
+def least_seconds(fn, repeats):
+    """The least wall time of `repeats` calls after a warm-up (as kernel_seconds reports)."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def row(name, seconds, baseline=None, items=None):
@@ -46,11 +46,11 @@ def evaluate_vs_kernel(repeats):
     spec = klgrad.Spec("k3-as-loss")
     value, coef = np.empty_like(lp), np.empty_like(lp)
     kernel = klgrad._klgrad.kernel_seconds(spec, lp, lr, mask, repeats)
-    python = median_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask, value=value,
+    python = least_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask, value=value,
                                                     coef=coef), repeats)
-    fresh = median_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask), repeats)
+    fresh = least_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask), repeats)
     one = np.zeros((1, 1), np.float32)
-    overhead = median_seconds(lambda: klgrad.evaluate(spec, one, one), repeats * 10)
+    overhead = least_seconds(lambda: klgrad.evaluate(spec, one, one), repeats * 10)
     print("1. evaluate, 64 x 2048 float32, k3-as-loss, bool mask")
     row("   C++ kernel (kernel_seconds, least of repeats)", kernel, items=lp.size)
     row("   klgrad.evaluate(numpy, value=, coef=)", python, items=lp.size)
@@ -79,16 +79,19 @@ def kl_loss_vs_torch(repeats):
         loss = (verl_low_var_kl(lp, lr) * maskf).sum() / maskf.sum()
         loss.backward()
 
-    def klgrad_loss():
-        lp.grad = None
-        loss, _ = kt.kl_loss("k3-as-loss,preset=verl", lp, lr, mask=mask)
-        loss.backward()
+    def klgrad_loss(spec):
+        def run():
+            lp.grad = None
+            loss, _ = kt.kl_loss(spec, lp, lr, mask=mask)
+            loss.backward()
+        return run
 
-    base = median_seconds(composite, repeats)
-    ours = median_seconds(klgrad_loss, repeats)
+    base = least_seconds(composite, repeats)
     print("2. kl_loss forward + backward, 2^20 tokens float32 (256 x 4096), bool mask")
     row("   PyTorch autograd of verl low_var_kl (masked mean)", base, items=lp.numel())
-    row("   klgrad.torch.kl_loss('k3-as-loss,preset=verl')", ours, base, lp.numel())
+    for spec in ("k3-as-loss,preset=verl", "k3-as-loss"):
+        ours = least_seconds(klgrad_loss(klgrad.Spec(spec)), repeats)
+        row(f"   klgrad.torch.kl_loss('{spec}')", ours, base, lp.numel())
 
 
 def logits_loss_vs_torch(repeats, rows):
@@ -110,8 +113,8 @@ def logits_loss_vs_torch(repeats, rows):
         loss, _ = kt.logits_loss(z, zr, divergence="reverse-kl")
         loss.backward()
 
-    base = median_seconds(composite, repeats)
-    ours = median_seconds(klgrad_loss, repeats)
+    base = least_seconds(composite, repeats)
+    ours = least_seconds(klgrad_loss, repeats)
     print(f"3. logits_loss (reverse KL) forward + backward, {rows} rows x V = {V} float32")
     row("   PyTorch log_softmax + kl_div (autograd)", base, items=rows * V)
     row("   klgrad.torch.logits_loss(divergence='reverse-kl')", ours, base, rows * V)

@@ -8,9 +8,7 @@
 #include <pybind11/pybind11.h>
 
 #include <Eigen/Core>
-#include <cstdint>
 #include <string>
-#include <type_traits>
 
 namespace klgrad::python {
 
@@ -60,14 +58,7 @@ std::string shape_text(const py::array& a);
 /// "float32", a numpy dtype name.
 std::string dtype_text(const py::array& a);
 
-/// Whether a holds the C++ scalar S (exactly: float32 is float, int64 is std::int64_t).
-template <class S>
-bool holds(const py::array& a) {
-  return py::dtype::of<S>().is(a.dtype()) || a.dtype().equal(py::dtype::of<S>());
-}
-
-/// A numpy array argument, or a refusal naming it ("logp= must be ..."). None gives an empty
-/// array when `optional`.
+/// A numpy array argument, or a refusal naming it ("logp= must be a numpy array ...").
 py::array array_argument(py::handle x, const char* name);
 
 /// Rows of a 2-D array (B x T) with contiguous rows, as klgrad's row views take them: the

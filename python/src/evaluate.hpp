@@ -6,6 +6,8 @@
 
 #include <klgrad/evaluate.hpp>
 
+#include <cstdint>
+
 namespace klgrad::python {
 
 /// The scalar type of a mask, as the kernels read it (signed and unsigned integers of one

@@ -8,7 +8,9 @@
 #include <klgrad/sampled.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace klgrad::python {

@@ -118,3 +118,60 @@ def test_explain_equals_the_cli_json():
         out = subprocess.run([cli, "explain", "--spec", spec], capture_output=True, text=True,
                              check=True).stdout
         assert klgrad.explain(spec) == json.loads(out)
+
+
+POLICY = {"vocab": 2, "steps": 2,
+          "logits": [[0.5, -0.3], [0.2, 0.1], [-0.4, 0.3]],
+          "ref_logits": [[0.0, 0.0], [0.1, -0.2], [0.0, 0.4]],
+          "behavior_logits": [[0.1, 0.2], [0.0, 0.0], [0.3, -0.1]]}
+
+
+def test_audit_gives_the_theorys_verdicts():
+    # docs/theory.md table 5: k1-in-reward as reward-to-go follows the whole grad KL_seq;
+    # per-token k2-as-loss only its part 1 (rkl_token) when T >= 2.
+    r = klgrad.audit(POLICY, "k1-in-reward,level=to-go")
+    assert r["follows"] == "rkl" and r["relative_error"]["rkl"] <= 1e-9
+    assert list(r)[:4] == ["spec", "sampling", "parameters", "expected_value"]
+    assert r["parameters"] == 6
+    assert klgrad.audit(POLICY, klgrad.Spec("k2-as-loss"))["follows"] == "rkl_token"
+    mc = klgrad.audit(POLICY, "k3-as-loss,is=detached", sampling="behavior", mc=50, seed=3)
+    assert mc["sampling"] == "behavior" and mc["mc"]["samples"] == 50 and mc["mc"]["seed"] == 3
+
+
+def test_audit_refusals_name_the_argument():
+    with pytest.raises(klgrad.InputError, match="policy: policy file has no 'ref_logits'"):
+        klgrad.audit({"vocab": 2, "steps": 1, "logits": [[0.0, 1.0]]}, "k3-as-loss")
+    with pytest.raises(ValueError, match='sampling= must be "policy" or "behavior"'):
+        klgrad.audit(POLICY, "k3-as-loss", sampling="mu")
+    with pytest.raises(ValueError, match="mc= must be None or at least 2"):
+        klgrad.audit(POLICY, "k3-as-loss", mc=1)
+
+
+def test_audit_equals_the_cli_json(tmp_path):
+    cli = os.environ.get("KLGRAD")
+    if not cli or not os.path.exists(cli):
+        pytest.skip("set KLGRAD to the klgrad program to compare with the CLI")
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(POLICY))
+    out = subprocess.run([cli, "audit", "--policy", str(path), "--spec", "k3-as-loss,is=detached",
+                          "--sampling", "behavior", "--mc", "20", "--seed", "4"],
+                         capture_output=True, text=True, check=True).stdout
+    got = klgrad.audit(str(path), "k3-as-loss,is=detached", sampling="behavior", mc=20, seed=4)
+    # The same code, compiled with -march=native here (FMA): numbers agree to rounding.
+    assert_same_json(got, json.loads(out))
+
+
+def assert_same_json(a, b):
+    assert type(a) is type(b) or {type(a), type(b)} == {int, float}
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            assert_same_json(a[k], b[k])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_json(x, y)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15)
+    else:
+        assert a == b
