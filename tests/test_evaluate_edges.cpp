@@ -452,3 +452,25 @@ TEST_CASE("evaluate edges: logits_options counts are checked like evaluate's",
   CHECK(s.loss == 0);
   CHECK((grad == 0).all());
 }
+
+TEST_CASE("evaluate edges: a huge beta saturates the logits gradient's scale and never gives NaN",
+          "[logits][edges]") {
+  // Entry 2's probability underflows in float (logit -200 against 0), so its gradient
+  // factor p * (...) is exactly 0: with beta = 1e308 the unsaturated float scale is inf and
+  // inf * 0 is NaN. Every divergence, temperatures below and above 1.
+  rows<float> z(2, 3), zr(2, 3), value(2, 1), grad(2, 3);
+  z << 0.f, 1.f, -200.f, 0.5f, -0.5f, 0.f;
+  zr << 1.f, 0.f, 0.f, 0.f, 0.f, 0.f;
+  for (const divergence d : {divergence::reverse_kl, divergence::forward_kl,
+                             divergence::jensen_shannon})
+    for (const double temperature : {0.5, 1.0, 2.0}) {
+      logits_options opt;
+      opt.beta = 1e308;
+      opt.aggregation = aggregation::token_sum;
+      opt.temperature = temperature;
+      logits_divergence(d, logit_rows(z, zr), value, grad, opt);
+      INFO("divergence " << int(d) << ", temperature " << temperature);
+      CHECK(!grad.isNaN().any());
+      CHECK(!value.isNaN().any());
+    }
+}

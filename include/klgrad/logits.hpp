@@ -184,6 +184,8 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
   const Index N = b.sequences * P;
   Index seq = -1;
   double seq_scale = 0;  // beta * a_{b,t} of sequence seq
+  const double largest_scale =
+      double(std::numeric_limits<T>::max()) * std::min(1.0, opt.temperature);
   double loss = 0, total = 0;
   Index first_bad = std::numeric_limits<Index>::max();  // row_status_count * row + status
   for (Index c0 = 0; c0 < N; c0 += chunk) {
@@ -193,9 +195,12 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
       if (s != seq) {
         seq = s;
         const Index n_b = count(s);
-        seq_scale = n_b > 0 ? opt.beta * aggregation_weight(opt.aggregation,
-                                                            opt.aggregation_constants, n_b,
-                                                            n_tokens, n_sequences)
+        // Saturated so that the kernels' T(scale) / temperature stays finite (an inf
+        // factor times a gradient's 0 would be NaN): beta=1e308 with float logits.
+        seq_scale = n_b > 0 ? std::min(opt.beta * aggregation_weight(opt.aggregation,
+                                                                     opt.aggregation_constants,
+                                                                     n_b, n_tokens, n_sequences),
+                                       largest_scale)
                             : 0.0;
       }
       chunk_scale[i] = seq_scale;
@@ -234,9 +239,12 @@ logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows
       report_bad_row(b.z.row(r), V, "z", r, place);
     if (status == row_bad_ref || status == row_nan)
       report_bad_row(b.ref.row(r), V, "z_ref", r, place);
-    raise<input_error>(cat("z_ref ", row_place(r, place),
-                           " gives zero probability (a -inf logit) to an entry where pi is "
-                           "positive: RKL = +inf and its gradient is undefined"));
+    input_error e(cat("z_ref ", row_place(r, place),
+                      " gives zero probability (a -inf logit) to an entry where pi is "
+                      "positive: RKL = +inf and its gradient is undefined"),
+                  input_reason::zero_reference, "z_ref");
+    locate_row(e, r, place);
+    raise(e);
   }
   logits_summary sum;
   sum.loss = loss;
