@@ -33,6 +33,14 @@ std::string unknown_command(const CLI::App& app, int argc, char** argv) {
   return argv[1];
 }
 
+/// "eval, audit, ...": the subcommands, in the order they were added.
+std::string command_names(const CLI::App& app) {
+  std::string names;
+  for (const CLI::App* sub : app.get_subcommands({}))
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  return names;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -49,8 +57,8 @@ int main(int argc, char** argv) {
   try {
     const std::string unknown = unknown_command(app, argc, argv);
     if (!unknown.empty()) {
-      std::cerr << "klgrad: unknown command '" << unknown
-                << "'; commands: eval, audit, explain, report (klgrad --help)\n";
+      std::cerr << "klgrad: unknown command '" << unknown << "'; commands: "
+                << command_names(app) << " (klgrad --help)\n";
       return 2;
     }
     app.parse(argc, argv);
