@@ -33,9 +33,6 @@ std::string python_words(std::string message) {
       {"pass nonfinite_policy::propagate", "pass nonfinite=\"propagate\""},
       {"add them with .with_behavior(lb)", "pass behavior= (the log-probs of the policy that "
                                            "sampled the tokens)"},
-      {"batch_counts: a global count of 0 cannot divide; pass -1 to count the local batch",
-       "tokens= and sequences= must be positive (global counts of a data-parallel batch) or "
-       "None to count the local batch"},
       {"jensen-shannon needs 0 < lambda < 1", "divergence=\"jensen-shannon\" needs 0 < lam < 1"},
   };
   for (const auto& [from, to] : words) message = replaced(std::move(message), from, to);
@@ -45,16 +42,29 @@ std::string python_words(std::string message) {
   return message;
 }
 
+/// The message of e in the words of the Python interface: from the fields of a structured
+/// input_error where its reason needs them, else python_words(what()).
+std::string python_message(const std::exception& e) {
+  const auto* input = dynamic_cast<const input_error*>(&e);
+  if (input && input->reason == input_reason::bad_count) {
+    const std::string name = input->argument == "counts.tokens" ? "tokens" : "sequences";
+    return detail::cat(name, "=", input->value, " is below this batch's own count, ",
+                       input->limit, ": a global count covers every shard, this one included "
+                       "(None counts the local batch)");
+  }
+  return python_words(e.what());
+}
+
 }  // namespace
 
 void raise_translated(const std::exception& e) {
-  // When klgrad::input_error carries a reason (cli-json's structured errors), dispatch on it
-  // here instead of on the message.
   const exception_types& types = exceptions();
-  const std::string message = python_words(e.what());
+  const std::string message = python_message(e);
   if (dynamic_cast<const spec_error*>(&e)) raise_python(types.spec_error, message);
   if (dynamic_cast<const shape_error*>(&e)) raise_python(types.shape_error, message);
-  if (message.find("not finite") != std::string::npos ||
+  const auto* input = dynamic_cast<const input_error*>(&e);
+  if ((input && input->reason == input_reason::nonfinite) ||
+      message.find("not finite") != std::string::npos ||
       message.find("must be finite") != std::string::npos)
     raise_python(types.nonfinite_error, message);
   raise_python(types.input_error, message);

@@ -239,6 +239,13 @@ def test_bad_counts_refused():
             klgrad.evaluate("k3-as-loss", lp, lr, tokens=bad)
     with pytest.raises(TypeError, match="spec= must be a klgrad.Spec"):
         klgrad.evaluate(3, lp, lr)
+    # A global count below the local batch's own would scale every coefficient up: refused by
+    # the library, in Python's words (the fields of its structured error).
+    n = int(lp.size)
+    with pytest.raises(klgrad.InputError,
+                       match=rf"tokens=1 is below this batch's own count, {n}: .*None counts") as e:
+        klgrad.evaluate("k3-as-loss", lp, lr, tokens=1)
+    assert "batch_counts" not in str(e.value) and "-1" not in str(e.value)
 
 
 def test_global_counts_scale_the_coefficients():
