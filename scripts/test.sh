@@ -4,7 +4,10 @@
 #   (ii)  clang++-14, warnings as errors: build everything, run every test
 #   (iii) the fuzz smoke (scripts/fuzz.sh, build-fuzz): every libFuzzer target for
 #         KLGRAD_FUZZ_SECONDS (default 30) over a copy of its corpus
-#   (iv)  gcc with ASan + UBSan, RelWithDebInfo: the library's unit tests (the build tests,
+#   (iv)  gcc with ASan + UBSan, RelWithDebInfo with -g1 (the line tables the sanitizers'
+#         stack traces need, without full -g's debug information for every Eigen template:
+#         this stage's build was the longest of CI; -g never changes the code gcc generates):
+#         the library's unit tests (the build tests,
 #         header self-containment check, tools and examples, done by (i) and (ii), skipped
 #         to keep CI well inside its 90 minutes on two cores)
 #   (v)   the Python package: installed into build-ci-python/venv by scripts/python.sh, then
@@ -69,7 +72,8 @@ summaries+=("fuzz smoke: no finding in ${KLGRAD_FUZZ_SECONDS:-30} s per target")
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 run_config "gcc ASan+UBSan" build-ci-asan "-LE build" -- \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ -DKLGRAD_SANITIZE=ON \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG" \
+  -DCMAKE_CXX_COMPILER=g++ -DKLGRAD_SANITIZE=ON \
   -DKLGRAD_CHECK_HEADERS=OFF -DKLGRAD_BUILD_EXAMPLES=OFF -DKLGRAD_BUILD_TOOLS=OFF
 
 # (v) The Python package (python/): installed into a venv exactly as the README says
