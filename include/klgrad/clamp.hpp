@@ -6,6 +6,7 @@
 #include "errors.hpp"
 #include "estimators.hpp"
 
+#include <Eigen/Core>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -107,6 +108,42 @@ clamped_estimate<T> clamp_estimate(const clamp_policy& c, T s) {
   }
   if (!pass && !c.pass_gradient) d = T(0);
   return {v, d, inside};
+}
+
+/// A policy's bounds broadcast to packets of T, for clamp_packet().
+template <class T>
+struct packet_bounds {
+  using P = typename Eigen::internal::packet_traits<T>::type;
+  P log_lo, log_hi, value_lo, value_hi;
+  bool value_bound;    ///< the value bound acts here (before the weight)
+  bool pass_gradient;  ///< straight-through: the derivative ignores the bounds
+
+  explicit packet_bounds(const clamp_policy& c) {
+    using namespace Eigen::internal;
+    log_lo = pset1<P>(T(c.log_lo));
+    log_hi = pset1<P>(T(c.log_hi));
+    value_lo = pset1<P>(T(c.value_lo));
+    value_hi = pset1<P>(T(c.value_hi));
+    value_bound = !c.after_weight;
+    pass_gradient = c.pass_gradient;
+  }
+};
+
+/// clamp_estimate() on a packet of s: E's clamped value and derivative, and `inside`, all
+/// bits set in the lanes whose s the log-ratio bound let through. A NaN s stays NaN in the
+/// value and gets derivative 0, as in the scalar form.
+template <class E, class T, class P>
+EIGEN_ALWAYS_INLINE void clamp_packet(const packet_bounds<T>& c, const P& s, P& value,
+                                      P& derivative, P& inside) {
+  using namespace Eigen::internal;
+  inside = pand(pcmp_le(c.log_lo, s), pcmp_le(s, c.log_hi));
+  E::packet_both(pmin(pmax(s, c.log_lo), c.log_hi), value, derivative);
+  P pass = inside;
+  if (c.value_bound) {
+    pass = pand(pass, pand(pcmp_le(c.value_lo, value), pcmp_le(value, c.value_hi)));
+    value = pmin(pmax(value, c.value_lo), c.value_hi);
+  }
+  if (!c.pass_gradient) derivative = pand(derivative, pass);
 }
 
 }  // namespace klgrad

@@ -175,29 +175,6 @@ double weighted_values(chunk<T>& c) {
   return saturated_sum(c, c.scratch);
 }
 
-/// Applies the spec's clamp policy to a chunk's estimator values and derivatives (scalar
-/// loop: only specs with a clamp come here), recording where the log-ratio bound let s
-/// through.
-template <class Ea, class Eb, class T>
-void apply_clamp(chunk<T>& c, const plan<T>& p) {
-  const clamp_policy& cp = p.s->clamp;
-  for (Index i = 0; i < c.n; ++i) {
-    const T s = c.s[i];
-    bool inside = true;
-    if (p.clamp_a) {
-      const auto a = clamp_estimate<Ea>(cp, s);
-      c.va[i] = a.value;
-      inside = a.log_inside;
-    }
-    if (p.clamp_b) {
-      const auto b = clamp_estimate<Eb>(cp, s);
-      c.gb[i] = b.derivative;
-      inside = inside && b.log_inside;
-    }
-    c.inside[i] = inside ? T(1) : T(0);
-  }
-}
-
 /// The sequence-mean log weight mean_t (lp_t - lb_t) over valid tokens (each guarded as a
 /// token's log weight), guarded itself; adds 1 to `guarded` when the mean was clamped.
 template <class T, class M>
@@ -322,6 +299,29 @@ void value_and_gradient(const P& s, P& value, P& gradient) {
   }
 }
 
+/// value_and_gradient() under the spec's clamp: each estimator the policy acts on is clamped
+/// (clamp_packet); `inside` gets all bits where the log-ratio bound let s through.
+template <class Ea, class Eb, class T, class P>
+EIGEN_ALWAYS_INLINE void clamped_value_and_gradient(const plan<T>& p, const packet_bounds<T>& b,
+                                                    const P& s, P& value, P& gradient,
+                                                    P& inside) {
+  using namespace Eigen::internal;
+  if constexpr (std::is_same_v<Ea, Eb>) {  // then clamp_a == clamp_b
+    clamp_packet<Ea>(b, s, value, gradient, inside);
+  } else {
+    P unused, inside_a = ptrue(s), inside_b = ptrue(s);
+    if (p.clamp_a)
+      clamp_packet<Ea>(b, s, value, unused, inside_a);
+    else
+      value = Ea::packet_value(s);
+    if (p.clamp_b)
+      clamp_packet<Eb>(b, s, unused, gradient, inside_b);
+    else
+      gradient = Eb::packet_derivative(s);
+    inside = pand(inside_a, inside_b);
+  }
+}
+
 /// Fills the chunk for positions i0 .. i0+n-1 of a sequence: mask, guarded log-ratio,
 /// estimator value and derivative, weights. Returns how many tokens a guard clamped and
 /// adds the band-dropped tokens to `dropped`.
@@ -330,11 +330,20 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
            Index& dropped, weight_state<T>& ws) {
   using namespace Eigen::internal;
   using P = packet<T>;
+  const bool clamped = p.clamp_a || p.clamp_b;
+  const packet_bounds<T> bounds(p.s->clamp);
+  const P one = pset1<P>(T(1));
   const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto) {
-    pstore(c.valid + k, pand(valid, pset1<P>(T(1))));
+    pstore(c.valid + k, pand(valid, one));
     pstore(c.s + k, s);
     P v, g;
-    value_and_gradient<Ea, Eb>(s, v, g);
+    if (clamped) {
+      P inside;
+      clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
+      pstore(c.inside + k, pand(inside, one));
+    } else {
+      value_and_gradient<Ea, Eb>(s, v, g);
+    }
     pstore(c.va + k, v);
     pstore(c.gb + k, g);
     return pset1<P>(T(0));
@@ -342,7 +351,6 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
   Index guarded = checks.guarded;
   bool nonfinite = checks.nonfinite;
   const T* lp = q.logp + i0;
-  if (p.clamp_a || p.clamp_b) apply_clamp<Ea, Eb>(c, p);
   const importance& is = p.s->importance;
   if (!is.active()) {
     if (p.nonfinite == nonfinite_policy::raise && nonfinite) find_nonfinite(q, i0, n);
@@ -836,6 +844,19 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   return out;
 }
 
+/// The spec's estimators, from run-time values to the kernel's template arguments. The one
+/// function per batch type that instantiates every estimator pair's kernel: klgrad/instances.hpp
+/// compiles it once for a whole program.
+template <class Batch, class T>
+summary dispatch(const spec& s, const Batch& batch, const strided_rows<T>& value,
+                 const strided_rows<T>& coef, const options& opt) {
+  return visit(s.term.value_estimator, [&](auto a) {
+    return visit(s.term.gradient_estimator, [&](auto b) {
+      return run<decltype(a), decltype(b)>(s, batch, value, coef, opt);
+    });
+  });
+}
+
 }  // namespace detail
 
 /// Evaluates a spec on a batch. Writes, for every position, value (the divergence estimate
@@ -848,14 +869,12 @@ summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& v
   using T = typename Batch::scalar;
   static_assert(std::is_same_v<typename V::Scalar, T> && std::is_same_v<typename C::Scalar, T>,
                 "klgrad: value and coef must have the batch's scalar type");
-  const auto vo = detail::output_view(batch, value, "value");
-  const auto co = detail::output_view(batch, coef, "coef");
-  summary out = visit(s.term.value_estimator, [&](auto a) {
-    return visit(s.term.gradient_estimator, [&](auto b) {
-      return detail::run<decltype(a), decltype(b)>(s, batch, vo, co, opt);
-    });
-  });
-  return out;
+  return detail::dispatch(s, batch, detail::output_view(batch, value, "value"),
+                          detail::output_view(batch, coef, "coef"), opt);
 }
 
 }  // namespace klgrad
+
+#ifdef KLGRAD_EXTERN_TEMPLATES
+#include "instances.hpp"
+#endif

@@ -1,6 +1,7 @@
 """kl_loss(process_group=...) on two real processes (torch.distributed, gloo over loopback):
-each rank's coefficients equal the unsharded batch's for its rows, and the ranks' gradients
-sum to the unsharded gradient. The oracle is the single-process call on the whole batch."""
+each rank's coefficients equal the unsharded batch's for its rows, and the gradients of a
+shared policy's parameters, summed over the ranks (what DistributedDataParallel's all-reduce
+does), equal the unsharded batch's. The oracle is the single-process call on the whole batch."""
 import datetime
 import os
 import socket
@@ -30,6 +31,34 @@ def whole_batch():
     return logp, ref, mask
 
 
+VOCAB, FEATURES = 7, 5
+
+
+def policy():
+    """A small policy, identical on every rank (as DDP's broadcast makes it), and its inputs:
+    features and sampled token ids for the whole batch."""
+    g = torch.Generator().manual_seed(11)
+    model = torch.nn.Linear(FEATURES, VOCAB).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(VOCAB, FEATURES, generator=g, dtype=torch.float64))
+        model.bias.copy_(torch.randn(VOCAB, generator=g, dtype=torch.float64))
+    x = torch.randn(6, 9, FEATURES, generator=g, dtype=torch.float64)
+    ids = torch.randint(VOCAB, (6, 9), generator=g)
+    return model, x, ids
+
+
+def policy_logp(model, x, ids):
+    return torch.log_softmax(model(x), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def parameter_gradients(spec, rows, ref, mask, process_group):
+    model, x, ids = policy()
+    lp = policy_logp(model, x[rows], ids[rows])
+    loss, _ = kt.kl_loss(spec, lp, ref[rows], mask=mask[rows], process_group=process_group)
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
 def shard(rank):
     return [slice(0, 2), slice(2, 6)][rank]  # unequal shards
 
@@ -47,7 +76,8 @@ def worker(rank, port, results):
             lp = logp[rows].clone().requires_grad_(True)
             loss, _ = kt.kl_loss(spec, lp, ref[rows], mask=mask[rows], process_group=True)
             loss.backward()
-            out[spec] = (lp.grad.clone(), loss.item())
+            out[spec] = (lp.grad.clone(), loss.item(),
+                         parameter_gradients(spec, rows, ref, mask, process_group=True))
         results[rank] = out
     finally:
         dist.destroy_process_group()
@@ -77,9 +107,16 @@ def test_shards_reproduce_the_unsharded_batch():
         loss.backward()
         total = 0.0
         for rank in range(WORLD):
-            grad, shard_loss = results[rank][spec]
+            grad, shard_loss, _ = results[rank][spec]
             torch.testing.assert_close(grad, lp.grad[shard(rank)], rtol=1e-14, atol=0)
             total += shard_loss
         assert total == pytest.approx(loss.item(), rel=1e-13)
         coef = klgrad.evaluate(spec, logp, ref, mask=mask).coef
         torch.testing.assert_close(lp.grad, coef, rtol=0, atol=0)
+        # The parameters' gradients: the ranks' sum (DDP's all-reduce) against one process on
+        # the whole batch; they differ only in the order of double-precision sums.
+        whole = parameter_gradients(spec, slice(None), ref, mask, process_group=None)
+        for i, expected in enumerate(whole):
+            summed = sum(results[rank][spec][2][i] for rank in range(WORLD))
+            assert expected.abs().max() > 0
+            torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-15)
