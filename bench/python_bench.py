@@ -4,7 +4,8 @@
    kernel's own time on the same arrays (klgrad._klgrad.kernel_seconds: the same compiled
    kernel called from C++), and the fixed overhead of a call (a 1 x 1 batch);
 2. klgrad.torch.kl_loss forward + backward against PyTorch autograd of verl's low_var_kl
-   (forward + backward) on 2^20 tokens;
+   (forward + backward) on 2^20 tokens, and the floor set by the bytes kl_loss must move
+   at the rate of a triad (c = a + b) measured in the same run;
 3. klgrad.torch.logits_loss (reverse KL) forward + backward against PyTorch's
    log_softmax + kl_div composite at V = 151,936.
 
@@ -60,6 +61,13 @@ def evaluate_vs_kernel(repeats):
           f"{fresh / kernel:.2f} (new outputs)")
 
 
+def triad_bytes_per_second(repeats):
+    """The machine's limit in this run: bytes/s of c = a + b over 3 x 16 MB float32 arrays
+    (torch.add, one thread), the rate a streaming kernel can reach."""
+    a, b, c = (torch.rand(1 << 22) for _ in range(3))
+    return 12 * a.numel() / least_seconds(lambda: torch.add(a, b, out=c), repeats)
+
+
 def verl_low_var_kl(lp, lr):
     x = torch.clamp(lr - lp, -20, 20)
     return torch.clamp(torch.exp(x) - x - 1, -10, 10)
@@ -87,11 +95,16 @@ def kl_loss_vs_torch(repeats):
         return run
 
     base = least_seconds(composite, repeats)
+    # The least kl_loss can move: read logp, ref (4 bytes each) and the mask (1), write value
+    # and coef (4 each); backward hands coef over without a pass. At the triad's rate:
+    floor = 17 * lp.numel() / triad_bytes_per_second(repeats)
     print("2. kl_loss forward + backward, 2^20 tokens float32 (256 x 4096), bool mask")
     row("   PyTorch autograd of verl low_var_kl (masked mean)", base, items=lp.numel())
     for spec in ("k3-as-loss,preset=verl", "k3-as-loss"):
         ours = least_seconds(klgrad_loss(klgrad.Spec(spec)), repeats)
         row(f"   klgrad.torch.kl_loss('{spec}')", ours, base, lp.numel())
+    row("   floor: 17 bytes per token at the triad's bytes/s (this run)", floor, base,
+        lp.numel())
 
 
 def logits_loss_vs_torch(repeats, rows):

@@ -466,12 +466,13 @@ void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
   }
 }
 
-/// The token-level path without weights or clamps (the common case: k in reward, k as
-/// loss, on-policy) in one pass: each packet of log-ratios becomes value and coefficient,
+/// The token-level path without weights (the common case: k in reward, k as loss,
+/// on-policy, with or without a clamp before the weight) in one pass: each packet of
+/// log-ratios becomes value and coefficient,
 ///   value = k_a(s),  coef = scale * valid * ([reward] k_a(s) + [loss] k_b'(s)),
-/// stored straight into the caller's arrays (combine() with weight 1, without the chunk
-/// buffers in between). Returns the summed value; adds the guarded tokens to `guarded` and
-/// the valid ones to `valid_tokens`.
+/// (each clamped where the policy acts on it) stored straight into the caller's arrays
+/// (combine() with weight 1, without the chunk buffers in between). Returns the summed
+/// value; adds the guarded tokens to `guarded` and the valid ones to `valid_tokens`.
 template <class Ea, class Eb, class T, class M>
 double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
                   chunk<T>& c, T scale, Index& guarded, Index& valid_tokens) {
@@ -479,6 +480,8 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   using P = packet<T>;
   // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
   constexpr bool mask_gradient = Eb::id == estimator::k1;
+  const bool clamped = p.clamp_a || p.clamp_b;
+  const packet_bounds<T> bounds(p.s->clamp);
   // The coefficient from value and derivative, chosen once per sequence. One part: the
   // scale times that part. Both parts: the scale multiplies their sum, since scale * v and
   // scale * g may overflow with opposite signs where the sum does not (k3-both, beta = 1e30).
@@ -492,7 +495,12 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
       const auto checks =
           log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto whole) {
             P v, g;
-            value_and_gradient<Ea, Eb>(s, v, g);
+            if (clamped) {
+              P inside;
+              clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
+            } else {
+              value_and_gradient<Ea, Eb>(s, v, g);
+            }
             P out = coefficient(v, g);
             if constexpr (mask_gradient) out = pand(out, valid);
             if constexpr (decltype(whole)::value) {
@@ -550,7 +558,8 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
                     chunk<T>& c, summary& out) {
   const spec& s = *p.s;
   const importance& is = s.importance;
-  if (s.level == level::token && !is.active() && !p.clamp_a && !p.clamp_b &&
+  const bool clamp_after_weight = s.clamp.after_weight && (p.clamp_a || p.clamp_b);
+  if (s.level == level::token && !is.active() && !clamp_after_weight &&
       !uses_sequence_count(s.aggregation)) {
     // The common case in one pass that also counts the valid tokens, so that the mask is
     // read once (an empty sequence gets zeros: masked tokens have s = 0 and coefficient 0).

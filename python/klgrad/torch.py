@@ -38,23 +38,44 @@ def global_counts(logp, *, mask=None, offsets=None, process_group=None):
     return tokens, sequences
 
 
-class _KLLoss(torch.autograd.Function):
-    """loss = klgrad's batch loss; d loss / d logp = coef (saved by the one kernel call)."""
+class _KernelLoss(torch.autograd.Function):
+    """loss = one kernel call's loss; d loss / d input = the gradient that same call wrote.
 
-    @staticmethod
-    def forward(ctx, logp, spec, ref, behavior, mask, offsets, tokens, sequences):
-        r = klgrad.evaluate(spec, logp.detach(), ref, behavior=behavior, mask=mask,
-                            offsets=offsets, tokens=tokens, sequences=sequences)
-        ctx.save_for_backward(r.coef)
-        ctx.mark_non_differentiable(r.value)
-        return torch.tensor(r.loss, dtype=logp.dtype), r.value
+    The gradient is handed to backward without a copy: the first backward takes it from ctx
+    (scaled in place when grad_output is not 1), so no pass over it and no new tensor. A
+    second backward through a retained graph (retain_graph=True) finds it taken and runs the
+    kernel again on the saved inputs. Subclasses define kernel(*args) -> (loss, value, grad).
+    """
+
+    @classmethod
+    def forward(cls, ctx, x, *args):
+        loss, value, grad = cls.kernel(x.detach(), *args)
+        ctx.gradient = grad
+        ctx.save_for_backward(x)  # for a second backward only (version-checked, no copy)
+        ctx.kernel, ctx.args = cls.kernel, args
+        ctx.mark_non_differentiable(value)
+        return torch.tensor(loss, dtype=x.dtype), value
 
     @staticmethod
     def backward(ctx, grad_loss, grad_value):
-        (coef,) = ctx.saved_tensors
-        # ref and behavior are data: nothing flows into them (the weight's derivative for
-        # is=differentiable is already in coef).
-        return grad_loss * coef, None, None, None, None, None, None, None
+        grad, ctx.gradient = ctx.gradient, None
+        if grad is None:
+            (x,) = ctx.saved_tensors
+            grad = ctx.kernel(x.detach(), *ctx.args)[2]
+        scale = float(grad_loss)
+        if scale != 1.0:
+            grad.mul_(scale)
+        # Everything but x is data: nothing flows into ref, behavior, ref_logits (for
+        # is=differentiable the weight's derivative is already in the coefficient).
+        return (grad,) + (None,) * len(ctx.args)
+
+
+class _KLLoss(_KernelLoss):
+    @staticmethod
+    def kernel(logp, spec, ref, behavior, mask, offsets, tokens, sequences):
+        r = klgrad.evaluate(spec, logp, ref, behavior=behavior, mask=mask, offsets=offsets,
+                            tokens=tokens, sequences=sequences)
+        return r.loss, r.value, r.coef
 
 
 def _detached(x):
@@ -88,22 +109,12 @@ def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None):
     return r.value * spec.beta
 
 
-class _LogitsLoss(torch.autograd.Function):
-    """loss = the mean divergence over valid rows; d loss / d logits = the kernel's exact
-    gradient (saved by the one kernel call)."""
-
+class _LogitsLoss(_KernelLoss):
     @staticmethod
-    def forward(ctx, logits, ref_logits, divergence, mask, temperature, lam, top_k):
-        r = klgrad.logits_divergence(logits.detach(), ref_logits, divergence=divergence,
-                                     lam=lam, top_k=top_k, temperature=temperature, mask=mask)
-        ctx.save_for_backward(r.grad)
-        ctx.mark_non_differentiable(r.value)
-        return torch.tensor(r.loss, dtype=logits.dtype), r.value
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_value):
-        (grad,) = ctx.saved_tensors
-        return grad_loss * grad, None, None, None, None, None, None
+    def kernel(logits, ref_logits, divergence, mask, temperature, lam, top_k):
+        r = klgrad.logits_divergence(logits, ref_logits, divergence=divergence, lam=lam,
+                                     top_k=top_k, temperature=temperature, mask=mask)
+        return r.loss, r.value, r.grad
 
 
 def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, temperature=1.0,
