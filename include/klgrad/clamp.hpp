@@ -62,6 +62,16 @@ struct clamp_policy {
 
 inline constexpr unsigned estimator_bit(estimator e) { return 1u << unsigned(e); }
 
+/// Whether the policy acts on estimator type E: a shipped estimator by its bit, one of your
+/// own (no runtime id) when the policy acts on every estimator (the default set).
+template <class E>
+bool clamps(const clamp_policy& c) {
+  if constexpr (has_runtime_id<E>::value)
+    return c.applies_to(E::id);
+  else
+    return c.estimators == clamp_policy::all_estimators_mask;
+}
+
 namespace detail {
 
 /// Why a policy's bands cannot serve (a band that excludes 0); empty when they can. Every
@@ -94,7 +104,7 @@ struct clamped_estimate {
 /// the policy clamps before the weight). E's derivative is taken at the clamped s.
 template <class E, class T>
 clamped_estimate<T> clamp_estimate(const clamp_policy& c, T s) {
-  if (!c.applies_to(E::id)) return {E::value(s), E::derivative(s), true};
+  if (!clamps<E>(c)) return {E::value(s), E::derivative(s), true};
   const T lo = T(c.log_lo), hi = T(c.log_hi);
   const bool inside = lo <= s && s <= hi;
   const T sc = s < lo ? lo : (s > hi ? hi : s);

@@ -26,11 +26,13 @@ inline constexpr std::string_view to_string(estimator e) {
   return "?";
 }
 
-namespace detail {
-/// The scalar overloads take floating-point numbers only, so that Eigen arrays pick the
-/// array overloads.
+/// T for a floating-point T, no overload otherwise: an estimator's scalar value(T) and
+/// derivative(T) return it, so that Eigen arrays pick the array forms of estimator_base.
 template <class T>
 using scalar_only = std::enable_if_t<std::is_floating_point_v<T>, T>;
+
+namespace detail {
+using klgrad::scalar_only;
 
 /// Largest argument given to exp anywhere in the library: exp of it times another such
 /// factor stays below the largest finite T (float: 43.36, double: 353.9).
@@ -91,6 +93,7 @@ struct estimator_base {
 /// k1(s) = s: unbiased for KL(pi||ref) on-policy, can be negative.
 struct k1 : estimator_base<k1> {
   static constexpr estimator id = estimator::k1;
+  static constexpr bool derivative_zero_at_zero = false;  // k1'(0) = 1
   template <class T> static detail::scalar_only<T> value(T s) { return s; }
   template <class T> static detail::scalar_only<T> derivative(T) { return T(1); }
   using estimator_base<k1>::value;
@@ -107,6 +110,7 @@ struct k1 : estimator_base<k1> {
 /// k2(s) = s^2 / 2: biased (equal to KL to second order), >= 0; k2'(s) = s.
 struct k2 : estimator_base<k2> {
   static constexpr estimator id = estimator::k2;
+  static constexpr bool derivative_zero_at_zero = true;
   template <class T> static detail::scalar_only<T> value(T s) { return s * s * T(0.5); }
   template <class T> static detail::scalar_only<T> derivative(T s) { return s; }
   using estimator_base<k2>::value;
@@ -239,6 +243,7 @@ void k3_packet(const P& s, P& value, P& derivative) {
 /// below, so that it keeps full relative precision as s -> 0 (never exp(-s) - 1 + s).
 struct k3 : estimator_base<k3> {
   static constexpr estimator id = estimator::k3;
+  static constexpr bool derivative_zero_at_zero = true;
   template <class T> static detail::scalar_only<T> value(T s) {
     return std::abs(s) < T(detail::k3_series_radius) ? detail::k3_series<T>(s)
                                                       : std::expm1(-s) + s;
@@ -268,6 +273,7 @@ struct k3 : estimator_base<k3> {
 /// abs(s) = |s|; derivative sign(s), 0 at s = 0 (as autograd gives).
 struct abs : estimator_base<abs> {
   static constexpr estimator id = estimator::abs;
+  static constexpr bool derivative_zero_at_zero = true;
   template <class T> static detail::scalar_only<T> value(T s) { return std::abs(s); }
   template <class T> static detail::scalar_only<T> derivative(T s) { return T((s > T(0)) - (s < T(0))); }
   using estimator_base<abs>::value;
@@ -282,6 +288,88 @@ struct abs : estimator_base<abs> {
   template <class T> static T lowest_safe() { return -detail::polynomial_bound<T>(); }
   template <class T> static T highest_safe() { return detail::polynomial_bound<T>(); }
 };
+
+/// The estimator concept. A type E is an estimator of the log-ratio s = log pi - log ref when
+/// it has, for T = float and double and P = Eigen's packet of T:
+///   * E::value(T s) and E::derivative(T s): k(s) and k'(s) as scalars;
+///   * E::packet_value(P), E::packet_derivative(P) and E::packet_both(P, P&, P&): the same on
+///     packets (the fused kernel's forms; estimator_base<E> gives packet_both and the Eigen
+///     array forms E::value(array), E::derivative(array));
+///   * E::lowest_safe<T>() and E::highest_safe<T>(): the range of s on which value and
+///     derivative stay finite with room for a weight (the kernel's guard keeps s inside);
+///   * static constexpr bool derivative_zero_at_zero: whether k'(0) = 0.
+/// And it must meet, which no type check can see: k(0) = 0 (pi = ref costs nothing), and
+/// k'(0) = 0 exactly when derivative_zero_at_zero says so (the kernel then skips masking the
+/// gradient of masked tokens, whose s is 0).
+template <class E, class = void>
+struct has_scalar_forms : std::false_type {};
+template <class E>
+struct has_scalar_forms<
+    E, std::void_t<decltype(float{E::value(0.0f)}), decltype(float{E::derivative(0.0f)}),
+                   decltype(double{E::value(0.0)}), decltype(double{E::derivative(0.0)})>>
+    : std::true_type {};
+
+namespace detail {
+/// The packet of T on this build (the kernel's vector type).
+template <class T>
+using packet_of = typename Eigen::internal::packet_traits<T>::type;
+
+template <class E, class T>
+using packet_forms = decltype(E::packet_value(std::declval<packet_of<T>>()),
+                              E::packet_derivative(std::declval<packet_of<T>>()),
+                              E::packet_both(std::declval<const packet_of<T>&>(),
+                                             std::declval<packet_of<T>&>(),
+                                             std::declval<packet_of<T>&>()));
+}  // namespace detail
+
+template <class E, class = void>
+struct has_packet_forms : std::false_type {};
+template <class E>
+struct has_packet_forms<
+    E, std::void_t<detail::packet_forms<E, float>, detail::packet_forms<E, double>>>
+    : std::true_type {};
+
+template <class E, class = void>
+struct has_safe_range : std::false_type {};
+template <class E>
+struct has_safe_range<E, std::void_t<decltype(float{E::template lowest_safe<float>()}),
+                                     decltype(float{E::template highest_safe<float>()}),
+                                     decltype(double{E::template lowest_safe<double>()}),
+                                     decltype(double{E::template highest_safe<double>()})>>
+    : std::true_type {};
+
+template <class E, class = void>
+struct has_runtime_id : std::false_type {};
+template <class E>
+struct has_runtime_id<E, std::void_t<decltype(estimator{E::id})>> : std::true_type {};
+
+template <class E, class = void>
+struct has_zero_traits : std::false_type {};
+template <class E>
+struct has_zero_traits<E, std::void_t<decltype(bool{E::derivative_zero_at_zero})>>
+    : std::true_type {};
+
+template <class E>
+inline constexpr bool is_estimator_v = has_scalar_forms<E>::value &&
+                                       has_packet_forms<E>::value &&
+                                       has_safe_range<E>::value && has_zero_traits<E>::value;
+
+/// Fails to compile, naming the missing part, unless E is an estimator.
+template <class E>
+constexpr bool require_estimator() {
+  static_assert(has_scalar_forms<E>::value,
+                "klgrad: an estimator needs static value(T s) and derivative(T s) for float "
+                "and double");
+  static_assert(has_packet_forms<E>::value,
+                "klgrad: an estimator needs static packet_value(P) and packet_derivative(P) for "
+                "Eigen packets P (derive from klgrad::estimator_base<E> for packet_both)");
+  static_assert(has_safe_range<E>::value,
+                "klgrad: an estimator needs static lowest_safe<T>() and highest_safe<T>(), "
+                "the range of s where it stays finite");
+  static_assert(has_zero_traits<E>::value,
+                "klgrad: an estimator needs static constexpr bool derivative_zero_at_zero");
+  return true;
+}
 
 /// Calls f(Tag{}) with the tag type of a runtime estimator: the one place where a runtime
 /// estimator becomes a compile-time one.

@@ -479,7 +479,7 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   using namespace Eigen::internal;
   using P = packet<T>;
   // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
-  constexpr bool mask_gradient = Eb::id == estimator::k1;
+  constexpr bool mask_gradient = !Eb::derivative_zero_at_zero;
   const bool clamped = p.clamp_a || p.clamp_b;
   const packet_bounds<T> bounds(p.s->clamp);
   // The coefficient from value and derivative, chosen once per sequence. One part: the
@@ -761,6 +761,7 @@ strided_rows<T> output_view(const packed_batch<T, M, O>& b, const Eigen::DenseBa
 template <class Ea, class Eb, class Batch, class T>
 summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
             const strided_rows<T>& coef, const options& opt) {
+  static_assert(require_estimator<Ea>() && require_estimator<Eb>());
   plan<T> p;
   p.s = &s;
   p.nonfinite = opt.nonfinite;
@@ -769,8 +770,8 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   // guard (before the clamp) cannot keep s finite inside a band that excludes 0.
   const std::string band = clamp_band_problem(cp);
   if (!band.empty()) raise<spec_error>(cat("spec '", to_string(s), "': ", band));
-  p.clamp_a = cp.active() && cp.applies_to(Ea::id);
-  p.clamp_b = cp.active() && cp.applies_to(Eb::id);
+  p.clamp_a = cp.active() && clamps<Ea>(cp);
+  p.clamp_b = cp.active() && clamps<Eb>(cp);
   // The guard keeps s where each estimator in use stays finite. An estimator whose clamp
   // bounds s inside that range is evaluated at the clamped s and needs no guard of its
   // own (verl's k3+ at s = -100 keeps the k2 gradient -100, as verl does).
@@ -880,6 +881,22 @@ summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& v
                 "klgrad: value and coef must have the batch's scalar type");
   return detail::dispatch(s, batch, detail::output_view(batch, value, "value"),
                           detail::output_view(batch, coef, "coef"), opt);
+}
+
+/// evaluate() with estimator types of your own (the estimator concept, estimators.hpp): Ev
+/// gives the value (and the in-reward penalty), Eg the derivative the as-loss part
+/// back-propagates. The spec gives everything else (placement, weights, clamps, level,
+/// aggregation, beta); its estimator names are not used. The runtime path runs the same
+/// kernel, with the shipped estimators' types.
+template <class Ev, class Eg = Ev, class Batch, class V, class C>
+summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& value,
+                 const Eigen::DenseBase<C>& coef, const options& opt = {}) {
+  static_assert(require_estimator<Ev>() && require_estimator<Eg>());
+  using T = typename Batch::scalar;
+  static_assert(std::is_same_v<typename V::Scalar, T> && std::is_same_v<typename C::Scalar, T>,
+                "klgrad: value and coef must have the batch's scalar type");
+  return detail::run<Ev, Eg>(s, batch, detail::output_view(batch, value, "value"),
+                             detail::output_view(batch, coef, "coef"), opt);
 }
 
 }  // namespace klgrad

@@ -425,16 +425,16 @@ inline verdict explain(const spec& s) {
   v.on_policy_sequence = detail::cell(s, false, false);
   v.off_policy_token = detail::cell(s, true, true);
   v.off_policy_sequence = detail::cell(s, false, true);
-  auto both = [](const follows& one, const follows& seq) {
+  auto on_both_levels = [](const follows& one, const follows& seq) {
     if (one.name == seq.name) return detail::phrase(one) + " on one state and over sequences";
     const bool short_form = one.kind == follows::exact && seq.kind == follows::exact;
     return detail::phrase(one) + " on one state and " +
            (short_form ? seq.name : detail::phrase(seq)) + " over sequences";
   };
-  std::string off = both(v.off_policy_token, v.off_policy_sequence);
+  std::string off = on_both_levels(v.off_policy_token, v.off_policy_sequence);
   if (v.off_policy_token.kind == follows::biased && v.off_policy_sequence.kind == follows::biased)
     off = "is biased (" + v.off_policy_token.sentence.substr(v.off_policy_token.sentence.find(": ") + 2) + ")";
-  v.sentence = v.spec + ": on-policy " + both(v.on_policy_token, v.on_policy_sequence) +
+  v.sentence = v.spec + ": on-policy " + on_both_levels(v.on_policy_token, v.on_policy_sequence) +
                "; from mu " + off + ".";
   if (s.clamp.active())
     v.sentence += " The clamp changes coefficients where it binds (there it passes no or a "

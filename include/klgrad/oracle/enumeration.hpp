@@ -74,7 +74,9 @@ struct sample_results {
 /// Feeds the sequences to klgrad::evaluate as one padded batch (lp from pi, lr from ref, lb
 /// from mu when `behavior` is given, else lb = lp: on-policy weights are 1) with
 /// per_sample_spec(s), and maps each token's coefficient through its score e_y - pi_row.
-inline sample_results per_sample(const spec& s, const tabular& pi, const tabular& ref,
+/// Estimators: none (the spec's) or the types <Ev, Eg> of typed evaluate().
+template <class... Estimators>
+sample_results per_sample(const spec& s, const tabular& pi, const tabular& ref,
                                  const tabular* behavior, const sequences& y) {
   detail::require_same_shape(pi, ref, "ref");
   if (behavior) detail::require_same_shape(pi, *behavior, "behavior");
@@ -85,8 +87,8 @@ inline sample_results per_sample(const spec& s, const tabular& pi, const tabular
   sample_results out;
   out.value.resize(y.rows(), y.cols());
   out.coefficient.resize(y.rows(), y.cols());
-  klgrad::evaluate(per_sample_spec(s), klgrad::padded(lp, lr).with_behavior(lb), out.value,
-                   out.coefficient);
+  klgrad::evaluate<Estimators...>(per_sample_spec(s), klgrad::padded(lp, lr).with_behavior(lb),
+                                  out.value, out.coefficient);
   out.total_value = out.value.rowwise().sum();
   out.log_weight = lb.rowwise().sum();
   const matrix pr = lp_rows.array().exp().matrix();
@@ -155,11 +157,14 @@ struct exact_expectation {
 /// Exact expectation of the spec's per-sample gradient and summed value, each outcome
 /// weighted by its probability under pi (behavior == nullptr, on-policy) or under mu.
 /// Raises input_error (too_large) when that needs more than max_bytes (enumeration_bytes).
-inline exact_expectation enumerate(const spec& s, const tabular& pi, const tabular& ref,
+/// enumerate<Ev, Eg>(...) takes estimator types of your own, as typed evaluate() does.
+template <class... Estimators>
+exact_expectation enumerate(const spec& s, const tabular& pi, const tabular& ref,
                                    const tabular* behavior = nullptr,
                                    double max_bytes = default_max_bytes) {
   require_memory("enumerate", enumeration_bytes(pi.vocab, pi.steps), max_bytes);
-  const sample_results r = per_sample(s, pi, ref, behavior, all_sequences(pi.vocab, pi.steps));
+  const sample_results r =
+      per_sample<Estimators...>(s, pi, ref, behavior, all_sequences(pi.vocab, pi.steps));
   const vector q = r.log_weight.array().exp().matrix();
   exact_expectation out;
   out.value = q.dot(r.total_value);

@@ -52,8 +52,10 @@ struct mc_estimate {
 
 /// Estimates E[per-sample gradient] (and E[sum_t value_t]) of the spec from n sequences
 /// drawn from pi, or from mu when `behavior` is given, in batches of at most `batch`
-/// sequences, each evaluated by klgrad::evaluate exactly as in enumerate().
-inline mc_estimate monte_carlo(const spec& s, const tabular& pi, const tabular& ref,
+/// sequences, each evaluated by klgrad::evaluate exactly as in enumerate() (and, as there,
+/// monte_carlo<Ev, Eg>(...) takes estimator types of your own).
+template <class... Estimators>
+mc_estimate monte_carlo(const spec& s, const tabular& pi, const tabular& ref,
                                const tabular* behavior, Index n, std::uint64_t seed,
                                Index batch = 4096, double max_bytes = default_max_bytes) {
   if (n < 2) klgrad::detail::raise<input_error>(klgrad::detail::cat("monte_carlo needs at least 2 samples, got ", n));
@@ -70,7 +72,7 @@ inline mc_estimate monte_carlo(const spec& s, const tabular& pi, const tabular& 
   Index count = 0;
   for (Index done = 0; done < n; done += batch) {
     const Index k = std::min(batch, n - done);
-    const sample_results r = per_sample(s, pi, ref, behavior, draw.draw(source, k));
+    const sample_results r = per_sample<Estimators...>(s, pi, ref, behavior, draw.draw(source, k));
     const vector bm = r.gradient.colwise().mean().transpose();
     const vector bm2 = (r.gradient.rowwise() - bm.transpose()).colwise().squaredNorm().transpose();
     const double bv = r.total_value.mean();

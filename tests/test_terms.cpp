@@ -1,0 +1,134 @@
+// Tests of the estimator concept (is_estimator_v, require_estimator, the zero traits) and of
+// the term types in_reward<E>, as_loss<E>, both<E>, as_loss<Ev, Eg> (placement.hpp):
+// coefficients against closed forms in long double, array forms against scalar forms, and
+// against the runtime kernel (evaluate with agg=token-sum, beta=1, whose coef is the term's
+// coefficient itself).
+#include <klgrad/klgrad.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+using namespace klgrad;
+
+namespace {
+
+struct missing_zero_trait : estimator_base<missing_zero_trait> {
+  template <class T> static detail::scalar_only<T> value(T s) { return s; }
+  template <class T> static detail::scalar_only<T> derivative(T) { return T(1); }
+  using estimator_base<missing_zero_trait>::value;
+  using estimator_base<missing_zero_trait>::derivative;
+  template <class P> static P packet_value(const P& s) { return s; }
+  template <class P> static P packet_derivative(const P& s) { return s; }
+  template <class T> static T lowest_safe() { return T(-1); }
+  template <class T> static T highest_safe() { return T(1); }
+};
+
+constexpr double grid[] = {-30, -5, -1, -1e-3, 0, 1e-3, 0.5, 3, 20};
+
+}  // namespace
+
+static_assert(is_estimator_v<k1> && is_estimator_v<k2> && is_estimator_v<k3> &&
+              is_estimator_v<klgrad::abs>);
+static_assert(!is_estimator_v<int> && !is_estimator_v<spec>);
+static_assert(!is_estimator_v<missing_zero_trait> && has_scalar_forms<missing_zero_trait>::value &&
+              has_packet_forms<missing_zero_trait>::value && !has_zero_traits<missing_zero_trait>::value);
+static_assert(std::is_same_v<as_loss<k3>, kl_term<placement::as_loss, k3, k3>>);
+
+TEMPLATE_TEST_CASE("estimator concept: k(0) = 0, and k'(0) = 0 exactly as the trait says",
+                   "[terms]", float, double) {
+  using T = TestType;
+  auto check = [](auto tag) {
+    using E = decltype(tag);
+    INFO(to_string(E::id));
+    CHECK(E::value(T(0)) == T(0));
+    CHECK((E::derivative(T(0)) == T(0)) == E::derivative_zero_at_zero);
+  };
+  check(k1{});
+  check(k2{});
+  check(k3{});
+  check(klgrad::abs{});
+}
+
+TEMPLATE_TEST_CASE("terms: coefficients against closed forms in long double", "[terms]", float,
+                   double) {
+  using T = TestType;
+  const long double eps = std::numeric_limits<T>::epsilon();
+  for (double g : grid) {
+    const T s = T(g);
+    const long double x = s;
+    const long double k3v = std::expm1(-x) + x;  // e^-s - 1 + s
+    const long double k3d = -std::expm1(-x);     // 1 - e^-s
+    // relative: a few roundings of T (the closed forms are evaluated in long double)
+    auto close = [&](T got, long double want) {
+      return std::abs((long double)got - want) <= 8 * eps * std::abs(want);
+    };
+    INFO("s = " << s);
+    CHECK(close(in_reward<k3>::value(s), k3v));
+    CHECK(close(in_reward<k3>::coefficient(s), k3v));
+    CHECK(close(as_loss<k3>::value(s), k3v));
+    CHECK(close(as_loss<k3>::coefficient(s), k3d));
+    // k3 + k3' = s exactly in real numbers (docs/theory.md, table 3); in T the sum of the
+    // two rounded parts, which cancel where s is very negative
+    CHECK(std::abs((long double)both<k3>::coefficient(s) - x) <=
+          8 * eps * (std::abs(k3v) + std::abs(k3d)));
+    // verl's k3+: the value of k3, the gradient of k2 (= s)
+    CHECK(close(as_loss<k3, k2>::value(s), k3v));
+    CHECK(as_loss<k3, k2>::coefficient(s) == s);
+    CHECK(in_reward<k1>::coefficient(s) == s);
+    CHECK(as_loss<k1>::coefficient(s) == T(1));
+    CHECK(as_loss<k2>::coefficient(s) == s);
+    CHECK(std::abs((long double)both<k2>::coefficient(s) - (x * x / 2 + x)) <=
+          4 * eps * (x * x / 2 + std::abs(x)));
+    CHECK(as_loss<klgrad::abs>::coefficient(s) == T((s > 0) - (s < 0)));
+  }
+}
+
+TEMPLATE_TEST_CASE("terms: the array forms equal the scalar forms", "[terms]", float, double) {
+  using T = TestType;
+  Eigen::Array<T, Eigen::Dynamic, 1> s(std::size(grid));
+  for (Index i = 0; i < s.size(); ++i) s[i] = T(grid[i]);
+  const Eigen::Array<T, Eigen::Dynamic, 1> value = both<k3, k2>::value(s);
+  const Eigen::Array<T, Eigen::Dynamic, 1> coef = both<k3, k2>::coefficient(s);
+  const T eps = std::numeric_limits<T>::epsilon();
+  for (Index i = 0; i < s.size(); ++i) {
+    INFO("s = " << s[i]);
+    // k3's array and scalar forms agree within 4 ulp (docs/api.md); the coefficient adds s
+    const T v = both<k3, k2>::value(s[i]), c = both<k3, k2>::coefficient(s[i]);
+    CHECK(std::abs(value[i] - v) <= 4 * eps * std::abs(v));
+    CHECK(std::abs(coef[i] - c) <= 4 * eps * (std::abs(v) + std::abs(s[i])));
+  }
+}
+
+TEMPLATE_TEST_CASE("terms: the runtime kernel's coef is the term type's coefficient",
+                   "[terms]", float, double) {
+  using T = TestType;
+  using A = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Index n = Index(std::size(grid));
+  A ref = A::Constant(1, n, T(-2)), logp(1, n), value(1, n), coef(1, n);
+  for (Index i = 0; i < n; ++i) logp(0, i) = ref(0, i) + T(grid[i]);
+  const T eps = std::numeric_limits<T>::epsilon();
+  auto check = [&](const char* text, auto term) {
+    using Term = decltype(term);
+    evaluate(parse_spec(text), padded(logp, ref), value, coef);
+    for (Index i = 0; i < n; ++i) {
+      const T s = logp(0, i) - ref(0, i);  // the kernel's log-ratio, rounded as it rounds
+      // the kernel's packet forms against the scalar forms: 4 ulp of each part
+      const T v = Term::value(s), c = Term::coefficient(s);
+      const T parts = std::abs(Term::value_estimator::value(s)) +
+                      std::abs(Term::gradient_estimator::derivative(s));
+      INFO(text << " at s = " << s);
+      CHECK(std::abs(value(0, i) - v) <= 4 * eps * std::abs(v));
+      CHECK(std::abs(coef(0, i) - c) <= 4 * eps * parts);
+    }
+  };
+  check("k1-in-reward,agg=token-sum", in_reward<k1>{});
+  check("k3-in-reward,agg=token-sum", in_reward<k3>{});
+  check("k2-as-loss,agg=token-sum", as_loss<k2>{});
+  check("k3-as-loss,agg=token-sum", as_loss<k3>{});
+  check("abs-as-loss,agg=token-sum", as_loss<klgrad::abs>{});
+  check("k3~k2-as-loss,agg=token-sum", as_loss<k3, k2>{});
+  check("k3-both,agg=token-sum", both<k3>{});
+  check("k1-both,agg=token-sum", both<k1>{});
+}
