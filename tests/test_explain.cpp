@@ -147,6 +147,9 @@ std::vector<std::string> grammar() {
         "k2-in-reward,level=to-go,gamma=0", "k1-in-reward,is=detached,level=to-go,gamma=0",
         "k2-as-loss,is=detached,is-clip=1", "k3-as-loss,is=differentiable,is-clip=1",
         "k2-as-loss,is=detached,is-clip=0.5", "k3-as-loss,is=differentiable,is-clip=0.5",
+        // a differentiable weight truncated on-policy passes no gradient to the reward part
+        "k1-in-reward,is=differentiable,is-clip=0.5", "k3-both,is=differentiable,is-clip=0.5",
+        "k2-in-reward,is=detached,is-clip=0.5",
         "k1-in-reward,is=detached,is-mask=0.5:2", "k2-as-loss,is=detached,is-mask=1.2:5",
         "k3~k2-as-loss", "k3~k2-as-loss,is=detached", "k1~k3-both", "k2~k1-in-reward",
         "k3~k2-both,level=sequence", "k1~k2-as-loss,is=differentiable,level=sequence",

@@ -8,6 +8,7 @@
 #include "errors.hpp"
 #include "estimators.hpp"
 #include "importance.hpp"
+#include "score_function.hpp"
 #include "spec.hpp"
 
 #include <Eigen/Core>
@@ -418,30 +419,15 @@ void store_scaled(T* coef, Index n, const X& x, T scale, bool sums) {
   if (sums || scale > T(1)) saturate(coef, n);
 }
 
-/// Writes coef = scale * valid * C where, with R the in-reward penalty at the level and A,
-/// D the as-loss term's value and derivative at the level,
-///   none:           C = [reward] R + [loss] D
-///   detached:       C = used ([reward] R + [loss] D)
-///   differentiable: C = grad ([reward] R + [loss] A) + [loss] used D
-/// R, A, D are arrays over the chunk or scalars broadcast over it.
+/// Writes coef = scale * valid * C, C the spec's score_function() of R, the in-reward
+/// penalty at the level, and A, D, the as-loss term's value and derivative at the level
+/// (arrays over the chunk or constants broadcast over it), with the chunk's weights.
 template <class T, class R, class A, class D>
 void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, T scale,
              T* coef) {
-  auto valid = c.m(c.valid);
-  const T in = p.reward, ls = p.loss;
   const bool sums = p.s->level != level::token;
-  switch (p.s->importance.mode) {
-    case weighting::none:
-      store_scaled(coef, c.n, valid * (in * r + ls * d), scale, sums);
-      break;
-    case weighting::detached:
-      store_scaled(coef, c.n, valid * c.m(c.used) * (in * r + ls * d), scale, sums);
-      break;
-    case weighting::differentiable:
-      store_scaled(coef, c.n, valid * (c.m(c.grad) * (in * r + ls * a) + ls * c.m(c.used) * d),
-                   scale, sums);
-      break;
-  }
+  score_function(p.s->term.where, p.s->importance.mode, r, a, d, c.m(c.used), c.m(c.grad),
+                 [&](const auto& x) { store_scaled(coef, c.n, c.m(c.valid) * x, scale, sums); });
 }
 
 /// combine() for weights whose gradient reaches other tokens (prefix, sequence-mean):

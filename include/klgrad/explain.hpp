@@ -6,6 +6,7 @@
 #include "importance.hpp"
 #include "level.hpp"
 #include "placement.hpp"
+#include "score_function.hpp"
 #include "spec.hpp"
 
 #include <algorithm>
@@ -270,41 +271,31 @@ inline follows finish(const expectation& e, bool one_state, bool mu_states) {
 }
 
 /// The coefficient of a spec as weights on its parts: c = aR R + aA A + aD D, with R the
-/// in-reward penalty, A the as-loss value and D its derivative at the spec's level.
-struct parts {
-  double reward = 0, loss_value = 0, loss_derivative = 0;
-  bool zero = false;  ///< every token dropped
+/// in-reward penalty, A the as-loss value and D its derivative at the spec's level
+/// (score_function_weights), and whether every token is dropped.
+struct parts : score_weights {
+  bool zero = false;
 };
 
 /// The parts on-policy (w = 1 exactly): a truncation below 1 makes the weight the constant
-/// C; a band that excludes 1 drops every token.
+/// C, which passes no gradient (a differentiable weight then gives the in-reward part
+/// nothing); a band that excludes 1 drops every token.
 inline parts on_policy_parts(const spec& s) {
   const importance& is = s.importance;
-  double used = 1;
-  bool differentiable = is.mode == weighting::differentiable;
+  const bool truncated = is.active() && is.truncated() && is.clip < 1.0;
+  const double used = truncated ? is.clip : 1.0;
   parts p;
-  if (is.active() && is.masked() && !(is.mask_lo <= 1.0 && 1.0 <= is.mask_hi)) p.zero = true;
-  if (is.active() && is.truncated() && is.clip < 1.0) {
-    used = is.clip;
-    differentiable = false;
-  }
-  const double in = has_reward_part(s.term.where) ? 1 : 0;
-  const double ls = has_loss_part(s.term.where) ? 1 : 0;
-  p.reward = in * used;
-  p.loss_value = differentiable ? ls * used : 0;
-  p.loss_derivative = ls * used;
+  static_cast<score_weights&>(p) =
+      score_function_weights(s.term.where, is.mode, used, truncated ? 0.0 : used);
+  p.zero = is.active() && is.masked() && !(is.mask_lo <= 1.0 && 1.0 <= is.mask_hi);
   return p;
 }
 
 /// The parts off-policy with an exact (untruncated, unmasked) weight: E_mu[w f] = E_pi[f]
-/// per state.
+/// per state, so the weight counts as 1 with derivative 1.
 inline parts off_policy_parts(const spec& s) {
   parts p;
-  const double in = has_reward_part(s.term.where) ? 1 : 0;
-  const double ls = has_loss_part(s.term.where) ? 1 : 0;
-  p.reward = in;
-  p.loss_value = s.importance.mode == weighting::differentiable ? ls : 0;
-  p.loss_derivative = ls;
+  static_cast<score_weights&>(p) = score_function_weights(s.term.where, s.importance.mode, 1, 1);
   return p;
 }
 

@@ -1,0 +1,69 @@
+// The adapter: any loss form of a KL term, with its importance weighting, as the one
+// per-token coefficient on grad log pi that it back-propagates. The kernel, explain and the
+// tests' reference implementation all take the mapping from here.
+#pragma once
+
+#include "importance.hpp"
+#include "placement.hpp"
+
+namespace klgrad {
+
+/// The coefficient C on grad log pi of a token's surrogate loss (weighting's doc, importance.hpp)
+///   none:           L = [reward] sg(R) lp + [loss] A               C = [reward] R + [loss] D
+///   detached:       L = sg(u) ([reward] sg(R) lp + [loss] A)       C = u ([reward] R + [loss] D)
+///   differentiable: L = u ([reward] sg(R) + [loss] A)              C = g ([reward] R + [loss] A)
+///                                                                      + [loss] u D
+/// with R the in-reward penalty, A the as-loss term's value and D its derivative (at the
+/// token's level), u the weight the token uses (after is-clip and is-mask) and g = du/dlp
+/// (u itself for an exact token weight, 0 where is-clip or is-mask is active; the weight's
+/// other derivatives, to earlier tokens, are the level passes' business).
+///
+/// Each argument is a scalar or an Eigen array expression; the result goes to emit(C), so
+/// that every weighting can build its own expression type. C is linear in (R, A, D): with
+/// unit R, A, D it gives the weights of the three parts (explain's use).
+template <class R, class A, class D, class U, class G, class Emit>
+void score_function(placement where, weighting mode, const R& reward, const A& loss_value,
+                    const D& loss_derivative, const U& used, const G& used_gradient,
+                    Emit&& emit) {
+  // The parts a placement lacks are left out, not multiplied by 0 (0 * inf is NaN).
+  const bool in = has_reward_part(where), ls = has_loss_part(where);
+  switch (mode) {
+    case weighting::none:
+      if (in && ls) emit(reward + loss_derivative);
+      else if (in) emit(reward);
+      else emit(loss_derivative);
+      return;
+    case weighting::detached:
+      if (in && ls) emit(used * (reward + loss_derivative));
+      else if (in) emit(used * reward);
+      else emit(used * loss_derivative);
+      return;
+    case weighting::differentiable:
+      if (in && ls) emit(used_gradient * (reward + loss_value) + used * loss_derivative);
+      else if (in) emit(used_gradient * reward);
+      else emit(used_gradient * loss_value + used * loss_derivative);
+      return;
+  }
+}
+
+/// The weights of a coefficient on its parts: C = reward R + loss_value A + loss_derivative D.
+struct score_weights {
+  double reward = 0, loss_value = 0, loss_derivative = 0;
+};
+
+/// score_function's weights for a token whose weight u has derivative g.
+inline score_weights score_function_weights(placement where, weighting mode, double used,
+                                            double used_gradient) {
+  score_weights w;
+  auto at = [&](double r, double a, double d) {
+    double c = 0;
+    score_function(where, mode, r, a, d, used, used_gradient, [&](double x) { c = x; });
+    return c;
+  };
+  w.reward = at(1, 0, 0);
+  w.loss_value = at(0, 1, 0);
+  w.loss_derivative = at(0, 0, 1);
+  return w;
+}
+
+}  // namespace klgrad
