@@ -1,8 +1,9 @@
-// Tests of the estimator concept (is_estimator_v, require_estimator, the zero traits) and of
-// the term types in_reward<E>, as_loss<E>, both<E>, as_loss<Ev, Eg> (placement.hpp):
-// coefficients against closed forms in long double, array forms against scalar forms, and
-// against the runtime kernel (evaluate with agg=token-sum, beta=1, whose coef is the term's
-// coefficient itself).
+// Tests of the estimator concept (is_estimator_v, require_estimator, the zero traits), of
+// the term types in_reward<E>, as_loss<E>, both<E>, as_loss<Ev, Eg> (placement.hpp) and of
+// the adapter type score_function<Term, Weighting> (score_function.hpp): coefficients
+// against closed forms in long double, array forms against scalar forms, and against the
+// runtime kernel (evaluate with agg=token-sum, beta=1, whose coef is the term's coefficient
+// itself, times the weights).
 #include <klgrad/klgrad.hpp>
 
 #include <catch2/catch.hpp>
@@ -131,4 +132,54 @@ TEMPLATE_TEST_CASE("terms: the runtime kernel's coef is the term type's coeffici
   check("k3~k2-as-loss,agg=token-sum", as_loss<k3, k2>{});
   check("k3-both,agg=token-sum", both<k3>{});
   check("k1-both,agg=token-sum", both<k1>{});
+}
+
+TEMPLATE_TEST_CASE("score_function: the adapter type against closed forms and against the "
+                   "kernel's token weights", "[terms]", float, double) {
+  using T = TestType;
+  const T eps = std::numeric_limits<T>::epsilon();
+  // closed forms: u, g the weight and its derivative
+  const T s = T(0.3), u = T(1.7), g = T(1.7);
+  const T k3v = k3::value(s), k3d = k3::derivative(s);
+  CHECK(score_function<as_loss<k3>, weighting::none>::coefficient(s, u, g) == k3d);
+  CHECK(score_function<as_loss<k3>, weighting::detached>::coefficient(s, u, g) == u * k3d);
+  CHECK(std::abs(score_function<as_loss<k3>, weighting::differentiable>::coefficient(s, u, g) -
+                 (g * k3v + u * k3d)) <= 4 * eps * (g * k3v + u * k3d));
+  CHECK(score_function<in_reward<k1>, weighting::differentiable>::coefficient(s, u, T(0)) == 0);
+  CHECK(score_function<in_reward<k1>, weighting::detached>::coefficient(s, u, T(0)) == u * s);
+
+  // the kernel at token level: u = min(w, C), g = w where differentiable and not truncated
+  using A = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  A logp(1, 6), ref(1, 6), behavior(1, 6), value(1, 6), coef(1, 6);
+  logp << T(-1.2), T(-0.7), T(-2.1), T(-0.4), T(-3.0), T(-0.9);
+  ref << T(-1.0), T(-0.9), T(-1.8), T(-0.5), T(-2.0), T(-1.1);
+  behavior << T(-1.1), T(-0.5), T(-2.3), T(-0.4), T(-2.8), T(-1.0);
+  auto check = [&](const char* text, auto adapter, double clip) {
+    using F = decltype(adapter);
+    evaluate(parse_spec(text), padded(logp, ref).with_behavior(behavior), value, coef);
+    for (Index i = 0; i < 6; ++i) {
+      const T x = logp(0, i) - ref(0, i);
+      const T w = std::exp(logp(0, i) - behavior(0, i));
+      const bool truncated = w > T(clip);
+      const T used = truncated ? T(clip) : w;
+      const T grad = F::mode == weighting::differentiable && !truncated ? w : T(0);
+      const T want = F::coefficient(x, used, grad);
+      using Term = typename F::term;
+      const T parts = std::abs(Term::value_estimator::value(x)) * (used + grad) +
+                      std::abs(Term::gradient_estimator::derivative(x)) * used;
+      INFO(text << " at s = " << x << ", w = " << w);
+      CHECK(std::abs(coef(0, i) - want) <= 8 * eps * parts);
+    }
+  };
+  const double none = std::numeric_limits<double>::infinity();
+  check("k3-as-loss,is=detached,agg=token-sum", score_function<as_loss<k3>, weighting::detached>{},
+        none);
+  check("k3-as-loss,is=differentiable,agg=token-sum",
+        score_function<as_loss<k3>, weighting::differentiable>{}, none);
+  check("k1-in-reward,is=differentiable,is-clip=1.05,agg=token-sum",
+        score_function<in_reward<k1>, weighting::differentiable>{}, 1.05);
+  check("k2-both,is=differentiable,is-clip=1.05,agg=token-sum",
+        score_function<both<k2>, weighting::differentiable>{}, 1.05);
+  check("k3~k2-as-loss,is=detached,is-clip=1.05,agg=token-sum",
+        score_function<as_loss<k3, k2>, weighting::detached>{}, 1.05);
 }

@@ -419,15 +419,15 @@ void store_scaled(T* coef, Index n, const X& x, T scale, bool sums) {
   if (sums || scale > T(1)) saturate(coef, n);
 }
 
-/// Writes coef = scale * valid * C, C the spec's score_function() of R, the in-reward
-/// penalty at the level, and A, D, the as-loss term's value and derivative at the level
-/// (arrays over the chunk or constants broadcast over it), with the chunk's weights.
+/// Writes coef = scale * valid * C, C the spec's adapt() (score_function.hpp) of R, the
+/// in-reward penalty at the level, and A, D, the as-loss term's value and derivative at the
+/// level (arrays over the chunk or constants broadcast over it), with the chunk's weights.
 template <class T, class R, class A, class D>
 void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, T scale,
              T* coef) {
   const bool sums = p.s->level != level::token;
-  score_function(p.s->term.where, p.s->importance.mode, r, a, d, c.m(c.used), c.m(c.grad),
-                 [&](const auto& x) { store_scaled(coef, c.n, c.m(c.valid) * x, scale, sums); });
+  adapt(p.s->term.where, p.s->importance.mode, r, a, d, c.m(c.used), c.m(c.grad),
+        [&](const auto& x) { store_scaled(coef, c.n, c.m(c.valid) * x, scale, sums); });
 }
 
 /// combine() for weights whose gradient reaches other tokens (prefix, sequence-mean):

@@ -8,7 +8,8 @@
 
 namespace klgrad {
 
-/// The coefficient C on grad log pi of a token's surrogate loss (weighting's doc, importance.hpp)
+/// adapt(): the coefficient C on grad log pi of a token's surrogate loss (weighting's doc,
+/// importance.hpp)
 ///   none:           L = [reward] sg(R) lp + [loss] A               C = [reward] R + [loss] D
 ///   detached:       L = sg(u) ([reward] sg(R) lp + [loss] A)       C = u ([reward] R + [loss] D)
 ///   differentiable: L = u ([reward] sg(R) + [loss] A)              C = g ([reward] R + [loss] A)
@@ -22,7 +23,7 @@ namespace klgrad {
 /// that every weighting can build its own expression type. C is linear in (R, A, D): with
 /// unit R, A, D it gives the weights of the three parts (explain's use).
 template <class R, class A, class D, class U, class G, class Emit>
-void score_function(placement where, weighting mode, const R& reward, const A& loss_value,
+void adapt(placement where, weighting mode, const R& reward, const A& loss_value,
                     const D& loss_derivative, const U& used, const G& used_gradient,
                     Emit&& emit) {
   // The parts a placement lacks are left out, not multiplied by 0 (0 * inf is NaN).
@@ -51,13 +52,13 @@ struct score_weights {
   double reward = 0, loss_value = 0, loss_derivative = 0;
 };
 
-/// score_function's weights for a token whose weight u has derivative g.
+/// adapt()'s weights for a token whose weight u has derivative g.
 inline score_weights score_function_weights(placement where, weighting mode, double used,
                                             double used_gradient) {
   score_weights w;
   auto at = [&](double r, double a, double d) {
     double c = 0;
-    score_function(where, mode, r, a, d, used, used_gradient, [&](double x) { c = x; });
+    adapt(where, mode, r, a, d, used, used_gradient, [&](double x) { c = x; });
     return c;
   };
   w.reward = at(1, 0, 0);
@@ -65,5 +66,29 @@ inline score_weights score_function_weights(placement where, weighting mode, dou
   w.loss_derivative = at(0, 0, 1);
   return w;
 }
+
+/// The adapter as a type: a term (kl_term: in_reward<E>, as_loss<Ev, Eg>, both<Ev, Eg>) under
+/// a weighting, as the per-token coefficient on grad log pi, on scalars. For a token with
+/// log-ratio s and weight u (after is-clip and is-mask) whose derivative d u / d lp is g
+/// (u for an exact token weight, 0 where is-clip or is-mask is active):
+///   score_function<as_loss<k3>, weighting::differentiable>::coefficient(s, u, g)
+///     = g k3(s) + u k3'(s).
+/// R = A = Ev::value(s) and D = Eg::derivative(s) at token level; adapt() does the rest.
+template <class Term, weighting Mode>
+struct score_function {
+  using term = Term;
+  static constexpr weighting mode = Mode;
+
+  template <class T>
+  static T coefficient(T s, T used = T(1), T used_gradient = T(0)) {
+    using Ev = typename Term::value_estimator;
+    using Eg = typename Term::gradient_estimator;
+    T out = 0;
+    const T value = Ev::value(s);
+    adapt(Term::where, Mode, value, value, Eg::derivative(s), used, used_gradient,
+          [&](T c) { out = c; });
+    return out;
+  }
+};
 
 }  // namespace klgrad
