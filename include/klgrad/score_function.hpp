@@ -1,6 +1,7 @@
 // The adapter: any loss form of a KL term, with its importance weighting, as the one
 // per-token coefficient on grad log pi that it back-propagates. The kernel, explain and the
-// tests' reference implementation all take the mapping from here.
+// typed score_function take the mapping from here (the tests' reference implementation
+// keeps its own, to stay an independent check).
 #pragma once
 
 #include "importance.hpp"
@@ -24,8 +25,7 @@ namespace klgrad {
 /// unit R, A, D it gives the weights of the three parts (explain's use).
 template <class R, class A, class D, class U, class G, class Emit>
 void adapt(placement where, weighting mode, const R& reward, const A& loss_value,
-                    const D& loss_derivative, const U& used, const G& used_gradient,
-                    Emit&& emit) {
+           const D& loss_derivative, const U& used, const G& used_gradient, Emit&& emit) {
   // The parts a placement lacks are left out, not multiplied by 0 (0 * inf is NaN).
   const bool in = has_reward_part(where), ls = has_loss_part(where);
   switch (mode) {
