@@ -191,3 +191,37 @@ def test_backward_through_a_retained_graph(make_loss):
         x.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nemo_rl_detach_weight_with_the_on_policy_approximation_weight(dtype):
+    """NeMo-RL detaches its weight where its input clamp (|x| > 20) binds. With its default
+    weight exp(lp - sg(lp)) (value 1, gradient 1) the detach removes k3(x_c) ~ 4.9e8 from those
+    tokens' coefficient. Its default output clamp (+-10) zeroes them anyway (k3 >= 19 beyond
+    |x| = 20), so the detach shows with the output clamp off: the preset's clamp without
+    value:-10:10. The oracle is the trainer's formula under torch autograd; the same formula
+    without the detach must differ, or the test could not fail."""
+    x, ids, mask, policy, ref, _ = rollout(dtype)
+    with torch.no_grad():
+        ref = ref.clone()
+        ref[:, 1] -= 25.0  # log-ratios beyond the input clamp, both sides
+        ref[:, 3] += 25.0
+    twin = copy.deepcopy(policy)
+    spec = f"k3-as-loss,preset=nemo-rl,clamp=log-ratio:-20:20/detach-weight,agg=token-sum,beta={BETA}"
+    logp = policy(x, ids)
+    loss, _ = kt.kl_loss(spec, logp, ref, behavior=logp.detach(), mask=mask)
+    got = gradients(policy, loss)
+
+    def trainer(lp, detach):
+        xr = ref - lp
+        xc = torch.clamp(xr, -20, 20)
+        w = torch.exp(lp - lp.detach())
+        if detach:
+            w = torch.where(xr != xc, w.detach(), w)
+        return BETA * ((w * (torch.exp(xc) - 1 - xc)) * mask).sum()
+
+    expected = gradients(twin, trainer(twin(x, ids), True))
+    assert_gradients_close(got, expected, dtype)
+    without = gradients(twin, trainer(twin(x, ids), False))
+    scale = max(e.abs().max().item() for e in expected)
+    assert max((a - b).abs().max().item() for a, b in zip(without, expected)) > 1e3 * scale
