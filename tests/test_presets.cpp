@@ -241,11 +241,39 @@ TEST_CASE("presets: aggregation and weights each trainer applies by default", "[
     CHECK(s.aggregation_constants.seq_eps == 0.0);
     CHECK(s.aggregation_constants.scale == 1.0);
   }
-  // NeMo-RL's default weight needs the batch's behavior log-probs (its own detached lp).
-  rows<double> lp(1, 1), v(1, 1), c(1, 1);
-  lp << -1;
-  CHECK_THROWS_WITH(evaluate(parse_spec("k3-as-loss,preset=nemo-rl"), padded(lp, lp), v, c),
-                    Catch::Contains("preset=nemo-rl's default weight"));
+  // NeMo-RL's default weight exp(lp - sg(lp)) needs no behaviour log-probs: without them
+  // the batch's own logp is the behaviour, bit for bit the same as passing it (padded and
+  // packed, float and double), and k3's coefficient is then s (docs/presets.md).
+  rows<double> lp(2, 3), lr(2, 3), v(2, 3), c(2, 3), v2(2, 3), c2(2, 3);
+  lp << -1.0, -0.3, -2.5, -0.7, -1.9, -25.0;
+  lr << -1.2, -0.1, -2.0, -0.9, -1.0, -1.0;
+  for (const char* text : {"k3-as-loss,preset=nemo-rl,agg=token-sum",
+                           "k1-as-loss,preset=nemo-rl", "k2-as-loss,preset=nemo-rl,agg=seq-mean-token-mean"}) {
+    INFO(text);
+    const spec s = parse_spec(text);
+    const summary without = evaluate(s, padded(lp, lr), v, c);
+    const summary with = evaluate(s, padded(lp, lr).with_behavior(lp), v2, c2);
+    CHECK((v == v2).all());
+    CHECK((c == c2).all());
+    CHECK(without.loss == with.loss);
+    Eigen::ArrayXf flp(6), flr(6), fv(6), fc(6), fv2(6), fc2(6);
+    for (Index i = 0; i < 6; ++i) {
+      flp[i] = float(lp(i / 3, i % 3));
+      flr[i] = float(lr(i / 3, i % 3));
+    }
+    Eigen::Array<Index, 3, 1> offsets(0, 2, 6);
+    evaluate(s, packed(flp, flr, offsets), fv, fc);
+    evaluate(s, packed(flp, flr, offsets).with_behavior(flp), fv2, fc2);
+    CHECK((fv == fv2).all());
+    CHECK((fc == fc2).all());
+  }
+  evaluate(parse_spec("k3-as-loss,preset=nemo-rl,agg=token-sum"), padded(lp, lr), v, c);
+  for (Index t = 0; t < 2; ++t)  // s inside both clamps: c = w k3 + w k3' = s
+    CHECK(c(0, t) == Approx(lp(0, t) - lr(0, t)).epsilon(1e-14));
+  CHECK(c(1, 2) == 0.0);  // s = -24: input clamp active, value clamp too
+  // Other presets still need them.
+  CHECK_THROWS_WITH(evaluate(parse_spec("k3-as-loss,is=differentiable,preset=trl"), padded(lp, lr), v, c),
+                    Catch::Contains("no behavior log-probs"));
 }
 
 // ---- aggregation: each trainer's normalisation, number for number ------------------------

@@ -260,11 +260,7 @@ inline usage_error in_cli_words(const input_error& e, Index positions, const spe
           "--spec '" + (s ? to_string(*s) : std::string()) + "' weights tokens by pi/mu" +
           (s ? " (is=" + std::string(to_string(s->importance.mode)) + ")" : std::string()) +
           " but the input has no \"behavior\": add the behaviour policy's log-probs, shaped "
-          "as \"logp\"" +
-          (s && s->preset == preset::nemo_rl
-               ? " (preset=nemo-rl's default weight is exp(lp - sg(lp)): pass \"logp\" "
-                 "itself as \"behavior\", or the generation log-probs)"
-               : ""));
+          "as \"logp\"");
     case input_reason::bad_count:
       return usage_error(at + " " + json_number(e.value) + " must be -1 (count this batch) or a "
                          "global count of at least this batch's own " + json_number(e.limit) +

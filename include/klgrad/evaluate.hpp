@@ -787,15 +787,15 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
              is.mode == weighting::differentiable;
   // An empty batch has nothing to weight (and its empty arrays no data to tell whether
   // behaviour log-probs were given).
-  if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0)
+  if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0) {
+    // NeMo-RL's default weight, exp(lp - sg(lp)), needs none: lb = logp.
+    if (s.preset == preset::nemo_rl)
+      return run<Ea, Eb>(s, batch.with_logp_as_behavior(), value, coef, opt);
     raise(input_error(cat("spec '", to_string(s), "' weights tokens by pi/mu (is=",
                           to_string(is.mode), ") but the batch has no behavior log-probs; "
-                          "add them with .with_behavior(lb)",
-                          s.preset == preset::nemo_rl
-                              ? " (preset=nemo-rl's default weight is exp(lp - sg(lp)): pass "
-                                "the detached logp itself, or the generation log-probs)"
-                              : ""),
+                          "add them with .with_behavior(lb)"),
                       input_reason::missing_behavior, "behavior"));
+  }
 
   // Counts the aggregation needs before the first coefficient: N_tokens for token-mean,
   // B_nonempty for the sequence means, unless the caller passed global ones (checked against

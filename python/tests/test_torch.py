@@ -225,3 +225,17 @@ def test_nemo_rl_detach_weight_with_the_on_policy_approximation_weight(dtype):
     without = gradients(twin, trainer(twin(x, ids), False))
     scale = max(e.abs().max().item() for e in expected)
     assert max((a - b).abs().max().item() for a, b in zip(without, expected)) > 1e3 * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nemo_rl_default_weight_needs_no_behavior(dtype):
+    """preset=nemo-rl without behavior= is NeMo-RL's default weight exp(lp - sg(lp)): the
+    trainer's formula with lb = sg(lp) under autograd is the oracle."""
+    x, ids, mask, policy, ref, _ = rollout(dtype)
+    twin = copy.deepcopy(policy)
+    spec = f"k3-as-loss,preset=nemo-rl,agg=token-sum,beta={BETA}"
+    loss, _ = kt.kl_loss(spec, policy(x, ids), ref, mask=mask)
+    got = gradients(policy, loss)
+    lp = twin(x, ids)
+    expected = gradients(twin, BETA * (nemo_rl_default_k3(lp, ref, lp.detach()) * mask).sum())
+    assert_gradients_close(got, expected, dtype)
