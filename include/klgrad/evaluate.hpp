@@ -62,6 +62,7 @@ struct chunk {
   alignas(64) T grad[chunk_size];   ///< d(used)/d(lp) (differentiable, not truncated)
   alignas(64) T scratch[chunk_size];  ///< weighted values, sums, copies
   alignas(64) T inside[chunk_size];   ///< 1 where the clamp's log-ratio bound let s through
+                                      ///< (everywhere without a clamp)
   Index n = 0;
   map m(T* p) { return map(p, n); }
 };
@@ -301,12 +302,18 @@ void value_and_gradient(const P& s, P& value, P& gradient) {
 }
 
 /// value_and_gradient() under the spec's clamp: each estimator the policy acts on is clamped
-/// (clamp_packet); `inside` gets all bits where the log-ratio bound let s through.
+/// (clamp_packet); `inside` gets all bits where the log-ratio bound let s through (every
+/// lane when the policy acts on neither estimator).
 template <class Ea, class Eb, class T, class P>
 EIGEN_ALWAYS_INLINE void clamped_value_and_gradient(const plan<T>& p, const packet_bounds<T>& b,
                                                     const P& s, P& value, P& gradient,
                                                     P& inside) {
   using namespace Eigen::internal;
+  if (!p.clamp_a && !p.clamp_b) {
+    value_and_gradient<Ea, Eb>(s, value, gradient);
+    inside = ptrue(s);
+    return;
+  }
   if constexpr (std::is_same_v<Ea, Eb>) {  // then clamp_a == clamp_b
     clamp_packet<Ea>(b, s, value, gradient, inside);
   } else {
@@ -331,20 +338,14 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
            Index& dropped, weight_state<T>& ws) {
   using namespace Eigen::internal;
   using P = packet<T>;
-  const bool clamped = p.clamp_a || p.clamp_b;
   const packet_bounds<T> bounds(p.s->clamp);
   const P one = pset1<P>(T(1));
   const auto checks = log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto) {
     pstore(c.valid + k, pand(valid, one));
     pstore(c.s + k, s);
-    P v, g;
-    if (clamped) {
-      P inside;
-      clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
-      pstore(c.inside + k, pand(inside, one));
-    } else {
-      value_and_gradient<Ea, Eb>(s, v, g);
-    }
+    P v, g, inside;
+    clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
+    pstore(c.inside + k, pand(inside, one));
     pstore(c.va + k, v);
     pstore(c.gb + k, g);
     return pset1<P>(T(0));
@@ -466,7 +467,6 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   using P = packet<T>;
   // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
   constexpr bool mask_gradient = !Eb::derivative_zero_at_zero;
-  const bool clamped = p.clamp_a || p.clamp_b;
   const packet_bounds<T> bounds(p.s->clamp);
   // The coefficient from value and derivative, chosen once per sequence. One part: the
   // scale times that part. Both parts: the scale multiplies their sum, since scale * v and
@@ -480,13 +480,8 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
       T* const coef_out = coef + i0;
       const auto checks =
           log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto whole) {
-            P v, g;
-            if (clamped) {
-              P inside;
-              clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
-            } else {
-              value_and_gradient<Ea, Eb>(s, v, g);
-            }
+            P v, g, inside;
+            clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
             P out = coefficient(v, g);
             if constexpr (mask_gradient) out = pand(out, valid);
             if constexpr (decltype(whole)::value) {
