@@ -73,7 +73,6 @@ struct plan {
   const spec* s;
   nonfinite_policy nonfinite;
   T lowest, highest;       ///< guard on the log-ratio for the estimators in use
-  T reward, loss;          ///< 1/0 switches for the placement's parts
   T log_bound;             ///< guard on log weights
   T log_clip, clip;        ///< truncation (log C = +inf when off)
   T log_lo, log_hi;        ///< band mask in log space
@@ -433,12 +432,14 @@ void combine(chunk<T>& c, const plan<T>& p, const R& r, const A& a, const D& d, 
 
 /// combine() for weights whose gradient reaches other tokens (prefix, sequence-mean):
 /// wt holds, per token j, the weight-gradient part sum_t (d used_t / d lp_j) X_t of the
-/// differentiable surrogate sum_t used_t X_t, X_t = [reward] R_t + [loss] A_t, so that
-///   C = wt + [loss] used D.
+/// differentiable surrogate sum_t used_t X_t (X: weighted_quantity()), and
+/// with_weight_gradient() adds the token's own [loss] used D.
 /// Only is=differentiable comes here (detached weights use combine()).
 template <class T, class W>
 void combine_weight_gradient(chunk<T>& c, const plan<T>& p, const W& wt, T scale, T* coef) {
-  store_scaled(coef, c.n, c.m(c.valid) * (wt + p.loss * c.m(c.used) * c.m(c.gb)), scale, true);
+  with_weight_gradient(p.s->term.where, wt, c.m(c.gb), c.m(c.used), [&](const auto& x) {
+    store_scaled(coef, c.n, c.m(c.valid) * x, scale, true);
+  });
 }
 
 /// Backward sum over the valid tokens of a sequence: x_t <- sum_{t'>=t} gamma^(t'-t) x_t'
@@ -453,10 +454,27 @@ void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
   }
 }
 
+/// The inputs of token_pass()'s coefficient as symbols for unweighted(): functors of the
+/// packets (v, g) = (k_a(s), k_b'(s)), so that the placement's expression is chosen once per
+/// sequence and inlined into the packet loop.
+struct packet_value {
+  template <class P>
+  P operator()(const P& v, const P&) const { return v; }
+};
+struct packet_derivative {
+  template <class P>
+  P operator()(const P&, const P& g) const { return g; }
+};
+struct packet_value_plus_derivative {
+  template <class P>
+  P operator()(const P& v, const P& g) const { return Eigen::internal::padd(v, g); }
+};
+inline packet_value_plus_derivative operator+(packet_value, packet_derivative) { return {}; }
+
 /// The token-level path without weights (the common case: k in reward, k as loss,
 /// on-policy, with or without a clamp before the weight) in one pass: each packet of
 /// log-ratios becomes value and coefficient,
-///   value = k_a(s),  coef = scale * valid * ([reward] k_a(s) + [loss] k_b'(s)),
+///   value = k_a(s),  coef = scale * valid * unweighted(k_a(s), k_b'(s)),
 /// (each clamped where the policy acts on it) stored straight into the caller's arrays
 /// (combine() with weight 1, without the chunk buffers in between). Returns the summed
 /// value; adds the guarded tokens to `guarded` and the valid ones to `valid_tokens`.
@@ -468,9 +486,6 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
   constexpr bool mask_gradient = !Eb::derivative_zero_at_zero;
   const packet_bounds<T> bounds(p.s->clamp);
-  // The coefficient from value and derivative, chosen once per sequence. One part: the
-  // scale times that part. Both parts: the scale multiplies their sum, since scale * v and
-  // scale * g may overflow with opposite signs where the sum does not (k3-both, beta = 1e30).
   auto pass = [&](auto coefficient) {
     double total = 0.0;
     for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
@@ -503,11 +518,12 @@ double token_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
     }
     return total;
   };
+  // The scale multiplies the coefficient last: with both parts, scale * v and scale * g may
+  // overflow with opposite signs where their sum does not (k3-both, beta = 1e30).
   const P factor = pset1<P>(scale);
-  if (p.reward != T(0) && p.loss != T(0))
-    return pass([&](const P& v, const P& g) { return pmul(factor, padd(v, g)); });
-  if (p.reward != T(0)) return pass([&](const P& v, const P&) { return pmul(factor, v); });
-  return pass([&](const P&, const P& g) { return pmul(factor, g); });
+  return unweighted(p.s->term.where, packet_value{}, packet_derivative{}, [&](auto part) {
+    return pass([&](const P& v, const P& g) { return pmul(factor, part(v, g)); });
+  });
 }
 
 /// beta * a_{b,t} for a sequence with n_b valid tokens, in T, saturated at T's largest
@@ -567,23 +583,24 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
   switch (s.level) {
     case level::token:
       if (s.clamp.after_weight && p.clamp_a) {
-        // An as-loss term clamped after the weight: L = clamp(w k_a, lo, hi), so
-        // C = band * (grad k_a + used k_b') with band = [lo <= used k_a <= hi].
+        // An as-loss term clamped after the weight: L = clamp(u k_a, lo, hi), whose
+        // coefficient is adapt()'s times band = [lo <= u k_a <= hi]; adapt() is linear in
+        // its parts, so the band multiplies them.
         const T lo = T(s.clamp.value_lo), hi = T(s.clamp.value_hi);
         const bool pass = s.clamp.pass_gradient;
         for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
           const Index n = std::min(chunk_size, q.size - i0);
           out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
+          T* const band = c.inside;  // fill() is done with it
           for (Index i = 0; i < n; ++i) {
             const T x = c.used[i] * c.va[i];
-            const bool band = pass || (lo <= x && x <= hi);
+            band[i] = pass || (lo <= x && x <= hi) ? T(1) : T(0);
             c.scratch[i] = c.valid[i] * (x < lo ? lo : (x > hi ? hi : x));
-            coef[i0 + i] = band ? scale * c.valid[i] * (c.grad[i] * c.va[i] + c.used[i] * c.gb[i])
-                                : T(0);
           }
           total += double(c.m(c.scratch).sum());
           map(value + i0, n) = c.m(c.scratch);
-          saturate(coef + i0, n);
+          const auto kept = c.m(band) * c.m(c.va);
+          combine(c, p, kept, kept, c.m(band) * c.m(c.gb), scale, coef + i0);
         }
       } else if (is.level == weight_level::per_decision) {
         // c_t = sum_{t'>=t} gamma^(t'-t) used_t' b_t', b = k_a: weighted penalties into
@@ -599,15 +616,16 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
         map(coef, q.size) *= scale;
         saturate(coef, q.size);
       } else if (differentiable && is.level == weight_level::prefix) {
-        // Pass 1: grad_t X_t into coef (X = k_a for both parts at token level); pass 2: sum
+        // Pass 1: grad_t X_t into coef (X: weighted_quantity() of R = A = k_a); pass 2: sum
         // to go, the weight-gradient part of every earlier token; pass 3: combine.
-        const T parts = p.reward + p.loss;
         for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
           const Index n = std::min(chunk_size, q.size - i0);
           out.guarded += fill<Ea, Eb>(c, q, i0, n, p, out.dropped, ws);
           total += weighted_values(c);
           map(value + i0, n) = c.m(c.scratch);
-          map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * c.m(c.va) * parts;
+          weighted_quantity(s.term.where, c.m(c.va), c.m(c.va), [&](const auto& x) {
+            map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * x;
+          });
         }
         sum_to_go(q, coef, T(1));
         ws = weight_state<T>{};
@@ -629,7 +647,9 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
           penalty = saturated(penalty + saturated_sum(c, c.scratch));
         }
         const double top = double(std::numeric_limits<T>::max());
-        const T share = T(std::clamp(penalty * double(p.reward + p.loss) / double(n_b), -top, top));
+        const double x = weighted_quantity(s.term.where, penalty, penalty,
+                                           [](double sum) { return sum; });
+        const T share = T(std::clamp(x / double(n_b), -top, top));
         for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
           const Index n = std::min(chunk_size, q.size - i0);
           fill<Ea, Eb>(c, q, i0, n, p, ignored, ws);
@@ -769,8 +789,6 @@ summary run(const spec& s, const Batch& batch, const strided_rows<T>& value,
   };
   p.lowest = std::max(lowest(Ea{}, p.clamp_a), lowest(Eb{}, p.clamp_b));
   p.highest = std::min(highest(Ea{}, p.clamp_a), highest(Eb{}, p.clamp_b));
-  p.reward = has_reward_part(s.term.where) ? T(1) : T(0);
-  p.loss = has_loss_part(s.term.where) ? T(1) : T(0);
   p.log_bound = exp_bound<T>();
   const importance& is = s.importance;
   const T inf = std::numeric_limits<T>::infinity();

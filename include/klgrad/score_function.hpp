@@ -9,6 +9,40 @@
 
 namespace klgrad {
 
+/// The three pieces every weighting is built from (a placement's parts a term lacks are left
+/// out, not multiplied by 0: 0 * inf is NaN). Each hands its result to emit and returns what
+/// emit returns, so that the caller picks an expression once and reuses it (the kernel's
+/// packet loop, explain's weights).
+///
+/// unweighted(): C = [reward] R + [loss] D, the coefficient of a token no weight multiplies.
+template <class R, class D, class Emit>
+decltype(auto) unweighted(placement where, const R& reward, const D& loss_derivative,
+                          Emit&& emit) {
+  if (has_reward_part(where) && has_loss_part(where)) return emit(reward + loss_derivative);
+  if (has_reward_part(where)) return emit(reward);
+  return emit(loss_derivative);
+}
+
+/// weighted_quantity(): X = [reward] R + [loss] A, what a differentiable weight multiplies
+/// in the surrogate (sum_t u_t X_t); its gradient reaches lp through the weight.
+template <class R, class A, class Emit>
+decltype(auto) weighted_quantity(placement where, const R& reward, const A& loss_value,
+                                 Emit&& emit) {
+  if (has_reward_part(where) && has_loss_part(where)) return emit(reward + loss_value);
+  if (has_reward_part(where)) return emit(reward);
+  return emit(loss_value);
+}
+
+/// with_weight_gradient(): C = W + [loss] u D under a differentiable weight, W the part that
+/// comes through the weights (g X for a token's own weight; for prefix and sequence-mean
+/// weights, the sum over the tokens whose weight depends on this one: the level passes').
+template <class W, class D, class U, class Emit>
+decltype(auto) with_weight_gradient(placement where, const W& through_weight,
+                                    const D& loss_derivative, const U& used, Emit&& emit) {
+  if (has_loss_part(where)) return emit(through_weight + used * loss_derivative);
+  return emit(through_weight);
+}
+
 /// adapt(): the coefficient C on grad log pi of a token's surrogate loss (weighting's doc,
 /// importance.hpp)
 ///   none:           L = [reward] sg(R) lp + [loss] A               C = [reward] R + [loss] D
@@ -18,7 +52,8 @@ namespace klgrad {
 /// with R the in-reward penalty, A the as-loss term's value and D its derivative (at the
 /// token's level), u the weight the token uses (after is-clip and is-mask) and g = du/dlp
 /// (u itself for an exact token weight, 0 where is-clip or is-mask is active; the weight's
-/// other derivatives, to earlier tokens, are the level passes' business).
+/// other derivatives, to earlier tokens, are the level passes' business: they call
+/// weighted_quantity() and with_weight_gradient() themselves).
 ///
 /// Each argument is a scalar or an Eigen array expression; the result goes to emit(C), so
 /// that every weighting can build its own expression type. C is linear in (R, A, D): with
@@ -26,23 +61,17 @@ namespace klgrad {
 template <class R, class A, class D, class U, class G, class Emit>
 void adapt(placement where, weighting mode, const R& reward, const A& loss_value,
            const D& loss_derivative, const U& used, const G& used_gradient, Emit&& emit) {
-  // The parts a placement lacks are left out, not multiplied by 0 (0 * inf is NaN).
-  const bool in = has_reward_part(where), ls = has_loss_part(where);
   switch (mode) {
     case weighting::none:
-      if (in && ls) emit(reward + loss_derivative);
-      else if (in) emit(reward);
-      else emit(loss_derivative);
+      unweighted(where, reward, loss_derivative, emit);
       return;
     case weighting::detached:
-      if (in && ls) emit(used * (reward + loss_derivative));
-      else if (in) emit(used * reward);
-      else emit(used * loss_derivative);
+      unweighted(where, reward, loss_derivative, [&](const auto& c) { emit(used * c); });
       return;
     case weighting::differentiable:
-      if (in && ls) emit(used_gradient * (reward + loss_value) + used * loss_derivative);
-      else if (in) emit(used_gradient * reward);
-      else emit(used_gradient * loss_value + used * loss_derivative);
+      weighted_quantity(where, reward, loss_value, [&](const auto& x) {
+        with_weight_gradient(where, used_gradient * x, loss_derivative, used, emit);
+      });
       return;
   }
 }
