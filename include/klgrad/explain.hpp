@@ -398,7 +398,7 @@ inline std::string phrase(const follows& f) {
 
 }  // namespace detail
 
-/// The verdict on a spec, from the theory of SPEC sections 3-5 (not from running the
+/// The verdict on a spec, from the theory of docs/theory.md, tables 3-5 (not from running the
 /// oracle; tests/test_explain.cpp checks every verdict against it).
 ///  - token cells (one state): E[c g] per the one-state identities (s -> RKL, 1 - rho -> FKL,
 ///    1 -> 0, ...); with a detached or differentiable weight the same from mu.

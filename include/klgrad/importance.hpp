@@ -38,15 +38,11 @@ inline constexpr std::string_view to_string(weighting w) {
 ///                 ratio of the prefix y_{1:t}, which makes E_mu[u_t f(y_{1:t})] = E_pi[f].
 ///                 Differentiable, d u_t / d lp_j = u_t for every j <= t, so the weight's
 ///                 gradient reaches every earlier token: c_j gets sum_{t>=j} u_t X_t.
-///  per-decision:  the sequence-level gradient estimator of SPEC 5 off-policy. With
-///                 b_t = k_a(s_t) the in-reward penalty of token t, the coefficient is
-///                   c_t = sum_{t'>=t} gamma^(t'-t) W_{1:t'} b_{t'}.
-///                 Derivation: grad KL_seq = E_pi[sum_t g_t sum_{t'>=t} s_t'] (SPEC 5), and
-///                 the term g_t b_t' (t' >= t) depends on y_{1:t'} only, so under mu it is
-///                 weighted by W_{1:t'}; b = k1 (= s) makes it unbiased for grad KL_seq.
-///                 The weights are detached constants (the surrogate is sum_t sg(c_t) lp_t),
-///                 the placement is in-reward, and the reward-to-go is the estimator itself,
-///                 so level stays token and gamma is legal here.
+///  per-decision:  the coefficient c_t = sum_{t'>=t} gamma^(t'-t) W_{1:t'} b_{t'}, with
+///                 b_t = k_a(s_t) the in-reward penalty: the whole sequence-level gradient
+///                 off-policy (unbiased with k1 and gamma = 1; derivation in
+///                 docs/importance.md). The weights are detached, the placement in-reward,
+///                 the level token.
 ///  sequence-mean: u_t = w_seq = exp(mean_t (lp_t - lb_t)) for every token of the sequence
 ///                 (n_b valid tokens; GSPO's and TRL's sequence-level ratio). Differentiable,
 ///                 d w_seq / d lp_j = w_seq / n_b for every valid j.

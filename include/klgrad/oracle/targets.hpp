@@ -105,7 +105,7 @@ vector token_gradient(const tabular& pi, const tabular& ref, const vector& d, F 
   return g;
 }
 
-/// "rkl_token" (part 1 of SPEC section 5): sum_h d(h) grad KL(pi_h || ref_h), states frozen;
+/// "rkl_token" (part 1 of the sequence gradient, docs/theory.md table 5): sum_h d(h) grad KL(pi_h || ref_h), states frozen;
 /// d defaults to pi's own state distribution.
 inline vector rkl_token_gradient(const tabular& pi, const tabular& ref, const vector& d) {
   return token_gradient(pi, ref, d, [](const vector& a, const vector& b) { return rkl_gradient(a, b); });

@@ -1,0 +1,302 @@
+// The passes over one sequence, one function per path of the kernel (plan::pass): each
+// writes the sequence's values and coefficients and returns its summed value.
+#pragma once
+
+#include "coefficient.hpp"
+#include "estimates.hpp"
+
+#include <algorithm>
+#include <limits>
+
+namespace klgrad::detail {
+
+/// Backward sum over the valid tokens of a sequence: x_t <- sum_{t'>=t} gamma^(t'-t) x_t'
+/// (gamma counting valid tokens), saturated to stay finite.
+template <class T, class M>
+void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
+  T running = 0;
+  for (Index t = q.size - 1; t >= 0; --t) {
+    if (q.mask && q.mask[t] == M(0)) continue;
+    running = saturated(x[t] + gamma * running);
+    x[t] = running;
+  }
+}
+
+/// The token-level path without weights (the common case: k in reward, k as loss,
+/// on-policy, with or without a clamp before the weight) in one pass: each packet of
+/// log-ratios becomes value and coefficient,
+///   value = k_a(s),  coef = scale * valid * unweighted(k_a(s), k_b'(s)),
+/// (each clamped where the policy acts on it) stored straight into the caller's arrays
+/// (write_coefficient() with weight 1, without the chunk buffers in between). Returns the
+/// summed value; adds the guarded tokens to `guarded` and the valid ones to `valid_tokens`.
+template <class Ea, class Eb, class T, class M>
+double fused_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
+                  chunk<T>& c, T scale, Index& guarded, Index& valid_tokens) {
+  using namespace Eigen::internal;
+  using P = packet<T>;
+  // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
+  constexpr bool mask_gradient = !Eb::derivative_zero_at_zero;
+  const packet_bounds<T> bounds(p.clamp);
+  auto pass = [&](auto coefficient) {
+    double total = 0.0;
+    for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+      const Index n = std::min(chunk_size, q.size - i0);
+      // Local copies, so that the compiler keeps the destinations in registers.
+      T* const value_out = value + i0;
+      T* const coef_out = coef + i0;
+      const auto checks =
+          log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto whole) {
+            P v, g, inside;
+            clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
+            P out = coefficient(v, g);
+            if constexpr (mask_gradient) out = pand(out, valid);
+            if constexpr (decltype(whole)::value) {
+              pstoreu(value_out + k, v);
+              pstoreu(coef_out + k, out);
+            } else {
+              pstore(c.estimate + k, v);
+              pstore(c.scratch + k, out);
+              std::copy(c.estimate + k, c.estimate + n, value_out + k);
+              std::copy(c.scratch + k, c.scratch + n, coef_out + k);
+            }
+            return v;
+          });
+      if (p.nonfinite == nonfinite_policy::raise && checks.nonfinite) find_nonfinite(q, i0, n);
+      guarded += checks.guarded;
+      valid_tokens += checks.valid;
+      total += double(checks.sum);
+      if (scale > T(1)) saturate(coef + i0, n);
+    }
+    return total;
+  };
+  // The scale multiplies the coefficient last: with both parts, scale * v and scale * g may
+  // overflow with opposite signs where their sum does not (k3-both, beta = 1e30).
+  const P factor = pset1<P>(scale);
+  return unweighted(p.where, packet_value{}, packet_derivative{}, [&](auto part) {
+    return pass([&](const P& v, const P& g) { return pmul(factor, part(v, g)); });
+  });
+}
+
+/// The multi-pass paths of a sequence with n_b > 0 valid tokens, each a sweep (or several)
+/// over its chunks: fill() computes a chunk's log-ratios, estimates and weights, then the
+/// path writes value and coef. Each returns the sequence's summed value.
+template <class Ea, class Eb, class T, class M>
+struct sequence_passes {
+  using map = typename chunk<T>::map;
+  const sequence_view<T, M>& q;
+  T* value;
+  T* coef;
+  const plan<T>& p;
+  chunk<T>& c;
+  summary& out;
+  Index n_b;
+  T scale;
+  weight_state<T> ws;
+
+  /// One sweep: fills each chunk and calls f(i0, n). The first sweep of a path counts the
+  /// guarded and dropped tokens (`count`); every sweep restarts the prefix weights.
+  template <class F>
+  void sweep(bool count, F&& f) {
+    ws.carry = 0;
+    Index ignored = 0;
+    for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
+      const Index n = std::min(chunk_size, q.size - i0);
+      const Index guarded = fill<Ea, Eb>(c, q, i0, n, p, count ? out.dropped : ignored, ws);
+      if (count) out.guarded += guarded;
+      f(i0, n);
+    }
+  }
+  auto constant(T x) const { return chunk<T>::array::Constant(c.n, x); }
+
+  /// Each token's own weight multiplies its terms: token weights, detached prefix or
+  /// sequence-mean weights, clamps, or a mode that divides by n_b.
+  double token() {
+    double total = 0.0;
+    sweep(true, [&](Index i0, Index n) {
+      // Masked tokens have s = 0, and k(0) = 0 for every estimator.
+      total += weighted_values(c);
+      map(value + i0, n) = c.m(c.scratch);
+      write_coefficient(c, p, c.m(c.estimate), c.m(c.estimate), c.m(c.derivative), scale,
+                        coef + i0);
+    });
+    return total;
+  }
+
+  /// An as-loss term clamped after the weight: L = clamp(u k_a, lo, hi), whose coefficient
+  /// is adapt()'s times band = [lo <= u k_a <= hi]; adapt() is linear in its parts, so the
+  /// band multiplies them.
+  double after_weight() {
+    const T lo = T(p.clamp.value_lo), hi = T(p.clamp.value_hi);
+    const bool pass = p.clamp.pass_gradient;
+    double total = 0.0;
+    sweep(true, [&](Index i0, Index n) {
+      T* const band = c.inside;  // fill() is done with it
+      for (Index i = 0; i < n; ++i) {
+        const T x = c.used[i] * c.estimate[i];
+        band[i] = pass || (lo <= x && x <= hi) ? T(1) : T(0);
+        c.scratch[i] = c.valid[i] * (x < lo ? lo : (x > hi ? hi : x));
+      }
+      total += double(c.m(c.scratch).sum());
+      map(value + i0, n) = c.m(c.scratch);
+      const auto kept = c.m(band) * c.m(c.estimate);
+      write_coefficient(c, p, kept, kept, c.m(band) * c.m(c.derivative), scale, coef + i0);
+    });
+    return total;
+  }
+
+  /// Per-decision weights: c_t = sum_{t'>=t} gamma^(t'-t) used_t' b_t', b = k_a: the
+  /// weighted penalties into coef, then the discounted backward sum, then the scale.
+  double per_decision() {
+    double total = 0.0;
+    sweep(true, [&](Index i0, Index n) {
+      total += weighted_values(c);
+      map(value + i0, n) = c.m(c.scratch);
+      map(coef + i0, n) = c.m(c.valid) * c.m(c.scratch);
+    });
+    sum_to_go(q, coef, p.gamma);
+    map(coef, q.size) *= scale;
+    saturate(coef, q.size);
+    return total;
+  }
+
+  /// Differentiable prefix weights. Sweep 1: grad_t X_t into coef (X: weighted_quantity()
+  /// of R = A = k_a); then the sum to go, the weight-gradient part of every earlier token;
+  /// sweep 2: each token's own part.
+  double prefix() {
+    double total = 0.0;
+    sweep(true, [&](Index i0, Index n) {
+      total += weighted_values(c);
+      map(value + i0, n) = c.m(c.scratch);
+      weighted_quantity(p.where, c.m(c.estimate), c.m(c.estimate), [&](const auto& x) {
+        map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * x;
+      });
+    });
+    sum_to_go(q, coef, T(1));
+    sweep(false, [&](Index i0, Index n) {
+      c.m(c.scratch) = map(coef + i0, n);
+      write_coefficient_through_weights(c, p, c.m(c.scratch), scale, coef + i0);
+    });
+    return total;
+  }
+
+  /// A differentiable sequence-mean weight: d w_seq / d lp_j = w_seq / n_b, so every token
+  /// gets (grad / n_b) sum_t X_t.
+  double sequence_mean() {
+    double total = 0.0, penalty = 0.0;
+    sweep(true, [&](Index i0, Index n) {
+      total += weighted_values(c);
+      map(value + i0, n) = c.m(c.scratch);
+      c.m(c.scratch) = c.m(c.valid) * c.m(c.estimate);
+      penalty = saturated(penalty + saturated_sum(c, c.scratch));
+    });
+    const double top = double(std::numeric_limits<T>::max());
+    const double x = weighted_quantity(p.where, penalty, penalty, [](double sum) { return sum; });
+    const T share = T(std::clamp(x / double(n_b), -top, top));
+    sweep(false, [&](Index i0, Index) {
+      write_coefficient_through_weights(c, p, c.m(c.grad) * share, scale, coef + i0);
+    });
+    return total;
+  }
+
+  /// Level to-go. Sweep 1: penalties k_a(s_t) into coef; then the reward-to-go backwards
+  /// over valid tokens; sweep 2: weights and scale.
+  double to_go() {
+    double total = 0.0;
+    sweep(true, [&](Index i0, Index n) {
+      map(coef + i0, n) = c.m(c.valid) * c.m(c.estimate);
+    });
+    sum_to_go(q, coef, p.gamma);
+    sweep(false, [&](Index i0, Index n) {
+      total += weighted_values(c);
+      map(value + i0, n) = c.m(c.scratch);
+      // write_coefficient writes over coef, which holds R: copy R into the chunk first.
+      c.m(c.scratch) = map(coef + i0, n);
+      write_coefficient(c, p, c.m(c.scratch), c.m(c.scratch), constant(T(0)), scale, coef + i0);
+    });
+    return total;
+  }
+
+  /// Level sequence. Sweep 1: the sequence sums K = sum k_a(s_t) and S = sum s_t; sweep 2:
+  /// the in-reward part K and the as-loss term of S, broadcast.
+  double sequence() {
+    double penalty = 0.0, log_ratio = 0.0;
+    sweep(true, [&](Index, Index) {
+      c.m(c.scratch) = c.m(c.valid) * c.m(c.estimate);
+      penalty = saturated(penalty + saturated_sum(c, c.scratch));
+      log_ratio = saturated(log_ratio + saturated_sum(c, c.s));
+    });
+    T S = T(log_ratio);
+    if (S < p.lowest || S > p.highest) {
+      ++out.guarded;
+      S = std::clamp(S, p.lowest, p.highest);
+    }
+    const T top = std::numeric_limits<T>::max();
+    const T K = T(std::clamp(penalty, -double(top), double(top)));
+    const T A = p.clamp_a ? clamp_estimate<Ea>(p.clamp, S).value : Ea::value(S);
+    const T D = p.clamp_b ? clamp_estimate<Eb>(p.clamp, S).derivative : Eb::derivative(S);
+    const T share = A / T(n_b);
+    double total = 0.0;
+    sweep(false, [&](Index i0, Index n) {
+      if (has_loss_part(p.where)) {
+        c.m(c.scratch) = c.m(c.used) * c.m(c.valid) * share;
+        total += double(c.m(c.scratch).sum());
+      } else {
+        total += weighted_values(c);
+      }
+      map(value + i0, n) = c.m(c.scratch);
+      write_coefficient(c, p, constant(K), constant(A), constant(D), scale, coef + i0);
+    });
+    return total;
+  }
+};
+
+/// Adds a sequence with n_b valid tokens and summed value `total` to the summary; returns
+/// total, saturated (so that scale * total is never 0 * inf).
+template <class T>
+double account(summary& out, Index n_b, T scale, double total) {
+  total = saturated(total);
+  if (n_b == 0) return total;
+  out.tokens += n_b;
+  out.sequences += 1;
+  out.loss = saturated(out.loss + double(scale) * total);
+  return total;
+}
+
+/// Runs one sequence through the plan's pass: writes its values and coefficients, adds it
+/// to the summary, returns its summed value.
+template <class Ea, class Eb, class T, class M>
+double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
+                    chunk<T>& c, summary& out) {
+  if (p.pass == sequence_pass::fused) {
+    // One pass that also counts the valid tokens, so that the mask is read once (an empty
+    // sequence gets zeros: masked tokens have s = 0 and coefficient 0).
+    const T scale = token_scale(p, 0);
+    Index n_b = 0;
+    const double total = fused_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded, n_b);
+    return account(out, n_b, scale, total);
+  }
+  const Index n_b = count_valid(q);
+  if (n_b == 0) {
+    std::fill(value, value + q.size, T(0));
+    std::fill(coef, coef + q.size, T(0));
+    return 0.0;
+  }
+  const T scale = token_scale(p, n_b);
+  sequence_passes<Ea, Eb, T, M> passes{q, value, coef, p, c, out, n_b, scale, {}};
+  if (p.weights == weight_level::sequence_mean)
+    passes.ws.sequence = sequence_log_weight(q, n_b, p, out.guarded);
+  double total = 0.0;
+  switch (p.pass) {
+    case sequence_pass::fused:  // above
+    case sequence_pass::token: total = passes.token(); break;
+    case sequence_pass::after_weight: total = passes.after_weight(); break;
+    case sequence_pass::per_decision: total = passes.per_decision(); break;
+    case sequence_pass::prefix: total = passes.prefix(); break;
+    case sequence_pass::sequence_mean: total = passes.sequence_mean(); break;
+    case sequence_pass::to_go: total = passes.to_go(); break;
+    case sequence_pass::sequence: total = passes.sequence(); break;
+  }
+  return account(out, n_b, scale, total);
+}
+
+}  // namespace klgrad::detail

@@ -1,0 +1,118 @@
+// The kernel's entry: the output views of a batch, the plan and the counts, the loop over
+// sequences, and the dispatch from a spec's estimator names to the kernel's template
+// arguments.
+#pragma once
+
+#include "../batch.hpp"
+#include "passes.hpp"
+#include "plan.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+
+namespace klgrad::detail {
+
+template <class T, class M>
+T* output_row(const padded_batch<T, M>&, const strided_rows<T>& out,
+              const sequence_view<T, M>& q) {
+  return out.row(q.row);
+}
+template <class T, class M, class O>
+T* output_row(const packed_batch<T, M, O>&, const strided_rows<T>& out,
+              const sequence_view<T, M>& q) {
+  return out.data + q.first;
+}
+
+/// A writable view of an output array (Eigen's idiom for writing through a const
+/// reference, so that temporaries such as Maps can be passed).
+template <class T, class M, class V>
+strided_rows<T> output_view(const padded_batch<T, M>& b, const Eigen::DenseBase<V>& x,
+                            const char* name) {
+  const auto v = rows_of(x, name);
+  require_same_shape(b.logp, "logp", v, name);
+  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+}
+template <class T, class M, class O, class V>
+strided_rows<T> output_view(const packed_batch<T, M, O>& b, const Eigen::DenseBase<V>& x,
+                            const char* name) {
+  const auto v = vector_of(x, name);
+  if (v.cols != b.tokens)
+    raise<shape_error>(cat("shape mismatch: logp has ", b.tokens, " tokens but ", name,
+                           " has ", v.cols));
+  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+}
+
+/// Counts what the aggregation needs before the first coefficient and the caller did not
+/// give: N_tokens for token-mean, B_nonempty for the sequence means (the pass counts both
+/// anyway; check_counts() compares the caller's with them at the end).
+template <class Batch, class T>
+void count_batch(const Batch& batch, plan<T>& p) {
+  const bool tokens = needs_tokens(p), sequences = needs_sequences(p);
+  if (!tokens && !sequences) return;
+  Index n_tokens = 0, n_sequences = 0;
+  for (Index b = 0; b < batch.sequences(); ++b) {
+    const auto q = batch.sequence(b);
+    if (tokens) {
+      const Index n = count_valid(q);
+      n_tokens += n;
+      n_sequences += n > 0;
+    } else {
+      n_sequences += any_valid(q);
+    }
+  }
+  if (tokens) p.tokens = n_tokens;
+  if (sequences) p.sequences = n_sequences;
+}
+
+/// The kernel for estimators Ea (value) and Eb (gradient): plan, count, then each sequence
+/// through its pass.
+template <class Ea, class Eb, class Batch, class T>
+summary run(const spec& config, const Batch& batch, const strided_rows<T>& value,
+            const strided_rows<T>& coef, const options& opt) {
+  static_assert(require_estimator<Ea>() && require_estimator<Eb>());
+  const importance& is = config.importance;
+  // An empty batch has nothing to weight (and its empty arrays no data to tell whether
+  // behaviour log-probs were given).
+  if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0) {
+    // NeMo-RL's default weight, exp(lp - sg(lp)), needs none: lb = logp.
+    if (config.preset == preset::nemo_rl)
+      return run<Ea, Eb>(config, batch.with_logp_as_behavior(), value, coef, opt);
+    raise(input_error(cat("spec '", to_string(config), "' weights tokens by pi/mu (is=",
+                          to_string(is.mode), ") but the batch has no behavior log-probs; "
+                          "add them with .with_behavior(lb)"),
+                      input_reason::missing_behavior, "behavior"));
+  }
+  plan<T> p = make_plan<Ea, Eb, T>(config, opt);
+  count_batch(batch, p);
+  summary out;
+  chunk<T> c;
+  if (!p.weighted) {  // fill() leaves the weights alone then
+    std::fill(c.used, c.used + chunk_size, T(1));
+    std::fill(c.grad, c.grad + chunk_size, T(0));
+  }
+  double total = 0.0;
+  for (Index b = 0; b < batch.sequences(); ++b) {
+    const auto q = batch.sequence(b);
+    total = saturated(total + run_sequence<Ea, Eb>(q, output_row(batch, value, q),
+                                                   output_row(batch, coef, q), p, c, out));
+  }
+  check_counts(opt.counts, out.tokens, out.sequences);
+  out.kl = out.tokens > 0 ? total / double(out.tokens) : 0.0;
+  out.kl_sequence = out.sequences > 0 ? total / double(out.sequences) : 0.0;
+  return out;
+}
+
+/// The spec's estimators, from run-time values to the kernel's template arguments. The one
+/// function per batch type that instantiates every estimator pair's kernel: klgrad/instances.hpp
+/// compiles it once for a whole program.
+template <class Batch, class T>
+summary dispatch(const spec& config, const Batch& batch, const strided_rows<T>& value,
+                 const strided_rows<T>& coef, const options& opt) {
+  return visit(config.term.value_estimator, [&](auto a) {
+    return visit(config.term.gradient_estimator, [&](auto b) {
+      return run<decltype(a), decltype(b)>(config, batch, value, coef, opt);
+    });
+  });
+}
+
+}  // namespace klgrad::detail
