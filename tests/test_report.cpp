@@ -1,9 +1,9 @@
-// The toy trainer (include/klgrad/oracle/trainer.hpp) against the oracle, short seeded
+// The toy trainer (tools/toy_trainer.hpp) against the oracle, short seeded
 // training runs that do and do not reach the analytic optimum, and the JSON of klgrad report.
 #include "../tools/report.hpp"
+#include "../tools/toy_trainer.hpp"
 
 #include <klgrad/oracle/targets.hpp>
-#include <klgrad/oracle/trainer.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -11,7 +11,7 @@
 #include <set>
 #include <string>
 
-using namespace klgrad::oracle;
+using namespace klgrad::toy;  // and, through it, klgrad::oracle
 
 TEST_CASE("trainer: analytic optimum and exact measurements agree with the oracle", "[trainer]") {
   for (auto [v, t] : {std::pair<Index, Index>{4, 3}, {2, 5}, {3, 2}}) {

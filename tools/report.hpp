@@ -5,7 +5,7 @@
 
 #include <klgrad/oracle/enumeration.hpp>
 #include <klgrad/oracle/targets.hpp>
-#include <klgrad/oracle/trainer.hpp>
+#include "toy_trainer.hpp"
 #include <klgrad/spec.hpp>
 
 #include <nlohmann/json.hpp>
@@ -71,7 +71,7 @@ struct settings {
 
 /// One problem with the policy the audit is run at.
 struct case_ {
-  oracle::problem problem;
+  toy::problem problem;
   tabular audit_pi, audit_mu;
   std::string audit_at;  ///< description of the audit point
 };
@@ -94,8 +94,8 @@ inline std::vector<case_> builtin_cases(const settings& cfg) {
   std::uint64_t seed = 7;
   for (const auto& [name, vt] : sizes) {
     case_ c;
-    c.problem = oracle::make_problem(name, vt.first, vt.second, cfg.beta, seed);
-    c.audit_pi = oracle::optimum(c.problem);
+    c.problem = toy::make_problem(name, vt.first, vt.second, cfg.beta, seed);
+    c.audit_pi = toy::optimum(c.problem);
     c.audit_mu = perturbed(c.audit_pi, cfg.behavior_noise, seed + 1000);
     c.audit_at = "pi = pi*, mu = pi* with logits + N(0, " +
                  klgrad::detail::format_number(cfg.behavior_noise) + "^2)";
@@ -137,7 +137,7 @@ inline nlohmann::ordered_json audit_one(const spec& s, const tabular& pi, const 
   return out;
 }
 
-inline nlohmann::ordered_json measures_json(const oracle::measures& m) {
+inline nlohmann::ordered_json measures_json(const toy::measures& m) {
   return {{"tv", m.tv}, {"kl", m.kl}, {"reward", m.reward}, {"objective", m.objective}};
 }
 
@@ -147,23 +147,23 @@ using progress_fn = std::function<void(Index, Index, const std::string&)>;
 /// A run's curve, for CSV and plots.
 struct curve {
   std::string problem, mode, spec;
-  std::vector<oracle::train_point> points;
+  std::vector<toy::train_point> points;
 };
 
 /// The verdict of a run from its end point: "diverged", "pi*" (final TV within the
 /// tolerance), "elsewhere" (settled: its TV moved less than the tolerance between the last
 /// two windows), or "drifting".
-inline std::string verdict(const oracle::train_result& r, double tolerance, double window) {
+inline std::string verdict(const toy::train_result& r, double tolerance, double window) {
   if (r.diverged) return "diverged";
-  const oracle::measures last = oracle::window_mean(r, window);
+  const toy::measures last = toy::window_mean(r, window);
   if (last.tv <= tolerance) return "pi*";
-  oracle::train_result earlier = r;
+  toy::train_result earlier = r;
   const double cut = double(r.steps_done) * (1.0 - window);
   earlier.curve.clear();
   for (const auto& p : r.curve)
     if (double(p.step) < cut) earlier.curve.push_back(p);
   earlier.steps_done = Index(cut);
-  const double before = oracle::window_mean(earlier, window / (1.0 - window)).tv;
+  const double before = toy::window_mean(earlier, window / (1.0 - window)).tv;
   return std::abs(last.tv - before) <= tolerance ? "elsewhere" : "drifting";
 }
 
@@ -189,18 +189,18 @@ inline nlohmann::ordered_json run(const settings& cfg, const std::vector<case_>&
   Index done = 0;
   out["problems"] = nlohmann::ordered_json::array();
   for (const case_& c : cases) {
-    const oracle::problem& pb = c.problem;
+    const toy::problem& pb = c.problem;
     nlohmann::ordered_json P;
     P["name"] = pb.name;
     P["vocab"] = pb.ref.vocab;
     P["steps"] = pb.ref.steps;
     P["beta"] = pb.beta;
     double log_z = 0;
-    const tabular pstar = oracle::optimum(pb, &log_z);
-    const vector pstar_probs = oracle::sequence_probs(pstar);
-    P["optimum"] = measures_json(oracle::measure(pb, pstar, pstar_probs));
+    const tabular pstar = toy::optimum(pb, &log_z);
+    const vector pstar_probs = toy::sequence_probs(pstar);
+    P["optimum"] = measures_json(toy::measure(pb, pstar, pstar_probs));
     P["optimum"]["beta_log_z"] = pb.beta * log_z;
-    P["start"] = measures_json(oracle::measure(pb, pb.start, pstar_probs));
+    P["start"] = measures_json(toy::measure(pb, pb.start, pstar_probs));
 
     // (a) audit
     P["audit"]["at"] = c.audit_at;
@@ -215,7 +215,7 @@ inline nlohmann::ordered_json run(const settings& cfg, const std::vector<case_>&
 
     // (b) training
     for (const char* mode : {"on-policy", "off-policy"}) {
-      oracle::train_options o;
+      toy::train_options o;
       o.batch = cfg.batch;
       o.steps = cfg.steps;
       o.epochs = std::string(mode) == "on-policy" ? 1 : cfg.epochs;
@@ -227,11 +227,11 @@ inline nlohmann::ordered_json run(const settings& cfg, const std::vector<case_>&
         ++done;
       };
       // The noise floor: the floor spec started at pi* itself, same steps and seed.
-      oracle::problem at_optimum = pb;
+      toy::problem at_optimum = pb;
       at_optimum.start = pstar;
       note("noise floor");
-      const oracle::train_result fr = oracle::train(at_optimum, parse_spec(floor_spec), o);
-      const double floor_tv = oracle::window_mean(fr, cfg.window).tv;
+      const toy::train_result fr = toy::train(at_optimum, parse_spec(floor_spec), o);
+      const double floor_tv = toy::window_mean(fr, cfg.window).tv;
       const double tolerance = cfg.tolerance_factor * floor_tv;
       nlohmann::ordered_json M;
       M["updates_per_batch"] = o.epochs;
@@ -240,10 +240,10 @@ inline nlohmann::ordered_json run(const settings& cfg, const std::vector<case_>&
       M["runs"] = nlohmann::ordered_json::array();
       for (std::size_t i = 0; i < parsed.size(); ++i) {
         note(cfg.specs[i]);
-        const oracle::train_result r = oracle::train(pb, parsed[i], o);
+        const toy::train_result r = toy::train(pb, parsed[i], o);
         nlohmann::ordered_json run;
         run["spec"] = cfg.specs[i];
-        run["final"] = measures_json(oracle::window_mean(r, cfg.window));
+        run["final"] = measures_json(toy::window_mean(r, cfg.window));
         run["last"] = measures_json(r.curve.back().at);
         run["steps_done"] = r.steps_done;
         run["verdict"] = verdict(r, tolerance, cfg.window);

@@ -1,13 +1,14 @@
 // A toy KL-regularised policy-gradient trainer on a tabular autoregressive policy: the
 // problem (reference, reward per sequence, start policy, beta), its analytic optimum
 // pi*(y) ~ ref(y) exp(R(y)/beta), exact measurements from the oracle, and plain-SGD training
-// whose KL term comes from klgrad::evaluate exactly as a real trainer would use it.
+// whose KL term comes from klgrad::evaluate exactly as a real trainer would use it. Used by
+// `klgrad report` and its test; not part of the library (it is no oracle, it uses them).
 #pragma once
 
-#include "enumeration.hpp"
-#include "monte_carlo.hpp"
-#include "tabular.hpp"
-#include "targets.hpp"
+#include <klgrad/oracle/enumeration.hpp>
+#include <klgrad/oracle/monte_carlo.hpp>
+#include <klgrad/oracle/tabular.hpp>
+#include <klgrad/oracle/targets.hpp>
 
 #include <klgrad/batch.hpp>
 #include <klgrad/errors.hpp>
@@ -23,7 +24,9 @@
 #include <utility>
 #include <vector>
 
-namespace klgrad::oracle {
+namespace klgrad::toy {
+
+using namespace klgrad::oracle;  // the toy trainer measures itself with the oracles
 
 /// A KL-regularised problem: maximise J(pi) = E_pi[R] - beta KL_seq(pi || ref) over tabular
 /// policies, starting from `start`. reward holds R(y) for the V^T sequences in
@@ -255,4 +258,4 @@ inline measures window_mean(const train_result& r, double fraction = 0.2) {
   return m;
 }
 
-}  // namespace klgrad::oracle
+}  // namespace klgrad::toy
