@@ -107,6 +107,8 @@ std::string check_cell(const klgrad::follows& f, const klgrad::spec& s, const po
         return "claimed none, but the gradient is zero";
       return "";
     }
+    case klgrad::follows::unknown:  // only for estimator types without a closed form
+      return "claimed unknown for a shipped estimator";
   }
   return "unknown kind";
 }

@@ -166,3 +166,65 @@ TEST_CASE("user estimator: the exact oracle shows k-both follows grad chi2(ref |
           miss_tolerance);
   }
 }
+
+namespace {
+
+/// 2 k3, a user estimator with a closed form on explain's basis: explain's verdicts must
+/// scale by 2, and the exact oracle must agree.
+struct twice_k3 : klgrad::estimator_base<twice_k3> {
+  static constexpr bool derivative_zero_at_zero = true;
+  static constexpr klgrad::closed_form value_form{-2, 2, 2, 0, 0, 0};
+  static constexpr klgrad::closed_form derivative_form{2, 0, -2, 0, 0, 0};
+  template <class T> static klgrad::scalar_only<T> value(T s) { return T(2) * klgrad::k3::value(s); }
+  template <class T> static klgrad::scalar_only<T> derivative(T s) {
+    return T(2) * klgrad::k3::derivative(s);
+  }
+  using estimator_base<twice_k3>::value;
+  using estimator_base<twice_k3>::derivative;
+  template <class P> static P packet_value(const P& s) {
+    return Eigen::internal::padd(klgrad::k3::packet_value(s), klgrad::k3::packet_value(s));
+  }
+  template <class P> static P packet_derivative(const P& s) {
+    return Eigen::internal::padd(klgrad::k3::packet_derivative(s),
+                                 klgrad::k3::packet_derivative(s));
+  }
+  template <class T> static T lowest_safe() { return klgrad::k3::lowest_safe<T>(); }
+  template <class T> static T highest_safe() { return klgrad::k3::highest_safe<T>(); }
+};
+
+}  // namespace
+
+TEST_CASE("user estimator: explain reads the closed form, and its verdict is the exact "
+          "oracle's", "[user-estimator][explain][oracle]") {
+  static_assert(klgrad::has_closed_form<twice_k3>::value);
+  static_assert(!klgrad::has_closed_form<neyman_chi2>::value);
+  const auto as_loss = klgrad::parse_spec("k3-as-loss");
+  const auto v = klgrad::explain<twice_k3>(as_loss);
+  CHECK(v.on_policy_token.name == "2 fkl");
+  CHECK(v.on_policy_sequence.name == "2 fkl_token");
+  // The oracle: E_pi[2 k3'(s) g] is twice grad KL(ref || pi) on one state, twice the
+  // per-state one over sequences.
+  for (const auto& c : categorical_cases()) {
+    INFO(c.name());
+    const auto t = exact_targets(c.pi, c.ref);
+    CHECK(relative_error(enumerate<twice_k3>(as_loss, c.pi, c.ref).gradient,
+                         vector(2 * t.fkl_gradient)) < 1e-10);
+  }
+  for (const auto& c : sequence_cases()) {
+    INFO(c.name());
+    const auto t = exact_targets(c.pi, c.ref);
+    CHECK(relative_error(enumerate<twice_k3>(as_loss, c.pi, c.ref).gradient,
+                         vector(2 * t.fkl_token_gradient)) < 1e-10);
+  }
+}
+
+TEST_CASE("user estimator: without a closed form explain says unknown in every cell",
+          "[user-estimator][explain]") {
+  const auto v = klgrad::explain<neyman_chi2>(klgrad::parse_spec("k1-both"));
+  for (const auto* f : {&v.on_policy_token, &v.on_policy_sequence, &v.off_policy_token,
+                        &v.off_policy_sequence}) {
+    CHECK(f->kind == klgrad::follows::unknown);
+    CHECK(f->name == "unknown");
+  }
+  CHECK(v.sentence.find("is unknown to explain") != std::string::npos);
+}

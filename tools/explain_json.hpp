@@ -13,7 +13,10 @@ namespace klgrad::cli {
 inline nlohmann::ordered_json to_json(const follows& f, bool one_state) {
   nlohmann::ordered_json out;
   out["follows"] = f.name;
-  out["kind"] = f.kind == follows::exact ? "exact" : f.kind == follows::zero ? "zero" : "biased";
+  out["kind"] = f.kind == follows::exact    ? "exact"
+                : f.kind == follows::zero   ? "zero"
+                : f.kind == follows::biased ? "biased"
+                                            : "unknown";
   nlohmann::ordered_json terms = nlohmann::ordered_json::array();
   for (const auto& t : f.terms)
     terms.push_back({{"gradient", std::string(to_string(t.what, one_state))},

@@ -48,6 +48,14 @@ inline T polynomial_bound() {
 }
 }  // namespace detail
 
+/// A function of s as a combination of 1, s, rho = e^-s, s^2/2, |s| and sign(s): the basis
+/// on which explain() knows every function's expected score-function gradient. An estimator
+/// that can, says its value and derivative on it (value_form, derivative_form); explain()
+/// gives the verdicts of one that cannot as unknown (the oracles still measure it).
+struct closed_form {
+  double one = 0, s = 0, rho = 0, half_square = 0, abs = 0, sign = 0;
+};
+
 namespace detail {
 /// Which half of an estimator a vector functor computes.
 enum class part { value, derivative };
@@ -94,6 +102,8 @@ struct estimator_base {
 struct k1 : estimator_base<k1> {
   static constexpr estimator id = estimator::k1;
   static constexpr bool derivative_zero_at_zero = false;  // k1'(0) = 1
+  static constexpr closed_form value_form{0, 1, 0, 0, 0, 0};       // s
+  static constexpr closed_form derivative_form{1, 0, 0, 0, 0, 0};  // 1
   template <class T> static detail::scalar_only<T> value(T s) { return s; }
   template <class T> static detail::scalar_only<T> derivative(T) { return T(1); }
   using estimator_base<k1>::value;
@@ -111,6 +121,8 @@ struct k1 : estimator_base<k1> {
 struct k2 : estimator_base<k2> {
   static constexpr estimator id = estimator::k2;
   static constexpr bool derivative_zero_at_zero = true;
+  static constexpr closed_form value_form{0, 0, 0, 1, 0, 0};       // s^2/2
+  static constexpr closed_form derivative_form{0, 1, 0, 0, 0, 0};  // s
   template <class T> static detail::scalar_only<T> value(T s) { return s * s * T(0.5); }
   template <class T> static detail::scalar_only<T> derivative(T s) { return s; }
   using estimator_base<k2>::value;
@@ -244,6 +256,8 @@ void k3_packet(const P& s, P& value, P& derivative) {
 struct k3 : estimator_base<k3> {
   static constexpr estimator id = estimator::k3;
   static constexpr bool derivative_zero_at_zero = true;
+  static constexpr closed_form value_form{-1, 1, 1, 0, 0, 0};       // rho - 1 + s
+  static constexpr closed_form derivative_form{1, 0, -1, 0, 0, 0};  // 1 - rho
   template <class T> static detail::scalar_only<T> value(T s) {
     return std::abs(s) < T(detail::k3_series_radius) ? detail::k3_series<T>(s)
                                                       : std::expm1(-s) + s;
@@ -274,6 +288,8 @@ struct k3 : estimator_base<k3> {
 struct abs : estimator_base<abs> {
   static constexpr estimator id = estimator::abs;
   static constexpr bool derivative_zero_at_zero = true;
+  static constexpr closed_form value_form{0, 0, 0, 0, 1, 0};       // |s|
+  static constexpr closed_form derivative_form{0, 0, 0, 0, 0, 1};  // sign(s)
   template <class T> static detail::scalar_only<T> value(T s) { return std::abs(s); }
   template <class T> static detail::scalar_only<T> derivative(T s) { return T((s > T(0)) - (s < T(0))); }
   using estimator_base<abs>::value;
@@ -298,6 +314,8 @@ struct abs : estimator_base<abs> {
 ///   * E::lowest_safe<T>() and E::highest_safe<T>(): the range of s on which value and
 ///     derivative stay finite with room for a weight (the kernel's guard keeps s inside);
 ///   * static constexpr bool derivative_zero_at_zero: whether k'(0) = 0.
+/// Optionally (has_closed_form), static constexpr closed_form value_form and derivative_form:
+/// k and k' on explain()'s basis, for its verdicts.
 /// And it must meet, which no type check can see: k(0) = 0 (pi = ref costs nothing), and
 /// k'(0) = 0 exactly when derivative_zero_at_zero says so (the kernel then skips masking the
 /// gradient of masked tokens, whose s is 0).
@@ -347,6 +365,13 @@ template <class E, class = void>
 struct has_zero_traits : std::false_type {};
 template <class E>
 struct has_zero_traits<E, std::void_t<decltype(bool{E::derivative_zero_at_zero})>>
+    : std::true_type {};
+
+template <class E, class = void>
+struct has_closed_form : std::false_type {};
+template <class E>
+struct has_closed_form<E, std::void_t<decltype(closed_form{E::value_form}),
+                                      decltype(closed_form{E::derivative_form})>>
     : std::true_type {};
 
 template <class E>

@@ -69,7 +69,8 @@ struct gradient_term {
 
 /// What a configuration's expected gradient is in one setting.
 struct follows {
-  enum kind_t { exact, zero, biased } kind = biased;
+  /// unknown: an estimator type without a closed form on explain's basis (has_closed_form).
+  enum kind_t { exact, zero, biased, unknown } kind = biased;
   /// exact: E[gradient] = sum of weight * gradient (empty for zero and biased).
   std::vector<gradient_term> terms;
   /// The per-state terms are under mu's state distribution (off-policy over sequences).
@@ -97,27 +98,14 @@ namespace detail {
 enum basis { one_fn, s_fn, rho_fn, half_square_fn, abs_fn, sign_fn, basis_size };
 using function = std::array<double, basis_size>;
 
-inline function estimator_value(estimator e) {
-  function f{};
-  switch (e) {
-    case estimator::k1: f[s_fn] = 1; break;
-    case estimator::k2: f[half_square_fn] = 1; break;
-    case estimator::k3: f[rho_fn] = 1; f[one_fn] = -1; f[s_fn] = 1; break;
-    case estimator::abs: f[abs_fn] = 1; break;
-  }
-  return f;
+inline function on_basis(const closed_form& c) {
+  return {c.one, c.s, c.rho, c.half_square, c.abs, c.sign};
 }
 
-inline function estimator_derivative(estimator e) {
-  function f{};
-  switch (e) {
-    case estimator::k1: f[one_fn] = 1; break;
-    case estimator::k2: f[s_fn] = 1; break;
-    case estimator::k3: f[one_fn] = 1; f[rho_fn] = -1; break;
-    case estimator::abs: f[sign_fn] = 1; break;
-  }
-  return f;
-}
+/// A term's value and derivative on the basis, from the estimators' closed forms.
+struct term_functions {
+  function value, derivative;
+};
 
 inline function combine(double a, const function& f, double b, const function& g) {
   function out{};
@@ -299,7 +287,7 @@ inline parts off_policy_parts(const spec& s) {
   return p;
 }
 
-inline follows cell(const spec& s, bool one_state, bool off_policy) {
+inline follows cell(const spec& s, const term_functions& k, bool one_state, bool off_policy) {
   expectation e;
   const importance& is = s.importance;
   if (off_policy) {
@@ -315,8 +303,8 @@ inline follows cell(const spec& s, bool one_state, bool off_policy) {
   }
   const parts p = off_policy ? off_policy_parts(s) : on_policy_parts(s);
   if (p.zero) return finish(e, one_state, off_policy);
-  const function value = estimator_value(s.term.value_estimator);
-  const function derivative = estimator_derivative(s.term.gradient_estimator);
+  const function& value = k.value;
+  const function& derivative = k.derivative;
   // The in-reward penalty R and the as-loss function A, D of the token (or of S).
   const function reward = combine(p.reward, value, 0, value);
   const function loss = combine(p.loss_value, value, p.loss_derivative, derivative);
@@ -392,11 +380,65 @@ inline std::string phrase(const follows& f) {
     case follows::exact: return "follows " + f.name;
     case follows::zero: return "has zero expected gradient";
     case follows::biased: return "is biased";
+    case follows::unknown: return "is unknown to explain";
   }
   return "?";
 }
 
 }  // namespace detail
+
+namespace detail {
+inline follows unknown_cell() {
+  follows f;
+  f.kind = follows::unknown;
+  f.name = "unknown";
+  f.sentence = "unknown: the estimator has no closed form on explain's basis (1, s, e^-s, "
+               "s^2/2, |s|, sign s); measure it with the exact oracle (oracle::enumerate)";
+  return f;
+}
+
+inline verdict explain_with(const spec& s, const term_functions* k) {
+  verdict v;
+  v.spec = to_string(s);
+  auto at = [&](bool one_state, bool off_policy) {
+    return k ? cell(s, *k, one_state, off_policy) : unknown_cell();
+  };
+  v.on_policy_token = at(true, false);
+  v.on_policy_sequence = at(false, false);
+  v.off_policy_token = at(true, true);
+  v.off_policy_sequence = at(false, true);
+  auto on_both_levels = [](const follows& one, const follows& seq) {
+    if (one.name == seq.name) return phrase(one) + " on one state and over sequences";
+    const bool short_form = one.kind == follows::exact && seq.kind == follows::exact;
+    return phrase(one) + " on one state and " + (short_form ? seq.name : phrase(seq)) +
+           " over sequences";
+  };
+  std::string off = on_both_levels(v.off_policy_token, v.off_policy_sequence);
+  if (v.off_policy_token.kind == follows::biased && v.off_policy_sequence.kind == follows::biased)
+    off = "is biased (" + v.off_policy_token.sentence.substr(v.off_policy_token.sentence.find(": ") + 2) + ")";
+  v.sentence = v.spec + ": on-policy " + on_both_levels(v.on_policy_token, v.on_policy_sequence) +
+               "; from mu " + off + ".";
+  if (s.clamp.active())
+    v.sentence += " The clamp changes coefficients where it binds (there it passes no or a "
+                  "clipped gradient); the verdicts hold where it does not.";
+  return v;
+}
+}  // namespace detail
+
+/// explain() with estimator types of your own (as evaluate<Ev, Eg>): the spec gives
+/// everything but the estimators. Verdicts need both types' closed forms (has_closed_form);
+/// without them every cell is follows::unknown.
+template <class Ev, class Eg = Ev>
+verdict explain(const spec& s) {
+  static_assert(require_estimator<Ev>() && require_estimator<Eg>());
+  if constexpr (has_closed_form<Ev>::value && has_closed_form<Eg>::value) {
+    const detail::term_functions k{detail::on_basis(Ev::value_form),
+                                   detail::on_basis(Eg::derivative_form)};
+    return detail::explain_with(s, &k);
+  } else {
+    return detail::explain_with(s, nullptr);
+  }
+}
 
 /// The verdict on a spec, from the theory of docs/theory.md, tables 3-5 (not from running the
 /// oracle; tests/test_explain.cpp checks every verdict against it).
@@ -410,27 +452,11 @@ inline std::string phrase(const follows& f) {
 ///    biased unless the coefficient is constant.
 ///  - off-policy with no weight, a truncated weight or a band mask: biased.
 inline verdict explain(const spec& s) {
-  verdict v;
-  v.spec = to_string(s);
-  v.on_policy_token = detail::cell(s, true, false);
-  v.on_policy_sequence = detail::cell(s, false, false);
-  v.off_policy_token = detail::cell(s, true, true);
-  v.off_policy_sequence = detail::cell(s, false, true);
-  auto on_both_levels = [](const follows& one, const follows& seq) {
-    if (one.name == seq.name) return detail::phrase(one) + " on one state and over sequences";
-    const bool short_form = one.kind == follows::exact && seq.kind == follows::exact;
-    return detail::phrase(one) + " on one state and " +
-           (short_form ? seq.name : detail::phrase(seq)) + " over sequences";
-  };
-  std::string off = on_both_levels(v.off_policy_token, v.off_policy_sequence);
-  if (v.off_policy_token.kind == follows::biased && v.off_policy_sequence.kind == follows::biased)
-    off = "is biased (" + v.off_policy_token.sentence.substr(v.off_policy_token.sentence.find(": ") + 2) + ")";
-  v.sentence = v.spec + ": on-policy " + on_both_levels(v.on_policy_token, v.on_policy_sequence) +
-               "; from mu " + off + ".";
-  if (s.clamp.active())
-    v.sentence += " The clamp changes coefficients where it binds (there it passes no or a "
-                  "clipped gradient); the verdicts hold where it does not.";
-  return v;
+  return visit(s.term.value_estimator, [&](auto value) {
+    return visit(s.term.gradient_estimator, [&](auto gradient) {
+      return explain<decltype(value), decltype(gradient)>(s);
+    });
+  });
 }
 
 inline verdict explain(std::string_view text) { return explain(parse_spec(text)); }
