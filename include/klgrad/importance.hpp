@@ -1,11 +1,8 @@
-// Importance weights against a behaviour policy: per token, per prefix, per decision or per
-// sequence; none, detached or differentiable; with truncation and band masking; in log space.
+// Importance weights against a behaviour policy, as a spec names them: per token, per prefix,
+// per decision or per sequence; none, detached or differentiable; with truncation and band
+// masking. The kernel computes them in kernel/weights.hpp, in log space.
 #pragma once
 
-#include "estimators.hpp"
-
-#include <algorithm>
-#include <cmath>
 #include <limits>
 #include <string_view>
 
@@ -89,39 +86,5 @@ struct importance {
            a.mask_hi == b.mask_hi;
   }
 };
-
-/// One token's weight as the loss uses it.
-template <class T>
-struct token_weight {
-  T used = T(1);          ///< the factor that multiplies the token's loss and coefficient
-  T gradient = T(0);      ///< d(used)/d(lp): used when differentiable and not truncated
-  bool dropped = false;   ///< outside the band mask
-  bool guarded = false;   ///< log w was clamped to keep exp finite
-};
-
-/// Scalar reference: the weight used for log weight log_w (log w_t, log W_{1:t} or the
-/// sequence mean, by is-level). log w is clamped to
-/// [-exp_bound, exp_bound] (float 43.4, double 353.9) before exp so that w, and w times any
-/// estimator value, stay finite.
-template <class T>
-token_weight<T> weigh(T log_w, const importance& is) {
-  token_weight<T> out;
-  if (!is.active()) return out;
-  const T bound = detail::exp_bound<T>();
-  if (log_w > bound || log_w < -bound) {
-    out.guarded = true;
-    log_w = std::clamp(log_w, -bound, bound);
-  }
-  const T w = std::exp(log_w);
-  if (is.masked() && (w < T(is.mask_lo) || w > T(is.mask_hi))) {
-    out.used = T(0);
-    out.dropped = true;
-    return out;
-  }
-  const bool truncated = w > T(is.clip);
-  out.used = truncated ? T(is.clip) : w;
-  out.gradient = (is.mode == weighting::differentiable && !truncated) ? w : T(0);
-  return out;
-}
 
 }  // namespace klgrad
