@@ -12,6 +12,8 @@
 
 namespace klgrad::detail {
 
+/// Where a sequence's outputs start in an output view: its row of a padded batch, its first
+/// token of a packed one.
 template <class T, class M>
 T* output_row(const padded_batch<T, M>&, const strided_rows<T>& out,
               const sequence_view<T, M>& q) {
