@@ -235,18 +235,22 @@ row_result reverse_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
 template <class T, class I>
 row_result tail_top_k_row(bool reverse, const T* z, const T* zr, Index V, T it, bool log_probs,
                           I* idx, Index k, double scale, T* g) {
-  const online_state<T> s = first_pass<true, false>(z, zr, V, it, log_probs);
-  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
-  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
-  const double lse_z = s.lse_x(), lse_r = s.lse_y();
+  // One pass over both rows: the tails' log-sum-exps, and the whole rows' from them and K's
+  // (a NaN / +inf or an all -inf row shows as a log-sum-exp that is not finite).
   const auto [oz, orr] = lse_outside(z, zr, V, it, idx, k, reverse ? z : zr);
+  const double whole_z = log_add_exp(oz, lse_over(z, it, idx, k));
+  const double whole_r = log_add_exp(orr, lse_over(zr, it, idx, k));
+  if (!std::isfinite(whole_z)) return {0, row_bad_z};
+  if (!std::isfinite(whole_r)) return {0, row_bad_ref};
+  // Log-probabilities are taken as they are (log-sum-exp 0), as by the other kernels.
+  const double lse_z = log_probs ? 0.0 : whole_z, lse_r = log_probs ? 0.0 : whole_r;
   const double lP = oz - lse_z, lR = orr - lse_r;  // log-masses of the tail bins
   const double value = reverse ? binned_kl(z, zr, it, idx, k, lse_z, lse_r, lP, lR)
                                : binned_kl(zr, z, it, idx, k, lse_r, lse_z, lR, lP);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
   if (reverse && !std::isfinite(value)) return {value, row_infinite_rkl};
-  const T c = T(scale) * it, cx = s.cx, lsx = T(s.log_sx());
+  const T c = T(scale) * it, cx = T(lse_z), lsx = T(lse_z - double(cx));
   constexpr double none = -std::numeric_limits<double>::infinity();
   if (reverse) {
     // Off K: it pi_j (lP - lR - value); where P = 0 every pi_j off K is 0.
