@@ -142,6 +142,11 @@ TEMPLATE_TEST_CASE("the full-vocabulary kernels allocate nothing", "[alloc]", fl
   }
   CHECK(allocations_in([&] { klgrad::forward_kl_top_k(batch, top, value, opt); }) == 0);
   CHECK(allocations_in([&] { klgrad::forward_kl_top_k(batch, top, value, grad, opt); }) == 0);
+  for (klgrad::top_k_form f : klgrad::top_k_forms) {
+    INFO(klgrad::to_string(f));
+    CHECK(allocations_in([&] { klgrad::top_k_divergence(f, batch, top, value, opt); }) == 0);
+    CHECK(allocations_in([&] { klgrad::top_k_divergence(f, batch, top, value, grad, opt); }) == 0);
+  }
   CHECK(allocations_in([&] { klgrad::selective_log_softmax(z, ids, logp, 0.7); }) == 0);
   CHECK(allocations_in([&] { klgrad::sampled_logits_gradient(z, ids, coef, grad, 0.7); }) == 0);
 }

@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "logits_oracle.hpp"
+
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -18,28 +20,16 @@
 
 namespace {
 
+using namespace logits_oracle;
 using klgrad::divergence;
-using klgrad::Index;
-using LD = long double;
 template <class T>
 using rows_t = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using Rows = rows_t<double>;
 using Vec = Eigen::ArrayXd;
 
 constexpr double inf = std::numeric_limits<double>::infinity();
 constexpr double qnan = std::numeric_limits<double>::quiet_NaN();
 
 // ---- oracle: direct two-pass computation in long double ----
-
-std::vector<LD> log_softmax(const double* z, Index V, LD tau) {
-  LD m = -INFINITY;
-  for (Index j = 0; j < V; ++j) m = std::max(m, LD(z[j]) / tau);
-  LD s = 0;
-  for (Index j = 0; j < V; ++j) s += std::exp(LD(z[j]) / tau - m);
-  std::vector<LD> out(static_cast<std::size_t>(V));
-  for (Index j = 0; j < V; ++j) out[std::size_t(j)] = LD(z[j]) / tau - m - std::log(s);
-  return out;
-}
 
 /// sum_j exp(a_j) (a_j - b_j), zero-probability terms dropped.
 LD kl_logs(const std::vector<LD>& a, const std::vector<LD>& b) {
@@ -103,38 +93,8 @@ oracle_row oracle_top_k(const double* z, const double* zr, Index V, Index k, LD 
   return o;
 }
 
-/// d value / d z_j by Richardson-extrapolated central differences of the oracle value.
-template <class F>
-std::vector<LD> central_differences(std::vector<double> z, F value) {
-  std::vector<LD> out(z.size());
-  for (std::size_t j = 0; j < z.size(); ++j) {
-    auto diff = [&](double h) {
-      const double z0 = z[j];
-      z[j] = z0 + h;
-      const LD up = value(z);
-      z[j] = z0 - h;
-      const LD down = value(z);
-      z[j] = z0;
-      return (up - down) / (2 * LD(h));
-    };
-    const double h = 1.0 / 1024;  // exact in binary, so z +- h is the intended point
-    out[j] = (4 * diff(h / 2) - diff(h)) / 3;
-  }
-  return out;
-}
 
-Rows random_rows(Index n, Index v, double scale, unsigned seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  Rows x(n, v);
-  for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
-  return x;
-}
 
-bool close(double a, LD b, double tol) {
-  if (std::isinf(double(b))) return a == double(b);
-  return std::abs(LD(a) - b) <= LD(tol) * std::max(LD(1), std::abs(b));
-}
 
 template <class A>
 void check_rows(divergence d, const Rows& z, const Rows& zr, const A& value, const Rows& grad,

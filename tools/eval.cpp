@@ -19,7 +19,8 @@ void add_eval(CLI::App& app) {
       "\"offsets\" (packed); null stands for NaN; no other key. Prints JSON: spec, value, coef, loss, kl, kl_sequence, tokens, "
       "sequences, guarded, dropped. With a \"logits\" key the input is full logits instead "
       "(docs/logits.md): {\"logits\", \"ref_logits\"} as B x T x V or N x V lists, optional "
-      "\"mask\", \"divergence\" (reverse-kl, forward-kl, jensen-shannon, forward-kl-top-k), "
+      "\"mask\", \"divergence\" (reverse-kl, forward-kl, jensen-shannon, forward-kl-top-k, "
+      "reverse-kl-top-k, forward-kl-top-k-tail, reverse-kl-top-k-tail), "
       "\"lambda\", \"top_k\", \"temperature\", \"log_probs\", \"gradient\", \"ids\", \"coef\"; "
       "\"-inf\" stands for a masked vocabulary entry. Prints divergence, value, grad, loss, "
       "mean, rows, sequences (+ indices, logp, logits_grad).");

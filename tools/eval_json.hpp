@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -415,12 +416,14 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
   }
   constexpr divergence exact[] = {divergence::reverse_kl, divergence::forward_kl,
                                   divergence::jensen_shannon};
-  const bool top_k = name == "forward-kl-top-k";
+  const std::optional<top_k_form> form = top_k_form_named(name);
+  const bool top_k = form.has_value();
   const auto found = std::find_if(std::begin(exact), std::end(exact),
                                   [&](divergence d) { return to_string(d) == name; });
   if (!top_k && found == std::end(exact))
     throw usage_error("divergence '" + name + "' is unknown; divergences: reverse-kl, "
-                      "forward-kl, jensen-shannon, forward-kl-top-k");
+                      "forward-kl, jensen-shannon, forward-kl-top-k, reverse-kl-top-k, "
+                      "forward-kl-top-k-tail, reverse-kl-top-k-tail");
   const divergence d = top_k ? divergence::forward_kl : *found;
   if (in.contains("lambda")) {
     if (top_k || d != divergence::jensen_shannon)
@@ -430,10 +433,10 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
   }
   Index k = 0;
   if (in.contains("top_k") != top_k)
-    throw usage_error(top_k ? "divergence 'forward-kl-top-k' needs top_k, the number of the "
-                              "reference's largest logits it keeps"
-                            : "top_k applies only to divergence 'forward-kl-top-k', not '" +
-                                  name + "'");
+    throw usage_error(top_k ? "divergence '" + name + "' needs top_k, the number of the " +
+                                  (policy_chooses(*form) ? "policy's" : "reference's") +
+                                  " largest logits it keeps"
+                            : "top_k applies only to the top-k divergences, not '" + name + "'");
   if (top_k) {
     const nlohmann::json& kj = in["top_k"];
     if (!kj.is_number_integer() || kj.get<std::int64_t>() < 1 || kj.get<std::int64_t>() > V)
@@ -460,8 +463,8 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
   if (top_k) {
     rows<std::int64_t> indices(N, k);
     r = in_cli_words([&] {
-      return gradient ? forward_kl_top_k(batch, indices, value, grad, opt)
-                      : forward_kl_top_k(batch, indices, value, opt);
+      return gradient ? top_k_divergence(*form, batch, indices, value, grad, opt)
+                      : top_k_divergence(*form, batch, indices, value, opt);
     }, place);
     shape dims = per_row;
     dims.push_back(k);

@@ -1,6 +1,7 @@
 // Exact per-state divergences between the policy's and the reference's full softmax rows
-// (reverse KL, forward KL, generalised Jensen-Shannon, top-k forward KL) and their exact
-// gradients with respect to the policy logits, streamed one row at a time.
+// (reverse KL, forward KL, generalised Jensen-Shannon) and their exact gradients with
+// respect to the policy logits, streamed one row at a time; the top-k forms are in
+// logits_top_k.hpp, included at the end.
 #pragma once
 
 #include "aggregation.hpp"
@@ -395,105 +396,6 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
 }
 
 
-/// The k largest entries of a reference row, written to idx[0..k) in descending order of
-/// value, ties broken by the smaller index (a deterministic torch.topk). One scan with a
-/// k-heap held in idx; blocks whose maximum does not beat the heap's worst are skipped.
-template <class T, class I>
-void select_top_k(const T* zr, Index V, I* idx, Index k) {
-  auto better = [zr](I a, I b) {
-    const T va = zr[Index(a)], vb = zr[Index(b)];
-    return va > vb || (va == vb && a < b);
-  };
-  for (Index j = 0; j < k; ++j) idx[j] = I(j);
-  std::make_heap(idx, idx + k, better);  // front: the worst kept entry
-  T threshold = zr[Index(idx[0])];
-  constexpr Index block = 64;
-  for (Index j0 = k; j0 < V; j0 += block) {
-    const Index n = std::min(block, V - j0);
-    if (!(max_of(zr + j0, n) > threshold)) continue;
-    for (Index j = j0; j < j0 + n; ++j) {
-      if (!(zr[j] > threshold)) continue;  // a tie loses: j is later than every kept index
-      std::pop_heap(idx, idx + k, better);
-      idx[k - 1] = I(j);
-      std::push_heap(idx, idx + k, better);
-      threshold = zr[Index(idx[0])];
-    }
-  }
-  std::sort_heap(idx, idx + k, better);
-}
-
-/// Top-k forward KL of a row: K = the reference's k largest logits, the reference
-/// renormalised over K (rt_i = ref_i / sum_K ref), the policy NOT renormalised (its full
-/// softmax, as distillation trainers that keep the teacher's top-k logits do):
-///   FKL_k = sum_{i in K} rt_i (log rt_i - log pi_i)
-///         = KL(rt || pi restricted to K, renormalised) - log pi(K) >= 0,
-///   dFKL_k/dz_j = it (pi_j - rt_j [j in K])   (since sum_K rt = 1).
-/// k = V gives FKL exactly.
-template <class T, class I>
-row_result top_k_row(const T* z, const T* zr, Index V, T it, bool log_probs, I* idx, Index k,
-                     double scale, T* g) {
-  const T total = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(zr, V).sum();
-  if ((std::isnan(total) || total == std::numeric_limits<T>::infinity()) &&
-      first_invalid(zr, V) >= 0)
-    return {0, row_bad_ref};
-  select_top_k(zr, V, idx, k);
-  const T top = zr[Index(idx[0])] * it;
-  if (top == -std::numeric_limits<T>::infinity()) return {0, row_bad_ref};
-  const online_state<T> s =
-      log_probs ? normalized_pass<false>(z, z, V) : online_pass<false, false>(z, z, V, it);
-  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
-  const T cx = s.cx, lsx = T(s.log_sx());
-  double sk = 0;
-  for (Index j = 0; j < k; ++j) sk += std::exp(double(zr[Index(idx[j])] * it - top));
-  const double lsk = double(top) + std::log(sk);
-  double value = 0;
-  for (Index j = 0; j < k; ++j) {
-    const Index i = Index(idx[j]);
-    const double lr = double(zr[i] * it) - lsk, r = std::exp(lr);
-    if (r > 0) value += r * (lr - ((double(z[i] * it) - double(cx)) - double(lsx)));
-  }
-  if (std::isnan(value)) return {0, row_nan};
-  if (!g) return {value, row_ok};
-  const T c = T(scale) * it;
-  write_row(g, V, [&](auto tag, Index i) {
-    using P = decltype(tag);
-    const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
-    return ei::pmul(splat<P>(c), p);
-  });
-  for (Index j = 0; j < k; ++j) {
-    const Index i = Index(idx[j]);
-    g[i] -= c * T(std::exp(double(zr[i] * it) - lsk));
-  }
-  return {value, row_ok};
-}
-
-template <class T, class M, class D>
-strided_rows<std::remove_const_t<typename D::Scalar>> index_output(const logit_batch<T, M>& b,
-                                                                   const Eigen::DenseBase<D>& x) {
-  using I = std::remove_const_t<typename D::Scalar>;
-  static_assert(std::is_integral_v<I> && std::is_signed_v<I>,
-                "klgrad: top-k indices must be a signed integer type");
-  const auto v = rows_of(x, "indices");
-  if (v.rows != b.rows() || v.cols < 1 || v.cols > b.vocabulary())
-    raise<shape_error>(cat("shape mismatch: z is ", shape_text(b.z.rows, b.z.cols),
-                           " but indices is ", shape_text(v.rows, v.cols),
-                           "; indices must be N x k with 1 <= k <= V"));
-  if (b.vocabulary() - 1 > Index(std::numeric_limits<I>::max()))
-    raise<shape_error>(cat("indices' integer type cannot hold column ", b.vocabulary() - 1));
-  return {const_cast<I*>(v.data), v.rows, v.cols, v.stride};
-}
-
-template <class T, class M, class I, class RowFn>
-logits_summary run_top_k(const logit_batch<T, M>& b, const strided_rows<I>& idx, T* out,
-                         const strided_rows<T>* go, const logits_options& opt, RowFn&& row) {
-  check_options(b, opt);
-  const logits_summary sum = run_rows(b, out, go, opt, [&](Index r, double scale, T* g) {
-    return row(r, idx.row(r), scale, g);
-  });
-  for (Index r = 0; r < b.rows(); ++r)
-    if (!b.valid(r)) std::fill(idx.row(r), idx.row(r) + idx.cols, I(-1));
-  return sum;
-}
 }  // namespace detail
 
 /// Per-row divergence between pi = softmax(z / tau) and ref = softmax(z_ref / tau) for every
@@ -578,40 +480,6 @@ logits_summary logits_divergence(divergence d, const logit_batch<T, M>& batch,
   return {};
 }
 
-/// Top-k forward KL per row: over K, the reference's k largest logits (k = indices.cols(),
-/// 1 <= k <= V; ties go to the smaller index), with the reference renormalised over K and
-/// the policy's full-vocabulary softmax (not renormalised):
-///   value = sum_{i in K} rt_i (log rt_i - log pi_i),  rt = softmax of z_ref / tau over K.
-/// This is what trainers distilling from a teacher's stored top-k logits compute; it is >= 0
-/// and equals FKL when k = V. Writes indices (N x k, signed integers, descending reference
-/// logit; -1 in masked rows) and value (N entries).
-template <class T, class M, class I, class V>
-logits_summary forward_kl_top_k(const logit_batch<T, M>& batch, const Eigen::DenseBase<I>& indices,
-                                const Eigen::DenseBase<V>& value, const logits_options& opt = {}) {
-  const auto idx = detail::index_output(batch, indices);
-  T* out = detail::value_output(batch, value);
-  const Index Vn = batch.vocabulary(), k = idx.cols;
-  const T it = T(1.0 / opt.temperature);
-  return detail::run_top_k(batch, idx, out, static_cast<const detail::strided_rows<T>*>(nullptr), opt, [&](Index r, auto* ir, double, T*) {
-    return detail::top_k_row(batch.z.row(r), batch.ref.row(r), Vn, it, opt.log_probs, ir, k,
-                             0.0, static_cast<T*>(nullptr));
-  });
-}
-
-/// The same, and grad = beta * a_{b,t} * (pi - rt [K]) / tau (N x V; zero in masked rows).
-template <class T, class M, class I, class V, class G>
-logits_summary forward_kl_top_k(const logit_batch<T, M>& batch, const Eigen::DenseBase<I>& indices,
-                                const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
-                                const logits_options& opt = {}) {
-  const auto idx = detail::index_output(batch, indices);
-  T* out = detail::value_output(batch, value);
-  const auto go = detail::grad_output(batch, grad);
-  const Index Vn = batch.vocabulary(), k = idx.cols;
-  const T it = T(1.0 / opt.temperature);
-  return detail::run_top_k(batch, idx, out, &go, opt, [&](Index r, auto* ir, double scale, T* g) {
-    return detail::top_k_row(batch.z.row(r), batch.ref.row(r), Vn, it, opt.log_probs, ir, k,
-                             scale, g);
-  });
-}
-
 }  // namespace klgrad
+
+#include "logits_top_k.hpp"

@@ -165,7 +165,10 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
                       temperature=1.0, mask=None, log_probs=False, gradient=True):
     """The exact per-row divergence between softmax(logits / temperature) and
     softmax(ref_logits / temperature) over the full vocabulary (reverse-kl, forward-kl,
-    jensen-shannon with the reference's share lam, or forward-kl-top-k with top_k), and with
+    jensen-shannon with the reference's share lam), or a top-k form with top_k
+    (forward-kl-top-k, reverse-kl-top-k, forward-kl-top-k-tail, reverse-kl-top-k-tail;
+    docs/logits.md; indices: K, the reference's top k or, for the reverse forms, the
+    policy's), and with
     gradient=True its exact gradient with respect to logits (of the loss: the mean over
     valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero = valid)."""
     z, zr, m = (_numpy_view(x, n, f) for x, n, f in

@@ -122,6 +122,8 @@ def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, tempe
     """(loss, value): the exact full-vocabulary divergence between softmax(logits / tau) and
     softmax(ref_logits / tau) (on-policy distillation, GKD), loss the mean over valid rows
     as a 0-dim tensor whose gradient to logits is the kernel's exact gradient (nothing flows
-    into ref_logits), value the detached per-row divergence."""
+    into ref_logits), value the detached per-row divergence. divergence and top_k as
+    klgrad.logits_divergence (the top-k forms: forward-kl-top-k, reverse-kl-top-k,
+    forward-kl-top-k-tail, reverse-kl-top-k-tail)."""
     return _LogitsLoss.apply(logits, _detached(ref_logits), divergence, mask, temperature, lam,
                              top_k)

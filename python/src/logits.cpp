@@ -92,6 +92,7 @@ struct divergence_args {
   logit_array z, zr;
   std::optional<py::array> mask;  ///< uint8, N entries
   divergence d = divergence::reverse_kl;
+  std::optional<top_k_form> form;  ///< a top-k form, with top_k > 0
   Index top_k = 0;
   bool gradient = true;
   logits_options opt;
@@ -114,8 +115,8 @@ py::tuple run_divergence(const divergence_args& c) {
   auto run = [&](const auto& batch) {
     py::gil_scoped_release unlocked;
     if (c.top_k > 0)
-      return c.gradient ? forward_kl_top_k(batch, idx, v, g, c.opt)
-                        : forward_kl_top_k(batch, idx, v, c.opt);
+      return c.gradient ? top_k_divergence(*c.form, batch, idx, v, g, c.opt)
+                        : top_k_divergence(*c.form, batch, idx, v, c.opt);
     return c.gradient ? logits_divergence(c.d, batch, v, g, c.opt)
                       : logits_divergence(c.d, batch, v, c.opt);
   };
@@ -136,16 +137,18 @@ py::tuple run_divergence(const divergence_args& c) {
                         r.mean, r.rows, r.sequences);
 }
 
-divergence divergence_of(const std::string& name, bool& top_k) {
+divergence divergence_of(const std::string& name, std::optional<top_k_form>& form) {
   constexpr divergence exact[] = {divergence::reverse_kl, divergence::forward_kl,
                                   divergence::jensen_shannon};
-  top_k = name == "forward-kl-top-k";
-  if (top_k) return divergence::forward_kl;
+  form = top_k_form_named(name);
+  if (form) return divergence::forward_kl;
   for (const divergence d : exact)
     if (to_string(d) == name) return d;
-  throw argument_error{PyExc_ValueError, "divergence= \"" + name +
-                                             "\" is unknown; divergences: reverse-kl, "
-                                             "forward-kl, jensen-shannon, forward-kl-top-k"};
+  throw argument_error{PyExc_ValueError,
+                       "divergence= \"" + name +
+                           "\" is unknown; divergences: reverse-kl, forward-kl, jensen-shannon, "
+                           "forward-kl-top-k, reverse-kl-top-k, forward-kl-top-k-tail, "
+                           "reverse-kl-top-k-tail"};
 }
 
 /// (value, grad or None, indices or None, loss, mean, rows, sequences)
@@ -164,14 +167,15 @@ py::tuple divergence_binding(py::handle logits, py::handle ref_logits, const std
                                                          shape_text(c.zr.a) +
                                                          " but logits= has shape " +
                                                          shape_text(c.z.a)};
-    bool is_top_k = false;
-    c.d = divergence_of(name, is_top_k);
+    c.d = divergence_of(name, c.form);
+    const bool is_top_k = c.form.has_value();
     if (is_top_k != !top_k.is_none())
-      throw argument_error{PyExc_ValueError,
-                           is_top_k ? "divergence=\"forward-kl-top-k\" needs top_k= (the number "
-                                      "of the reference's largest logits it keeps)"
-                                    : "top_k= applies only to divergence=\"forward-kl-top-k\", "
-                                      "not \"" + name + "\""};
+      throw argument_error{
+          PyExc_ValueError,
+          is_top_k ? "divergence=\"" + name + "\" needs top_k= (the number of the " +
+                         (policy_chooses(*c.form) ? "policy's" : "reference's") +
+                         " largest logits it keeps)"
+                   : "top_k= applies only to the top-k divergences, not \"" + name + "\""};
     if (is_top_k) {
       const long long k = py::isinstance<py::int_>(top_k) ? top_k.cast<long long>() : 0;
       if (k < 1 || k > c.z.cols)

@@ -69,6 +69,62 @@ def test_top_k_forward_kl_with_k_equal_v_is_forward_kl():
     np.testing.assert_array_equal(top.indices[:, 0], zr.argmax(-1))
 
 
+def top_k_reference(z, zr, divergence, k, tau=1.0):
+    """The top-k forms as a trainer writes them in torch (K from the detached chooser, the
+    gathered full-vocabulary log-probs; the tail bin as log(-expm1(logsumexp)) of them, as
+    TRL's _add_tail_bucket does, without its clamp): per-row values and K."""
+    reverse = divergence.startswith("reverse")
+    chooser = (z if reverse else zr).detach()
+    K = torch.topk(chooser, k, dim=-1).indices
+    if not divergence.endswith("-tail"):  # the chooser renormalised over K, the other full
+        a = torch.log_softmax((z if reverse else zr).gather(-1, K) / tau, -1)
+        b = torch.log_softmax((zr if reverse else z) / tau, -1).gather(-1, K)
+    else:
+        def bins(x):
+            top = torch.log_softmax(x / tau, -1).gather(-1, K)
+            tail = torch.log(-torch.expm1(torch.logsumexp(top, -1, keepdim=True)))
+            return torch.cat([top, tail], -1)
+        a, b = (bins(z), bins(zr)) if reverse else (bins(zr), bins(z))
+    return (a.exp() * (a - b)).sum(-1), K
+
+
+@pytest.mark.parametrize("divergence", ["forward-kl-top-k", "reverse-kl-top-k",
+                                        "forward-kl-top-k-tail", "reverse-kl-top-k-tail"])
+def test_top_k_forms_match_autograd(divergence):
+    z, zr = logits(6, 11)
+    mask = np.array([1, 1, 0, 1, 1, 1], dtype=bool)
+    zt = torch.tensor(z, requires_grad=True)
+    loss, value = kt.logits_loss(zt, torch.tensor(zr), divergence=divergence,
+                                 mask=torch.tensor(mask), temperature=0.8, top_k=3)
+    loss.backward()
+    zx = torch.tensor(z, requires_grad=True)
+    ref, K = top_k_reference(zx, torch.tensor(zr), divergence, 3, 0.8)
+    expected = ref[torch.tensor(mask)].mean()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(zt.grad, zx.grad, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(value[torch.tensor(mask)], ref.detach()[torch.tensor(mask)])
+    assert value[2] == 0
+    r = klgrad.logits_divergence(z, zr, divergence=divergence, top_k=3, temperature=0.8,
+                                 mask=mask)
+    np.testing.assert_array_equal(r.indices[mask], K.numpy()[mask])
+    assert (r.indices[2] == -1).all()
+
+
+@pytest.mark.parametrize("divergence,full", [("reverse-kl-top-k", "reverse-kl"),
+                                             ("forward-kl-top-k-tail", "forward-kl"),
+                                             ("reverse-kl-top-k-tail", "reverse-kl")])
+def test_top_k_forms_with_k_equal_v_are_the_full_divergence(divergence, full):
+    z, zr = logits(4, 6)
+    top = klgrad.logits_divergence(z, zr, divergence=divergence, top_k=6)
+    whole = klgrad.logits_divergence(z, zr, divergence=full)
+    np.testing.assert_allclose(top.value, whole.value, rtol=1e-12)
+    np.testing.assert_allclose(top.grad, whole.grad, rtol=1e-12, atol=1e-15)
+    if divergence.endswith("-tail"):  # k + 1 bins: at most the full divergence
+        part = klgrad.logits_divergence(z, zr, divergence=divergence, top_k=2)
+        assert (part.value <= whole.value).all()
+
+
 def test_selective_log_softmax_and_sampled_gradient_match_autograd():
     z, _ = logits(5, 7)
     ids = RNG.integers(0, 7, 5)
@@ -88,6 +144,10 @@ def test_logits_refusals():
         klgrad.logits_divergence(z, zr, divergence="kl")
     with pytest.raises(ValueError, match="needs top_k="):
         klgrad.logits_divergence(z, zr, divergence="forward-kl-top-k")
+    with pytest.raises(ValueError, match="needs top_k= \\(the number of the policy's"):
+        klgrad.logits_divergence(z, zr, divergence="reverse-kl-top-k-tail")
+    with pytest.raises(ValueError, match="top_k= applies only to the top-k divergences"):
+        klgrad.logits_divergence(z, zr, top_k=2)
     with pytest.raises(klgrad.ShapeError, match="ref_logits= has shape"):
         klgrad.logits_divergence(z, zr[:, :4])
     with pytest.raises(TypeError, match="logits= has dtype torch.bfloat16"):

@@ -97,12 +97,24 @@ def divergence(name, z, zr, tau=1.0, lam=0.5, k=0):
         top = top_k(zr, k)
         lt = log_softmax(zr[top] / tau)  # the reference renormalised over K
         return kl(lt, lp[top])
+    if name == "reverse-kl-top-k":
+        top = top_k(z, k)  # the policy's top k, the policy renormalised over K
+        return kl(log_softmax(z[top] / tau), lr[top])
+    if name in ("forward-kl-top-k-tail", "reverse-kl-top-k-tail"):
+        # k + 1 bins: K (the chooser's top k) and the rest, the tail masses summed directly
+        reverse = name.startswith("reverse")
+        top = top_k(z if reverse else zr, k)
+        rest = [i for i in range(len(z)) if i not in top]
+        la, lb = (lp, lr) if reverse else (lr, lp)
+        with np.errstate(divide="ignore"):
+            tail = lambda l: np.log(np.sum(np.exp(l[rest])))
+            return kl(np.append(la[top], tail(la)), np.append(lb[top], tail(lb)))
     raise ValueError(name)
 
 
-def top_k(zr, k):
-    """The k largest reference logits, descending; ties to the smaller index."""
-    return sorted(range(len(zr)), key=lambda i: (-zr[i], i))[:k]
+def top_k(x, k):
+    """The k largest logits of a row, descending; ties to the smaller index."""
+    return sorted(range(len(x)), key=lambda i: (-x[i], i))[:k]
 
 
 def numeric_gradient(f, z, h=1e-5):
@@ -182,6 +194,12 @@ for name, extra, spec, kw in [
      {"agg": "seq-mean-token-sum-norm", "norm": 4.0, "beta": 2.0}),
     ("forward-kl-top-k", {"top_k": 2}, ["--spec", "agg=seq-mean-token-sum"],
      {"k": 2, "agg": "seq-mean-token-sum"}),
+    ("reverse-kl-top-k", {"top_k": 2, "temperature": 0.7}, ["--spec", "agg=token-sum"],
+     {"k": 2, "tau": 0.7, "agg": "token-sum"}),
+    ("forward-kl-top-k-tail", {"top_k": 2, "temperature": 1.3}, [],
+     {"k": 2, "tau": 1.3}),
+    ("reverse-kl-top-k-tail", {"top_k": 3}, ["--spec", "agg=seq-mean-token-mean,beta=0.5"],
+     {"k": 3, "agg": "seq-mean-token-mean", "beta": 0.5}),
     ("reverse-kl", {}, ["--spec", "agg=seq-mean-token-mean,agg-eps=0.5,agg-seq-eps=0.25,"
                                   "agg-scale=3"],
      {"agg": "seq-mean-token-mean", "eps": 0.5, "seq_eps": 0.25, "scale": 3.0}),
@@ -201,6 +219,10 @@ for name, extra, spec, kw in [
 rc, out, err = run({**base, "divergence": "forward-kl-top-k", "top_k": 3})
 want = [[top_k(zr[b, t], 3) if mask[b, t] else [-1] * 3 for t in range(T)] for b in range(B)]
 check("top-k indices", rc == 0 and out["indices"] == want, f"{out and out.get('indices')} vs {want}")
+rc, out, err = run({**base, "divergence": "reverse-kl-top-k-tail", "top_k": 3})
+want = [[top_k(z[b, t], 3) if mask[b, t] else [-1] * 3 for t in range(T)] for b in range(B)]
+check("reverse top-k indices: the policy's", rc == 0 and out["indices"] == want,
+      f"{out and out.get('indices')} vs {want}")
 
 # Global counts (a data-parallel shard): token-mean divides by --tokens.
 rc, out, err = run(base, "--tokens", "12", "--sequences", "4")
@@ -333,6 +355,39 @@ rc, out, err = run({"logits": jsonable(tz), "ref_logits": jsonable(tr),
                     "divergence": "forward-kl-top-k", "top_k": 4})
 check("top-k with k = V is the forward KL", rc == 0 and
       close(out["value"], [divergence("forward-kl", tz[0], tr[0])]), err or str(out))
+for name, full in [("reverse-kl-top-k", "reverse-kl"), ("forward-kl-top-k-tail", "forward-kl"),
+                   ("reverse-kl-top-k-tail", "reverse-kl")]:
+    rc, out, err = run({"logits": jsonable(tz), "ref_logits": jsonable(tr),
+                        "divergence": name, "top_k": 4})
+    check(f"{name} with k = V is the {full}", rc == 0 and
+          close(out["value"], [divergence(full, tz[0], tr[0])]), err or str(out))
+# The tail forms are at most the full divergence (k + 1 bins merge the rest).
+for k in (1, 2):
+    for name, full in [("forward-kl-top-k-tail", "forward-kl"),
+                       ("reverse-kl-top-k-tail", "reverse-kl")]:
+        rc, out, err = run({"logits": jsonable(tz), "ref_logits": jsonable(tr),
+                            "divergence": name, "top_k": k})
+        check(f"{name}, k = {k}: at most the {full}",
+              rc == 0 and out["value"][0] <= divergence(full, tz[0], tr[0]), err or str(out))
+# -inf vocabulary entries: the reference has no tail mass, the policy has: the reverse tail
+# form is +inf (its gradient an error naming the row), the forward one 0 in the tail bin.
+mz = [[0.3, 1.0, -0.2, 0.8]]
+mr = [[1.0, "-inf", 2.0, "-inf"]]
+rc, out, err = run({"logits": mz, "ref_logits": mr, "divergence": "reverse-kl-top-k-tail",
+                    "top_k": 2, "gradient": False})
+check("reverse tail form with an empty reference tail is inf", rc == 0 and out["value"] == ["inf"],
+      err or str(out))
+error_rc, _, err = run({"logits": mz, "ref_logits": mr, "divergence": "reverse-kl-top-k-tail",
+                        "top_k": 2})
+check("its gradient is an error naming ref_logits[0]", error_rc == 2 and "ref_logits[0]" in err, err)
+rc, out, err = run({"logits": mz, "ref_logits": mr, "divergence": "forward-kl-top-k-tail",
+                    "top_k": 2})
+if rc == 0:
+    want = expected("forward-kl-top-k-tail", np.array([mz], float),
+                    np.array([[[1.0, -np.inf, 2.0, -np.inf]]]), np.ones((1, 1), int), k=2)
+    check_result("forward tail form, -inf reference entries",
+                 {**out, "value": [out["value"]], "grad": [out["grad"]]}, want)
+check("forward tail form, -inf reference entries: exits 0", rc == 0, err)
 
 # ---- errors: exit status 2, a message naming the field, the index and the value ----------
 
@@ -362,7 +417,8 @@ error("another string", {"logits": [[0.0, 1.0]], "ref_logits": [[0.0, "x"]]},
 error("a list where a logit stands", {"logits": [[0.0, [1.0]]], "ref_logits": [[0.0, 1.0]]},
       "logits[0][1] must be a number, \"-inf\" or null, got [1.0]")
 error("bad divergence name", {**good, "divergence": "kl"}, "divergence 'kl' is unknown",
-      "reverse-kl, forward-kl, jensen-shannon, forward-kl-top-k")
+      "reverse-kl, forward-kl, jensen-shannon, forward-kl-top-k, reverse-kl-top-k, "
+      "forward-kl-top-k-tail, reverse-kl-top-k-tail")
 error("divergence not a string", {**good, "divergence": 1}, "divergence must be a string, got 1")
 error("NaN in a valid row", {"logits": [[0.0, 1.0], [None, 1.0]], "ref_logits": [[0, 0], [0, 0]]},
       "logits[1][0] is null (NaN) in a valid row")
@@ -375,6 +431,8 @@ error("top_k missing", {**good, "divergence": "forward-kl-top-k"}, "needs top_k"
 error("top_k > V", {**good, "divergence": "forward-kl-top-k", "top_k": 3},
       "top_k must be an integer in [1, V] = [1, 2], got 3")
 error("top_k with another divergence", {**good, "top_k": 1}, "top_k applies only to")
+error("top_k missing, reverse", {**good, "divergence": "reverse-kl-top-k-tail"},
+      "divergence 'reverse-kl-top-k-tail' needs top_k, the number of the policy's largest")
 error("lambda with reverse-kl", {**good, "lambda": 0.2}, "divergence 'reverse-kl' takes none")
 error("lambda out of (0, 1)", {**good, "divergence": "jensen-shannon", "lambda": 1.0},
       "jensen-shannon needs 0 < lambda < 1, got 1")
