@@ -23,6 +23,11 @@ namespace klgrad {
 /// A validated KL configuration. Grammar of its string form:
 ///   term{,key=value}   term = EST[~EST]-PLACEMENT   EST = k1|k2|k3|abs
 ///   PLACEMENT = in-reward|as-loss|both   ("a~b": value of a, gradient of b)
+///   Under preset=P, EST may also be trainer P's own name for its estimator (estimator_aliases
+///   in presets.hpp: verl's kl, mse, low_var_kl and NAME+; EasyR1's and ROLL's kl, mse,
+///   low_var_kl; slime's low_var_kl; open-instruct's 0-3), which to_string prints in
+///   klgrad's words: "low_var_kl-as-loss,preset=slime" is "k3-as-loss,preset=slime,
+///   clamp=value:-10:10/after-weight".
 ///   keys: preset=verl|openrlhf|nemo-rl|trl|slime|open-instruct|roll|easyr1
 ///         is=none|detached|differentiable  is-level=token|prefix|per-decision|sequence-mean
 ///         is-clip=C  is-mask=LO:HI  clamp=CLAMP
@@ -139,19 +144,49 @@ inline std::vector<std::string_view> split(std::string_view text, char separator
   }
 }
 
-inline term parse_term(std::string_view text, std::string_view whole) {
+/// The term of a trainer's own estimator name under its preset (estimator_aliases; verl's
+/// NAME+ is NAME's value with the k2 gradient), with the keys the name adds; false when the
+/// name is none of the preset's.
+inline bool alias_term(std::string_view name, preset p, term& t, std::string_view& keys) {
+  const bool plus = capabilities(p).straight_through_k2 && name.size() > 1 && name.back() == '+';
+  if (plus) name.remove_suffix(1);
+  bool found = false;
+  for (const estimator_alias& a : estimator_aliases(p))
+    if (a.name == name) {
+      t.value_estimator = a.value;
+      t.gradient_estimator = a.gradient;
+      keys = has_loss_part(t.where) ? a.loss_keys : a.reward_keys;
+      found = true;
+    }
+  for (auto e : all_estimators)
+    if (!found && to_string(e) == name) t.value_estimator = t.gradient_estimator = e, found = true;
+  if (plus) t.gradient_estimator = estimator::k2;
+  return found && p != preset::none;
+}
+
+/// The term of a spec's first word; under a preset the estimator may be one of the
+/// trainer's own names (alias_term), whose keys go to `keys`.
+inline term parse_term(std::string_view text, preset chosen, std::string_view& keys,
+                       std::string_view whole) {
   // The placement is the longest suffix after a '-' that names one ("in-reward" has a '-').
   for (auto p : all_placements) {
     const std::string suffix = std::string("-") + std::string(to_string(p));
     if (text.size() > suffix.size() &&
         text.substr(text.size() - suffix.size()) == suffix) {
       const std::string_view estimators = text.substr(0, text.size() - suffix.size());
+      term t;
+      t.where = p;
+      if (estimators.find('~') == std::string_view::npos && alias_term(estimators, chosen, t, keys))
+        return t;
       const auto names = split(estimators, '~');
       if (names.size() > 2)
         raise<spec_error>(cat("spec '", whole, "': term '", clip(text),
                               "' has more than one '~'; write VALUE~GRADIENT-PLACEMENT"));
-      term t;
-      t.where = p;
+      if (chosen != preset::none && names.size() == 1)
+        raise<spec_error>(cat("spec '", whole, "': preset=", to_string(chosen),
+                              " has no estimator '", clip(estimators), "'; its names: ",
+                              capabilities(chosen).names, "; klgrad's: ",
+                              alternatives(all_estimators)));
       t.value_estimator = parse_word(names[0], all_estimators, "estimator", whole);
       t.gradient_estimator =
           names.size() == 2 ? parse_word(names[1], all_estimators, "estimator", whole)
@@ -342,7 +377,6 @@ inline spec parse_spec(std::string_view text) {
   using detail::clip;
   const auto parts = detail::split(text, ',');
   const std::string whole = clip(text);  // as messages quote it
-  const term t = detail::parse_term(parts[0], whole);
   const char* keys =
       "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, agg-eps, "
       "agg-seq-eps, agg-scale, beta";
@@ -362,10 +396,17 @@ inline spec parse_spec(std::string_view text) {
     items.emplace_back(key, val);
     if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", whole);
   }
-  // The preset first, wherever it stands; explicit keys override it. The preset's
-  // denominator epsilons belong to the final agg, so they are set after the keys unless
-  // written out.
+  // The preset first, wherever it stands, then the keys a trainer's estimator name adds;
+  // explicit keys override both. The preset's denominator epsilons belong to the final agg,
+  // so they are set after the keys unless written out.
+  std::string_view alias_keys;
+  const term t = detail::parse_term(parts[0], chosen, alias_keys, whole);
   spec s = detail::preset_base(chosen, t);
+  if (!alias_keys.empty())
+    for (const std::string_view part : detail::split(alias_keys, ',')) {
+      const std::size_t eq = part.find('=');
+      items.insert(items.begin(), {part.substr(0, eq), part.substr(eq + 1)});
+    }
   bool eps_given = false, seq_eps_given = false;
   for (const auto& [key, val] : items) {
     if (key == "preset") {
