@@ -241,7 +241,12 @@ class config_reader {
     }
   }
 
-  /// Warnings for the keys that mention "kl" and were never read.
+  /// Keys of the trainer's KL that need no reading here: those of a switched-off term and
+  /// those that do not change the term (a controller's horizon and target, Hydra's _target_,
+  /// other losses' settings).
+  void known(std::initializer_list<std::string> keys) { read_.insert(keys.begin(), keys.end()); }
+
+  /// Warnings for the keys that mention "kl" and were neither read nor known.
   void report_unread() {
     for (const auto& [key, value] : map_)
       if (!read_.count(key) && lower(key).find("kl") != std::string::npos)
@@ -310,6 +315,16 @@ inline void read_verl_like(config_reader& r, bool easyr1) {
     }
     return name;
   };
+  if (easyr1)
+    r.known({"algorithm.kl_penalty", "algorithm.kl_coef", "algorithm.kl_type",
+             "algorithm.kl_horizon", "algorithm.kl_target", "algorithm.use_kl_loss",
+             "worker.actor.disable_kl", "worker.actor.use_kl_loss", "worker.actor.kl_penalty",
+             "worker.actor.kl_coef"});
+  else
+    r.known({actor + "kl_loss_type", actor + "kl_loss_coef", "algorithm.kl_penalty",
+             "algorithm.kl_ctrl._target_", "algorithm.kl_ctrl.type", "algorithm.kl_ctrl.kl_coef",
+             "algorithm.kl_ctrl.horizon", "algorithm.kl_ctrl.target_kl",
+             actor + "policy_loss.kl_cov_ratio", actor + "policy_loss.ppo_kl_coef"});
   if (easyr1 && r.flag("algorithm.disable_kl", false)) return;
   const bool loss = r.flag(actor + "use_kl_loss", false);
   if (loss) {
@@ -371,6 +386,7 @@ inline void read_openrlhf(config_reader& r) {
            {"kl_horizon", "algo.kl.horizon"}, {"max_epochs", "train.max_epochs"},
            {"advantage_estimator", "algo.advantage.estimator"}})
     r.alias(old_key, new_key);
+  r.known({"algo.kl.estimator", "algo.kl.use_loss", "algo.kl.target", "algo.kl.horizon"});
   const double beta = r.number("algo.kl.init_coef", 0.01);
   if (beta <= 0) return;  // no reference model, no KL
   const std::string key = "algo.kl.estimator";
@@ -393,6 +409,7 @@ inline void read_openrlhf(config_reader& r) {
 }
 
 inline void read_trl(config_reader& r) {
+  r.known({"use_bias_correction_kl"});
   const double beta = r.number("beta", 0.0);
   if (beta == 0) {
     r.warn("beta=0 (TRL's default): no reference model is loaded and there is no KL term");
@@ -408,7 +425,7 @@ inline void read_trl(config_reader& r) {
   if (loss_type == "grpo" || loss_type == "sapo") spec += ",agg=seq-mean-token-mean";
   if (loss_type == "dr_grpo")
     spec += ",agg=seq-mean-token-sum-norm,agg-norm=" +
-            format_number(r.number("max_completion_length", 256));
+            format_number(r.number("max_completion_length", 512));
   if (loss_type == "luspo")
     r.warn("loss_type=luspo at f2cd5771 averages over padded positions too, which klgrad does "
            "not model (docs/presets.md); the spec keeps the token mean");
@@ -421,6 +438,7 @@ inline void read_trl(config_reader& r) {
 
 inline void read_nemo_rl(config_reader& r) {
   const std::string fn = "loss_fn.";
+  r.known({fn + "use_on_policy_kl_approximation"});
   const std::string key = fn + "reference_policy_kl_type";
   const std::string name = r.choice(key, "k3", {"k1", "k2", "k3"});
   const double beta = r.number(fn + "reference_policy_kl_penalty", 0.01);
@@ -445,7 +463,10 @@ inline void read_nemo_rl(config_reader& r) {
            (in ? format_number(*in) : std::string("inf")) + ", or |w k| > " +
            (out ? format_number(*out) : std::string("inf")) + "): those tokens get no KL gradient");
   if (!in_reward) {
-    r.flag(fn + "use_on_policy_kl_approximation", false);
+    if (r.flag(fn + "use_on_policy_kl_approximation", false))
+      r.warn(fn + "use_on_policy_kl_approximation=true: the weight is exp(lp - lb) with lb the "
+             "generation log-probs; pass them as the behaviour log-probs (without them klgrad "
+             "evaluates NeMo-RL's default weight exp(lp - sg lp))");
     r.term("loss", key, name + "-as-loss,preset=nemo-rl" + clamp(true) + agg, beta);
     return;
   }
@@ -463,6 +484,7 @@ inline void read_nemo_rl(config_reader& r) {
 
 inline void read_slime(config_reader& r) {
   const std::string key = "kl-loss-type";
+  r.known({"use-unbiased-kl", "use-kl-loss"});
   const std::string name = r.choice(key, "k1", {"k1", "k2", "k3", "low_var_kl"});
   const double loss_beta = r.number("kl-loss-coef", 0.0), reward_beta = r.number("kl-coef", 0.0);
   if (loss_beta != 0 && reward_beta != 0)
@@ -514,6 +536,7 @@ inline void read_open_instruct(config_reader& r) {
     r.fail("load_ref_policy", "with --beta " + format_number(beta) +
                                   ": open-instruct refuses a KL coefficient without a reference "
                                   "policy (set --beta 0.0)");
+  r.known({"kl_estimator"});
   if (beta == 0) return;
   const std::string key = "kl_estimator";
   const std::string index = r.choice(key, "2", {"0", "1", "2", "3"});
@@ -537,6 +560,7 @@ inline void read_open_instruct(config_reader& r) {
 }
 
 inline void read_roll(config_reader& r) {
+  r.known({"kl_loss_coef", "kl_penalty", "init_kl_coef", "target_kl", "kl_horizon"});
   if (r.flag("use_kl_loss", false)) {
     const double beta = r.number("kl_loss_coef", 0.0);
     if (beta == 0) {

@@ -121,6 +121,10 @@ expect "verl --set a missing key" verl "{}" "reward k1-in-reward,preset=verl,lev
 expect "verl unknown KL key" verl "$verl_loss
     kl_loss_typo: k2" "loss k3-as-loss,preset=verl,beta=0.001"
 warns "verl unknown KL key" "actor_rollout_ref.actor.kl_loss_typo='k2' is not a KL key klgrad reads"
+expect "verl switched-off keys" verl "algorithm:
+  kl_penalty: low_var_kl
+  kl_ctrl: {type: adaptive, horizon: 10000}" ""
+check "verl switched-off keys: no unread-key warning" test "$(grep -c 'is not a KL key' "$tmp/out.json")" -eq 0
 refused "verl full" verl "$verl_loss
     kl_loss_type: full" "verl: actor_rollout_ref.actor.kl_loss_type='full' is the full-vocabulary KL"
 refused "verl unknown estimator" verl "$verl_loss
@@ -195,6 +199,9 @@ expect "nemo-rl KL in reward with GRPO: none" nemo-rl "loss_fn: {use_kl_in_rewar
 warns "nemo-rl KL in reward with GRPO" "does not apply the in-reward KL"
 expect "nemo-rl KL in reward with Reinforce++" nemo-rl "loss_fn: {use_kl_in_reward: true}
 grpo: {adv_estimator: {name: reinforce_plus_plus}}" "reward k3-in-reward,preset=nemo-rl,beta=0.01"
+expect "nemo-rl on-policy approximation" nemo-rl "loss_fn: {use_on_policy_kl_approximation: true}" \
+  "loss k3-as-loss,preset=nemo-rl,beta=0.01"
+warns "nemo-rl on-policy approximation" "pass them as the behaviour log-probs"
 refused "nemo-rl estimator" nemo-rl "loss_fn: {reference_policy_kl_type: abs}" \
   "nemo-rl: loss_fn.reference_policy_kl_type='abs' is not one of nemo-rl's values: k1, k2, k3"
 
