@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <map>
 #include <optional>
 #include <set>
@@ -218,7 +219,6 @@ class config_reader {
     if (n != map_.end() && n->second != o->second)
       throw trainer_error(name() + ": " + old_key + "='" + o->second + "' and " + new_key + "='" +
                           n->second + "' are two spellings of one option with different values");
-    renamed_[new_key] = o->second;
     map_[new_key] = o->second;
   }
 
@@ -267,7 +267,6 @@ class config_reader {
   config_map map_;
   trainer_reading& out_;
   std::set<std::string> read_;
-  std::map<std::string, std::string> renamed_;
 };
 
 // ---- the trainers -----------------------------------------------------------------------
@@ -356,14 +355,22 @@ inline void read_verl_like(config_reader& r, bool easyr1) {
       }
     }
     r.term("loss", key, name + "-as-loss" + preset + agg,
-           r.number(actor + (easyr1 ? "kl_coef" : "kl_loss_coef"), easyr1 ? 1e-3 : 1e-3));
+           r.number(actor + (easyr1 ? "kl_coef" : "kl_loss_coef"), 1e-3));
     const std::string epochs_key = easyr1 ? "worker.actor.ppo_epochs" : actor + "ppo_epochs";
     const double epochs = r.number(epochs_key, 1);
     if (epochs > 1) r.stale(epochs_key + "=" + format_number(epochs));
+    if (!easyr1) {  // several optimizer steps per rollout: the later mini-batches are stale
+      const double batch = r.number("data.train_batch_size", 1024),
+                   mini = r.number(actor + "ppo_mini_batch_size", 256);
+      if (epochs <= 1 && mini > 0 && batch > mini)
+        r.stale("data.train_batch_size=" + format_number(batch) + " with " + actor +
+                "ppo_mini_batch_size=" + format_number(mini) + " (" +
+                format_number(std::ceil(batch / mini)) + " optimizer steps per rollout)");
+    }
   }
   const bool reward = easyr1 ? !loss : r.flag("algorithm.use_kl_in_reward", false);
   if (reward) {
-    const std::string key = easyr1 ? "algorithm.kl_penalty" : "algorithm.kl_penalty";
+    const std::string key = "algorithm.kl_penalty";
     const std::string name = estimator(key, "kl");
     const std::string adv = r.text("algorithm.adv_estimator", easyr1 ? "grpo" : "gae");
     const std::string coef_key = easyr1 ? "algorithm.kl_coef" : "algorithm.kl_ctrl.kl_coef";
@@ -384,7 +391,10 @@ inline void read_openrlhf(config_reader& r) {
            {"kl_estimator", "algo.kl.estimator"}, {"use_kl_loss", "algo.kl.use_loss"},
            {"init_kl_coef", "algo.kl.init_coef"}, {"kl_target", "algo.kl.target"},
            {"kl_horizon", "algo.kl.horizon"}, {"max_epochs", "train.max_epochs"},
-           {"advantage_estimator", "algo.advantage.estimator"}})
+           {"advantage_estimator", "algo.advantage.estimator"},
+           {"rollout_batch_size", "rollout.batch_size"},
+           {"n_samples_per_prompt", "rollout.n_samples_per_prompt"},
+           {"train_batch_size", "train.batch_size"}})
     r.alias(old_key, new_key);
   r.known({"algo.kl.estimator", "algo.kl.use_loss", "algo.kl.target", "algo.kl.horizon"});
   const double beta = r.number("algo.kl.init_coef", 0.01);
@@ -400,7 +410,14 @@ inline void read_openrlhf(config_reader& r) {
   if (r.flag("algo.kl.use_loss", false)) {
     r.term("loss", key, name + "-as-loss,preset=openrlhf", beta);
     const double epochs = r.number("train.max_epochs", 1);
+    const double samples = r.number("rollout.batch_size", 1024) *
+                           r.number("rollout.n_samples_per_prompt", 1),
+                 batch = r.number("train.batch_size", 128);
     if (epochs > 1) r.stale("--train.max_epochs " + format_number(epochs));
+    else if (batch > 0 && samples > batch)
+      r.stale("--rollout.batch_size x --rollout.n_samples_per_prompt = " + format_number(samples) +
+              " with --train.batch_size " + format_number(batch) + " (" +
+              format_number(std::ceil(samples / batch)) + " optimizer steps per rollout)");
   } else {
     r.choice("algo.advantage.estimator", "gae",
              {"gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo"});

@@ -99,6 +99,13 @@ warns "verl k2 loss" "follows only the per-token KL (rkl_token)"
 expect "verl ppo_epochs 2" verl "$verl_loss
     ppo_epochs: 2" "loss k3-as-loss,preset=verl,beta=0.001"
 warns "verl ppo_epochs 2" "actor_rollout_ref.actor.ppo_epochs=2: the batches after the first sample from a stale policy mu, where the loss term follows none"
+expect "verl one mini-batch per rollout" verl "$verl_loss
+    ppo_mini_batch_size: 64
+data: {train_batch_size: 64}" "loss k3-as-loss,preset=verl,beta=0.001"
+check "verl one mini-batch per rollout: not stale" test "$(grep -c 'stale policy' "$tmp/out.json")" -eq 0
+expect "verl default mini-batches" verl "$verl_loss" "loss k3-as-loss,preset=verl,beta=0.001"
+warns "verl default mini-batches" "data.train_batch_size=1024 with actor_rollout_ref.actor.ppo_mini_batch_size=256 (4 optimizer steps per rollout): the batches after the first sample from a stale policy"
+defaults "verl default mini-batches" "actor_rollout_ref.actor.ppo_mini_batch_size=256"
 expect "verl loss_agg_mode" verl "$verl_loss
     loss_agg_mode: seq-mean-token-mean" "loss k3-as-loss,preset=verl,agg=seq-mean-token-mean,beta=0.001"
 expect "verl KL in reward (GAE)" verl "algorithm:
@@ -154,6 +161,11 @@ expect "openrlhf names before the rename" openrlhf 'deepspeed --module openrlhf.
    --kl_estimator k3 --use_kl_loss --init_kl_coef 0.01   # GRPO
    --max_epochs 2' "loss k3-as-loss,preset=openrlhf,beta=0.01"
 warns "openrlhf max_epochs" "--train.max_epochs 2: the batches after the first sample from a stale policy"
+expect "openrlhf default batches" openrlhf "--algo.kl.use_loss --algo.kl.estimator k2" "loss k2-as-loss,preset=openrlhf,beta=0.01"
+warns "openrlhf default batches" "--rollout.batch_size x --rollout.n_samples_per_prompt = 1024 with --train.batch_size 128 (8 optimizer steps per rollout)"
+expect "openrlhf one step per rollout" openrlhf "--algo.kl.use_loss --rollout_batch_size 16 --n_samples_per_prompt 8 --train_batch_size 128" \
+  "loss k1-as-loss,preset=openrlhf,beta=0.01"
+check "openrlhf one step per rollout: not stale" test "$(grep -c 'stale policy' "$tmp/out.json")" -eq 0
 expect "openrlhf init_coef 0: no reference, no KL" openrlhf "--algo.kl.init_coef 0" ""
 refused "openrlhf both spellings" openrlhf "--kl_estimator k3 --algo.kl.estimator k2" \
   "kl_estimator='k3' and algo.kl.estimator='k2' are two spellings of one option"
