@@ -483,7 +483,8 @@ inline void read_nemo_rl(config_reader& r) {
     if (r.flag(fn + "use_on_policy_kl_approximation", false))
       r.warn(fn + "use_on_policy_kl_approximation=true: the weight is exp(lp - lb) with lb the "
              "generation log-probs; pass them as the behaviour log-probs (without them klgrad "
-             "evaluates NeMo-RL's default weight exp(lp - sg lp))");
+             "evaluates NeMo-RL's default weight exp(lp - sg lp)); in the trainer the gradient "
+             "is NaN where lp - lb > 88.7 (w overflows; klgrad guards log w)");
     r.term("loss", key, name + "-as-loss,preset=nemo-rl" + clamp(true) + agg, beta);
     return;
   }
