@@ -165,8 +165,6 @@ class config_reader {
   config_reader(const trainer_info& t, const config_map& m, trainer_reading& out)
       : trainer_(t), map_(m), out_(out) {}
 
-  bool has(const std::string& key) const { return map_.count(key) != 0; }
-
   /// The value of key, or fallback (recorded in defaults_used).
   std::string text(const std::string& key, const std::string& fallback) {
     read_.insert(key);
@@ -220,12 +218,14 @@ class config_reader {
       throw trainer_error(name() + ": " + old_key + "='" + o->second + "' and " + new_key + "='" +
                           n->second + "' are two spellings of one option with different values");
     map_[new_key] = o->second;
+    given_as_[new_key] = old_key;
   }
 
   [[noreturn]] void fail(const std::string& key, const std::string& why) const {
     const auto it = map_.find(key);
-    throw trainer_error(name() + ": " + key + "='" + (it == map_.end() ? "" : it->second) +
-                        "' " + why);
+    const auto old = given_as_.find(key);
+    throw trainer_error(name() + ": " + key + "='" + (it == map_.end() ? "" : it->second) + "' " +
+                        (old == given_as_.end() ? "" : "(given as " + old->second + ") ") + why);
   }
 
   void warn(const std::string& text) { out_.warnings.push_back(name() + ": " + text); }
@@ -257,16 +257,18 @@ class config_reader {
   std::string name() const { return std::string(trainer_.name); }
 
   /// Why the policy that sampled a batch can be older than the one trained (ppo epochs > 1,
-  /// several optimizer steps per rollout): finish() warns for the terms that then differ.
+  /// several optimizer steps per rollout): verdict_warnings() warns for the loss terms whose
+  /// off-policy verdict then differs.
   void stale(const std::string& why) { stale_ = why; }
   const std::string& stale_reason() const { return stale_; }
 
  private:
-  std::string stale_;
   const trainer_info& trainer_;
   config_map map_;
   trainer_reading& out_;
   std::set<std::string> read_;
+  std::map<std::string, std::string> given_as_;  ///< new key -> the old spelling given
+  std::string stale_;
 };
 
 // ---- the trainers -----------------------------------------------------------------------

@@ -169,6 +169,8 @@ check "openrlhf one step per rollout: not stale" test "$(grep -c 'stale policy' 
 expect "openrlhf init_coef 0: no reference, no KL" openrlhf "--algo.kl.init_coef 0" ""
 refused "openrlhf both spellings" openrlhf "--kl_estimator k3 --algo.kl.estimator k2" \
   "kl_estimator='k3' and algo.kl.estimator='k2' are two spellings of one option"
+refused "openrlhf old name, bad value" openrlhf "--kl_estimator k4" \
+  "openrlhf: algo.kl.estimator='k4' (given as kl_estimator) is not one of openrlhf's values"
 refused "openrlhf estimator" openrlhf "--algo.kl.estimator low_var_kl" \
   "openrlhf: algo.kl.estimator='low_var_kl' is not one of openrlhf's values: k1, k2, k3"
 expect "openrlhf given twice" openrlhf "--algo.kl.estimator k2 --algo.kl.estimator=k3" \
