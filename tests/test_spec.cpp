@@ -296,6 +296,13 @@ TEST_CASE("spec: a trainer's own estimator names under its preset are its klgrad
     if (std::string(alias) != klgrad_words)  // printed in klgrad's words, not the alias
       CHECK(to_string(s).find(alias) == std::string::npos);
   }
+  // kl=NAME with the term reduced to its placement is the same name.
+  CHECK(parse_spec("as-loss,preset=verl,kl=low_var_kl") == parse_spec("k3-as-loss,preset=verl"));
+  CHECK(parse_spec("as-loss,kl=k3+,preset=verl") == parse_spec("k3~k2-as-loss,preset=verl"));
+  CHECK(parse_spec("in-reward,preset=roll,kl=mse") == parse_spec("k2-in-reward,preset=roll"));
+  CHECK(parse_spec("as-loss,preset=slime,kl=low_var_kl") ==
+        parse_spec("k3-as-loss,preset=slime,clamp=value:-10:10/after-weight"));
+  CHECK(to_string(parse_spec("as-loss,preset=verl,kl=mse")) == "k2-as-loss,preset=verl");
   // Explicit keys override what a name adds.
   CHECK(parse_spec("low_var_kl-as-loss,preset=slime,clamp=none") ==
         parse_spec("k3-as-loss,preset=slime"));
@@ -316,6 +323,12 @@ TEST_CASE("spec: a name a preset does not have names the preset and lists its na
   CHECK_THROWS_WITH(parse_spec("4-as-loss,preset=open-instruct"),
                     Contains("preset=open-instruct has no estimator '4'") &&
                         Contains("kl_estimator 0 (k1)"));
+  CHECK_THROWS_WITH(parse_spec("as-loss,preset=verl,kl=foo"),
+                    Contains("preset=verl has no estimator 'foo'") && Contains("low_var_kl/k3"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,preset=verl,kl=low_var_kl"),
+                    Contains("the term is only its placement") && Contains("give the estimator once"));
+  CHECK_THROWS_WITH(parse_spec("as-loss,kl=low_var_kl"), Contains("needs preset="));
+  CHECK_THROWS_WITH(parse_spec("as-loss,preset=verl,kl=mse,kl=kl"), Contains("key 'kl' given twice"));
   // Without a preset, a trainer's name is no estimator.
   CHECK_THROWS_WITH(parse_spec("low_var_kl-as-loss"), Contains("unknown estimator 'low_var_kl'"));
   // A name still obeys what the trainer can express.

@@ -12,6 +12,7 @@
 #include "placement.hpp"
 #include "presets.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <string_view>
@@ -27,7 +28,8 @@ namespace klgrad {
 ///   in presets.hpp: verl's kl, mse, low_var_kl and NAME+; EasyR1's and ROLL's kl, mse,
 ///   low_var_kl; slime's low_var_kl; open-instruct's 0-3), which to_string prints in
 ///   klgrad's words: "low_var_kl-as-loss,preset=slime" is "k3-as-loss,preset=slime,
-///   clamp=value:-10:10/after-weight".
+///   clamp=value:-10:10/after-weight". The key kl=NAME gives that name instead, the term
+///   then being only the PLACEMENT: "as-loss,preset=verl,kl=low_var_kl".
 ///   keys: preset=verl|openrlhf|nemo-rl|trl|slime|open-instruct|roll|easyr1
 ///         is=none|detached|differentiable  is-level=token|prefix|per-decision|sequence-mean
 ///         is-clip=C  is-mask=LO:HI  clamp=CLAMP
@@ -198,6 +200,27 @@ inline term parse_term(std::string_view text, preset chosen, std::string_view& k
                         "' must be EST[~EST]-PLACEMENT with EST ",
                         alternatives(all_estimators), " and PLACEMENT ",
                         alternatives(all_placements), " (e.g. k3-as-loss)"));
+}
+
+/// The term "PLACEMENT,...,kl=NAME": trainer P's estimator NAME (alias_term) at PLACEMENT.
+inline term named_term(std::string_view head, std::string_view name, preset chosen,
+                       std::string_view& keys, std::string_view whole) {
+  term t;
+  bool placed = false;
+  for (auto p : all_placements)
+    if (to_string(p) == head) t.where = p, placed = true;
+  if (!placed)
+    raise<spec_error>(cat("spec '", whole, "': with kl=", clip(name), " the term is only its "
+                          "placement (", alternatives(all_placements), "), not '", clip(head),
+                          "': give the estimator once"));
+  if (chosen == preset::none)
+    raise<spec_error>(cat("spec '", whole, "': kl=", clip(name), " is a trainer's name for its "
+                          "estimator and needs preset=", alternatives(all_presets)));
+  if (!alias_term(name, chosen, t, keys))
+    raise<spec_error>(cat("spec '", whole, "': preset=", to_string(chosen), " has no estimator '",
+                          clip(name), "'; its names: ", capabilities(chosen).names,
+                          "; klgrad's: ", alternatives(all_estimators)));
+  return t;
 }
 
 /// Parses CLAMP (see spec): `none` alone, or items each given once, a preset's item first
@@ -379,7 +402,7 @@ inline spec parse_spec(std::string_view text) {
   const std::string whole = clip(text);  // as messages quote it
   const char* keys =
       "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, agg-eps, "
-      "agg-seq-eps, agg-scale, beta";
+      "agg-seq-eps, agg-scale, beta, kl";
   std::vector<std::pair<std::string_view, std::string_view>> items;
   preset chosen = preset::none;
   for (std::size_t i = 1; i < parts.size(); ++i) {
@@ -396,11 +419,14 @@ inline spec parse_spec(std::string_view text) {
     items.emplace_back(key, val);
     if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", whole);
   }
+  const auto kl = std::find_if(items.begin(), items.end(),
+                               [](const auto& item) { return item.first == "kl"; });
   // The preset first, wherever it stands, then the keys a trainer's estimator name adds;
   // explicit keys override both. The preset's denominator epsilons belong to the final agg,
   // so they are set after the keys unless written out.
   std::string_view alias_keys;
-  const term t = detail::parse_term(parts[0], chosen, alias_keys, whole);
+  const term t = kl == items.end() ? detail::parse_term(parts[0], chosen, alias_keys, whole)
+                                   : detail::named_term(parts[0], kl->second, chosen, alias_keys, whole);
   spec s = detail::preset_base(chosen, t);
   if (!alias_keys.empty())
     for (const std::string_view part : detail::split(alias_keys, ',')) {
@@ -409,7 +435,7 @@ inline spec parse_spec(std::string_view text) {
     }
   bool eps_given = false, seq_eps_given = false;
   for (const auto& [key, val] : items) {
-    if (key == "preset") {
+    if (key == "preset" || key == "kl") {
     } else if (key == "is") {
       s.importance.mode = detail::parse_word(val, all_weightings, "is", whole);
     } else if (key == "is-level") {
