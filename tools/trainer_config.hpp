@@ -295,9 +295,15 @@ inline void read_verl_like(config_reader& r, bool easyr1) {
     if (r.choice(type_key, "fixed", {"fixed", "adaptive"}) == "adaptive")
       r.warn(type_key + "=adaptive: beta is the controller's initial " + coef_key +
              "; it then moves with the measured KL (docs/trainers.md)");
-    r.term("reward", key,
-           name + "-in-reward" + preset + (adv == "gae" ? ",level=to-go" : ",level=sequence"),
-           r.number(coef_key, 1e-3));
+    std::string level = ",level=sequence";
+    if (adv == "gae") {
+      level = ",level=to-go";
+      if (!easyr1) {  // GAE discounts the penalties that follow by algorithm.gamma
+        const double gamma = r.number("algorithm.gamma", 1.0);
+        if (gamma != 1.0) level += ",gamma=" + format_number(gamma);
+      }
+    }
+    r.term("reward", key, name + "-in-reward" + preset + level, r.number(coef_key, 1e-3));
   }
 }
 
@@ -311,7 +317,7 @@ inline void read_openrlhf(config_reader& r) {
            {"advantage_estimator", "algo.advantage.estimator"},
            {"rollout_batch_size", "rollout.batch_size"},
            {"n_samples_per_prompt", "rollout.n_samples_per_prompt"},
-           {"train_batch_size", "train.batch_size"}})
+           {"train_batch_size", "train.batch_size"}, {"gamma", "algo.advantage.gamma"}})
     r.alias(old_key, new_key);
   r.known({"algo.kl.estimator", "algo.kl.use_loss", "algo.kl.target", "algo.kl.horizon"});
   const double beta = r.number("algo.kl.init_coef", 0.01);
@@ -336,9 +342,17 @@ inline void read_openrlhf(config_reader& r) {
               " with --train.batch_size " + format_number(batch) + " (" +
               format_number(std::ceil(samples / batch)) + " optimizer steps per rollout)");
   } else {
-    r.choice("algo.advantage.estimator", "gae",
-             {"gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo"});
-    r.term("reward", key, name + "-in-reward,preset=openrlhf,level=to-go", beta);
+    // Every estimator sums the token rewards that follow (GAE or cumulative returns); only
+    // gae and reinforce discount them by --algo.advantage.gamma (the others force 1).
+    const std::string adv =
+        r.choice("algo.advantage.estimator", "gae",
+                 {"gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo"});
+    std::string gamma;
+    if (adv == "gae" || adv == "reinforce") {
+      const double g = r.number("algo.advantage.gamma", 1.0);
+      if (g != 1.0) gamma = ",gamma=" + format_number(g);
+    }
+    r.term("reward", key, name + "-in-reward,preset=openrlhf,level=to-go" + gamma, beta);
   }
 }
 

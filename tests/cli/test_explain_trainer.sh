@@ -117,6 +117,8 @@ expect "verl KL in reward (GRPO)" verl "algorithm:
   kl_penalty: low_var_kl
   kl_ctrl:
     kl_coef: 0.02" "reward k3-in-reward,preset=verl,level=sequence,beta=0.02"
+expect "verl KL in reward, GAE gamma" verl "algorithm: {use_kl_in_reward: true, gamma: 0.99}" \
+  "reward k1-in-reward,preset=verl,level=to-go,gamma=0.99,beta=0.001"
 expect "verl both" verl "$verl_loss
 algorithm:
   use_kl_in_reward: True" "loss k3-as-loss,preset=verl,beta=0.001
@@ -166,6 +168,10 @@ warns "openrlhf default batches" "--rollout.batch_size x --rollout.n_samples_per
 expect "openrlhf one step per rollout" openrlhf "--algo.kl.use_loss --rollout_batch_size 16 --n_samples_per_prompt 8 --train_batch_size 128" \
   "loss k1-as-loss,preset=openrlhf,beta=0.01"
 check "openrlhf one step per rollout: not stale" test "$(grep -c 'stale policy' "$tmp/out.json")" -eq 0
+expect "openrlhf gamma" openrlhf "--algo.advantage.estimator reinforce --algo.advantage.gamma 0.9" \
+  "reward k1-in-reward,preset=openrlhf,level=to-go,gamma=0.9,beta=0.01"
+expect "openrlhf gamma forced to 1 for rloo" openrlhf "--algo.advantage.estimator rloo --algo.advantage.gamma 0.9" \
+  "reward k1-in-reward,preset=openrlhf,level=to-go,beta=0.01"
 expect "openrlhf init_coef 0: no reference, no KL" openrlhf "--algo.kl.init_coef 0" ""
 refused "openrlhf both spellings" openrlhf "--kl_estimator k3 --algo.kl.estimator k2" \
   "kl_estimator='k3' and algo.kl.estimator='k2' are two spellings of one option"
