@@ -149,6 +149,10 @@ class config_reader {
   /// beta goes into the spec. A spec klgrad refuses is the key's error.
   void term(const std::string& role, const std::string& key, const std::string& spec_text,
             double beta) {
+    if (beta == 0) {
+      warn("the " + role + " term (" + key + ") has coefficient 0: it adds nothing, so it is no term");
+      return;
+    }
     try {
       out_.terms.push_back({role, parse_spec(spec_text + ",beta=" + format_number(beta)), beta});
     } catch (const spec_error& e) {
@@ -449,7 +453,7 @@ inline void read_slime(config_reader& r) {
   };
   if (r.flag("use-kl-loss", false)) {
     if (loss_beta == 0) {
-      r.warn("--use-kl-loss with --kl-loss-coef 0 (its default): the KL loss adds nothing");
+      r.warn("--use-kl-loss with --kl-loss-coef 0: the KL loss adds nothing (0 is slime's default)");
     } else {
       edges();
       const bool unbiased = r.flag("use-unbiased-kl", false);
@@ -513,7 +517,7 @@ inline void read_roll(config_reader& r) {
   if (r.flag("use_kl_loss", false)) {
     const double beta = r.number("kl_loss_coef", 0.0);
     if (beta == 0) {
-      r.warn("use_kl_loss=true with kl_loss_coef=0 (its default): the KL loss adds nothing");
+      r.warn("use_kl_loss=true with kl_loss_coef=0: the KL loss adds nothing (0 is ROLL's default)");
     } else {
       const std::string mode = r.choice(
           "loss_agg_mode", "seq-mean-token-mean",

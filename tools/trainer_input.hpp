@@ -33,7 +33,8 @@ inline void flatten(const nlohmann::json& j, const std::string& prefix, config_m
 }
 
 /// The words of a command line as a POSIX shell splits them: quotes, backslash escapes,
-/// line continuations and # comments (the file a user keeps of a launch command).
+/// line continuations, # comments and the parentheses of an argument array (the file a user
+/// keeps of a launch command, or the launch script itself).
 inline std::vector<std::string> split_command_line(std::string_view text) {
   std::vector<std::string> words;
   std::string word;
@@ -52,9 +53,10 @@ inline std::vector<std::string> split_command_line(std::string_view text) {
       ++i;
     } else if (c == '#' && !in_word) {
       while (i < text.size() && text[i] != '\n') ++i;
-    } else if (std::isspace(static_cast<unsigned char>(c))) {
+    } else if (std::isspace(static_cast<unsigned char>(c)) || c == '(' || c == ')') {
       if (in_word) words.push_back(word);
       word.clear(), in_word = false;
+      if (c == '(' || c == ')') words.emplace_back(1, c);  // as the shell: a word of its own
     } else {
       word += c, in_word = true;
     }
@@ -62,6 +64,12 @@ inline std::vector<std::string> split_command_line(std::string_view text) {
   if (quote) throw trainer_error(std::string("the command line has an unclosed ") + quote);
   if (in_word) words.push_back(word);
   return words;
+}
+
+/// A word that ends a command or an array in a launch script (`)`, `;`, `&&`, `|`, ...):
+/// never an option's value.
+inline bool shell_syntax(const std::string& w) {
+  return w == "(" || w == ")" || w == ";" || w == "&&" || w == "||" || w == "|" || w == "&";
 }
 
 /// The options of a command line (argparse style): --key value, --key=value, or a flag
@@ -76,7 +84,8 @@ inline config_map read_command_line(const std::vector<std::string>& words,
     std::string key = w.substr(2), value = "true";
     if (const auto eq = key.find('='); eq != std::string::npos) {
       value = key.substr(eq + 1), key.resize(eq);
-    } else if (i + 1 < words.size() && words[i + 1].compare(0, 2, "--") != 0) {
+    } else if (i + 1 < words.size() && words[i + 1].compare(0, 2, "--") != 0 &&
+               !shell_syntax(words[i + 1])) {
       value = words[++i];
     }
     const auto seen = out.find(key);

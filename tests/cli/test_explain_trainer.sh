@@ -228,7 +228,7 @@ refused "nemo-rl estimator" nemo-rl "loss_fn: {reference_policy_kl_type: abs}" \
 # ---- slime (a command line) --------------------------------------------------------------
 expect "slime defaults: no KL" slime "python train.py --advantage-estimator grpo" ""
 expect "slime use-kl-loss, coef 0" slime "--use-kl-loss" ""
-warns "slime use-kl-loss, coef 0" "--kl-loss-coef 0 (its default): the KL loss adds nothing"
+warns "slime use-kl-loss, coef 0" "--kl-loss-coef 0: the KL loss adds nothing"
 for k in k1 k2 k3; do
   expect "slime KL loss $k" slime "--use-kl-loss --kl-loss-coef 0.01 --kl-loss-type $k" \
     "loss $k-as-loss,preset=slime,beta=0.01"
@@ -246,6 +246,18 @@ warns "slime KL in reward, grpo" "that estimator ignores the KL in the reward"
 expect "slime steps per rollout" slime "--use-kl-loss --kl-loss-coef 0.01 --kl-loss-type k3 --num-steps-per-rollout 4" \
   "loss k3-as-loss,preset=slime,beta=0.01"
 warns "slime steps per rollout" "--num-steps-per-rollout 4: the batches after the first"
+expect "slime launch script with an argument array" slime 'GRPO_ARGS=(
+   --use-kl-loss
+   --kl-loss-coef 0.01
+   # --kl-coef 0.00
+   --kl-loss-type low_var_kl
+   --use-unbiased-kl
+)
+python3 train.py "${GRPO_ARGS[@]}"' "loss k3-as-loss,preset=slime,is=differentiable,clamp=value:-10:10/after-weight,beta=0.01"
+expect "slime flag before a closing parenthesis" slime 'ARGS=(--kl-loss-coef 0.01 --kl-loss-type k2 --use-kl-loss )' \
+  "loss k2-as-loss,preset=slime,beta=0.01"
+refused "slime unresolved variable" slime '--use-kl-loss --kl-loss-coef ${KL}' \
+  "slime: kl-loss-coef='\${KL}' is not a finite number"
 refused "slime both coefficients" slime "--kl-coef 0.01 --kl-loss-coef 0.01" "slime asserts that only one of them is set"
 
 # ---- open-instruct (a command line) ------------------------------------------------------
@@ -269,6 +281,9 @@ refused "open-instruct beta without a reference" open-instruct "--load_ref_polic
 expect "roll defaults: no KL" roll "{}" ""
 expect "roll KL loss (hard-coded k3)" roll "use_kl_loss: true
 kl_loss_coef: 0.001" "loss k3-as-loss,preset=roll,beta=0.001"
+expect "roll KL in reward with coefficient 0" roll "add_token_level_kl: true
+init_kl_coef: 0.0" ""
+warns "roll KL in reward with coefficient 0" "the reward term (kl_penalty) has coefficient 0: it adds nothing"
 expect "roll KL in reward" roll "add_token_level_kl: true" "reward k1-in-reward,preset=roll,level=to-go,beta=0.2"
 for pair in kl:k1 abs:abs mse:k2 k3:k3; do
   expect "roll kl_penalty ${pair%%:*}" roll "add_token_level_kl: true
