@@ -258,6 +258,11 @@ expect "slime flag before a closing parenthesis" slime 'ARGS=(--kl-loss-coef 0.0
   "loss k2-as-loss,preset=slime,beta=0.01"
 refused "slime unresolved variable" slime '--use-kl-loss --kl-loss-coef ${KL}' \
   "slime: kl-loss-coef='\${KL}' is not a finite number"
+refused "slime unclosed quote" slime "--kl-loss-type 'k3" "the command line has an unclosed '"
+expect "slime quoted and --key=value" slime "--use-kl-loss --kl-loss-coef=\"0.01\" --kl-loss-type 'k2'" \
+  "loss k2-as-loss,preset=slime,beta=0.01"
+expect "slime --set" slime "--use-kl-loss --kl-loss-coef 0.01" "loss k3-as-loss,preset=slime,beta=0.01" \
+  --set kl-loss-type=k3
 refused "slime both coefficients" slime "--kl-coef 0.01 --kl-loss-coef 0.01" "slime asserts that only one of them is set"
 
 # ---- open-instruct (a command line) ------------------------------------------------------
