@@ -280,14 +280,17 @@ inline void read_verl_like(config_reader& r, bool easyr1) {
     const std::string epochs_key = easyr1 ? "worker.actor.ppo_epochs" : actor + "ppo_epochs";
     const double epochs = r.number(epochs_key, 1);
     if (epochs > 1) r.stale(epochs_key + "=" + format_number(epochs));
-    if (!easyr1) {  // several optimizer steps per rollout: the later mini-batches are stale
-      const double batch = r.number("data.train_batch_size", 1024),
-                   mini = r.number(actor + "ppo_mini_batch_size", 256);
-      if (epochs <= 1 && mini > 0 && batch > mini)
-        r.stale("data.train_batch_size=" + format_number(batch) + " with " + actor +
-                "ppo_mini_batch_size=" + format_number(mini) + " (" +
-                format_number(std::ceil(batch / mini)) + " optimizer steps per rollout)");
-    }
+    // Several optimizer steps per rollout (both sizes in prompts): the later mini-batches
+    // are stale. EasyR1's names are verl's data.train_batch_size and ppo_mini_batch_size.
+    const std::string batch_key = easyr1 ? "data.rollout_batch_size" : "data.train_batch_size",
+                      mini_key = easyr1 ? "worker.actor.global_batch_size"
+                                        : actor + "ppo_mini_batch_size";
+    const double batch = r.number(batch_key, easyr1 ? 512 : 1024),
+                 mini = r.number(mini_key, 256);
+    if (epochs <= 1 && mini > 0 && batch > mini)
+      r.stale(batch_key + "=" + format_number(batch) + " with " + mini_key + "=" +
+              format_number(mini) + " (" + format_number(std::ceil(batch / mini)) +
+              " optimizer steps per rollout)");
   }
   const bool reward = easyr1 ? !loss : r.flag("algorithm.use_kl_in_reward", false);
   if (reward) {

@@ -304,6 +304,11 @@ expect "easyr1 example config" easyr1 "algorithm:
   use_kl_loss: true
   kl_penalty: low_var_kl
   kl_coef: 1.0e-2" "loss k3-as-loss,preset=easyr1,beta=0.01"
+warns "easyr1 example config" "data.rollout_batch_size=512 with worker.actor.global_batch_size=256 (2 optimizer steps per rollout): the batches after the first sample from a stale policy"
+expect "easyr1 one step per rollout" easyr1 "algorithm: {use_kl_loss: true, kl_penalty: low_var_kl}
+data: {rollout_batch_size: 128}
+worker: {actor: {global_batch_size: 128}}" "loss k3-as-loss,preset=easyr1,beta=0.001"
+check "easyr1 one step per rollout: not stale" test "$(grep -c 'stale policy' "$tmp/out.json")" -eq 0
 expect "easyr1 disable_kl" easyr1 "algorithm: {disable_kl: true}" ""
 refused "easyr1 k3+" easyr1 "algorithm: {use_kl_loss: true, kl_penalty: k3}" \
   "easyr1: algorithm.kl_penalty='k3' is not one of easyr1's estimators: kl, abs, mse, low_var_kl"
