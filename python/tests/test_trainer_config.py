@@ -191,3 +191,13 @@ def test_warnings_and_defaults():
     assert "the forward KL" in text
     assert "ppo_epochs=2: the batches after the first sample from a stale policy" in text
     assert "kl_loss_typo='k2' is not a KL key klgrad reads" in text
+
+
+def test_trainer_estimator_names_in_python_specs():
+    # The spec grammar's trainer names (include/klgrad/presets.hpp), through parse_spec.
+    assert str(klgrad.parse_spec("as-loss,preset=verl,kl=low_var_kl")) == "k3-as-loss,preset=verl"
+    assert str(klgrad.parse_spec("k3+-as-loss,preset=verl")) == "k3~k2-as-loss,preset=verl"
+    assert str(klgrad.parse_spec("3-as-loss,preset=open-instruct")) == \
+        "k1-as-loss,preset=open-instruct,is=differentiable"
+    with pytest.raises(klgrad.SpecError, match="preset=roll has no estimator 'low_var_kl'"):
+        klgrad.parse_spec("low_var_kl-as-loss,preset=roll")
