@@ -549,7 +549,13 @@ inline void read_roll(config_reader& r) {
       r.warn("target_kl is set: beta is the adaptive controller's initial init_kl_coef");
     if (name == "k3")
       r.warn("kl_penalty=k3" + clamp_zero_warning("k3"));
-    r.term("reward", key, name + "-in-reward,preset=roll,level=to-go", r.number("init_kl_coef", 0.2));
+    // Every ROLL advantage estimator (gae, reinforce, grpo, ...) sums the token rewards that
+    // follow, discounted by gamma (roll/utils/functionals.py compute_advantage).
+    const double gamma = r.number("gamma", 1.0);
+    r.term("reward", key,
+           name + "-in-reward,preset=roll,level=to-go" +
+               (gamma != 1.0 ? ",gamma=" + format_number(gamma) : std::string()),
+           r.number("init_kl_coef", 0.2));
   }
 }
 

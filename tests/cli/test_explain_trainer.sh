@@ -295,6 +295,8 @@ for pair in kl:k1 abs:abs mse:k2 k3:k3; do
 kl_penalty: ${pair%%:*}
 init_kl_coef: 0.05" "reward ${pair#*:}-in-reward,preset=roll,level=to-go,beta=0.05"
 done
+expect "roll KL in reward, gamma" roll "{add_token_level_kl: true, gamma: 0.95}" \
+  "reward k1-in-reward,preset=roll,level=to-go,gamma=0.95,beta=0.2"
 refused "roll low_var_kl" roll "add_token_level_kl: true
 kl_penalty: low_var_kl" "roll: kl_penalty='low_var_kl' is not one of roll's values: kl, abs, mse, k3, full"
 
