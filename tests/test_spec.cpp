@@ -256,3 +256,81 @@ TEST_CASE("spec: meaningless is-level, clamp and preset combinations say why", "
   CHECK_THROWS_WITH(parse_spec("k2-as-loss,preset=roll"), Contains("KL loss cannot use k2"));
   CHECK_THROWS_WITH(parse_spec("k3-in-reward,preset=open-instruct"), Contains("no KL in the reward"));
 }
+
+// Expected specs are the preset's term written in klgrad's words from docs/presets.md (each
+// trainer's table of names), independently of estimator_aliases.
+TEST_CASE("spec: a trainer's own estimator names under its preset are its klgrad terms",
+          "[spec][aliases]") {
+  const std::pair<const char*, const char*> cases[] = {
+      {"kl-in-reward,preset=verl", "k1-in-reward,preset=verl"},
+      {"kl-as-loss,preset=verl", "k1-as-loss,preset=verl"},
+      {"mse-as-loss,preset=verl", "k2-as-loss,preset=verl"},
+      {"low_var_kl-as-loss,preset=verl", "k3-as-loss,preset=verl"},
+      {"k3+-as-loss,preset=verl", "k3~k2-as-loss,preset=verl"},
+      {"low_var_kl+-as-loss,preset=verl", "k3~k2-as-loss,preset=verl"},
+      {"kl+-as-loss,preset=verl", "k1~k2-as-loss,preset=verl"},
+      {"abs+-both,preset=verl", "abs~k2-both,preset=verl"},
+      {"mse+-as-loss,preset=verl", "k2-as-loss,preset=verl"},
+      {"k2+-as-loss,preset=verl", "k2-as-loss,preset=verl"},
+      {"kl-in-reward,preset=easyr1", "k1-in-reward,preset=easyr1"},
+      {"mse-as-loss,preset=easyr1", "k2-as-loss,preset=easyr1"},
+      {"low_var_kl-as-loss,preset=easyr1", "k3-as-loss,preset=easyr1"},
+      {"kl-in-reward,preset=roll", "k1-in-reward,preset=roll"},
+      {"mse-in-reward,preset=roll", "k2-in-reward,preset=roll"},
+      {"low_var_kl-as-loss,preset=slime",
+       "k3-as-loss,preset=slime,clamp=value:-10:10/after-weight"},
+      {"low_var_kl-as-loss,preset=slime,is=differentiable",
+       "k3-as-loss,preset=slime,is=differentiable,clamp=value:-10:10/after-weight"},
+      {"low_var_kl-in-reward,preset=slime", "k3-in-reward,preset=slime,clamp=value:-10:10"},
+      {"0-as-loss,preset=open-instruct", "k1-as-loss,preset=open-instruct"},
+      {"1-as-loss,preset=open-instruct", "k2-as-loss,preset=open-instruct"},
+      {"2-as-loss,preset=open-instruct", "k3-as-loss,preset=open-instruct"},
+      {"3-as-loss,preset=open-instruct", "k1-as-loss,is=differentiable,preset=open-instruct"},
+      {"k3-as-loss,preset=nemo-rl", "k3-as-loss,preset=nemo-rl"},
+  };
+  for (const auto& [alias, klgrad_words] : cases) {
+    INFO(alias);
+    const auto s = parse_spec(alias);
+    CHECK(s == parse_spec(klgrad_words));
+    CHECK(parse_spec(to_string(s)) == s);
+    if (std::string(alias) != klgrad_words)  // printed in klgrad's words, not the alias
+      CHECK(to_string(s).find(alias) == std::string::npos);
+  }
+  // kl=NAME with the term reduced to its placement is the same name.
+  CHECK(parse_spec("as-loss,preset=verl,kl=low_var_kl") == parse_spec("k3-as-loss,preset=verl"));
+  CHECK(parse_spec("as-loss,kl=k3+,preset=verl") == parse_spec("k3~k2-as-loss,preset=verl"));
+  CHECK(parse_spec("in-reward,preset=roll,kl=mse") == parse_spec("k2-in-reward,preset=roll"));
+  CHECK(parse_spec("as-loss,preset=slime,kl=low_var_kl") ==
+        parse_spec("k3-as-loss,preset=slime,clamp=value:-10:10/after-weight"));
+  CHECK(to_string(parse_spec("as-loss,preset=verl,kl=mse")) == "k2-as-loss,preset=verl");
+  // Explicit keys override what a name adds.
+  CHECK(parse_spec("low_var_kl-as-loss,preset=slime,clamp=none") ==
+        parse_spec("k3-as-loss,preset=slime"));
+  CHECK(parse_spec("3-as-loss,preset=open-instruct,is=detached") ==
+        parse_spec("k1-as-loss,preset=open-instruct,is=detached"));
+}
+
+TEST_CASE("spec: a name a preset does not have names the preset and lists its names",
+          "[spec][aliases][errors]") {
+  using Catch::Matchers::Contains;
+  CHECK_THROWS_WITH(parse_spec("foo-as-loss,preset=verl"),
+                    Contains("preset=verl has no estimator 'foo'") && Contains("low_var_kl/k3") &&
+                        Contains("k1|k2|k3|abs"));
+  CHECK_THROWS_WITH(parse_spec("low_var_kl-as-loss,preset=roll"),
+                    Contains("preset=roll has no estimator 'low_var_kl'") && Contains("kl, abs, mse"));
+  CHECK_THROWS_WITH(parse_spec("k3+-as-loss,preset=easyr1"),
+                    Contains("preset=easyr1 has no estimator 'k3+'"));
+  CHECK_THROWS_WITH(parse_spec("4-as-loss,preset=open-instruct"),
+                    Contains("preset=open-instruct has no estimator '4'") &&
+                        Contains("kl_estimator 0 (k1)"));
+  CHECK_THROWS_WITH(parse_spec("as-loss,preset=verl,kl=foo"),
+                    Contains("preset=verl has no estimator 'foo'") && Contains("low_var_kl/k3"));
+  CHECK_THROWS_WITH(parse_spec("k3-as-loss,preset=verl,kl=low_var_kl"),
+                    Contains("the term is only its placement") && Contains("give the estimator once"));
+  CHECK_THROWS_WITH(parse_spec("as-loss,kl=low_var_kl"), Contains("needs preset="));
+  CHECK_THROWS_WITH(parse_spec("as-loss,preset=verl,kl=mse,kl=kl"), Contains("key 'kl' given twice"));
+  // Without a preset, a trainer's name is no estimator.
+  CHECK_THROWS_WITH(parse_spec("low_var_kl-as-loss"), Contains("unknown estimator 'low_var_kl'"));
+  // A name still obeys what the trainer can express.
+  CHECK_THROWS_WITH(parse_spec("3-in-reward,preset=open-instruct"), Contains("no KL in the reward"));
+}

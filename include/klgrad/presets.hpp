@@ -10,6 +10,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace klgrad {
 
@@ -80,6 +81,38 @@ inline preset_capabilities capabilities(preset p) {
               "kl, abs, mse, low_var_kl"};
   }
   return {0xFu, true, true, true, true, 0xFu, ""};
+}
+
+/// One of a trainer's own estimator names, as the spec's term accepts it under preset=P
+/// ("low_var_kl-as-loss,preset=verl"): the klgrad estimators it stands for and the spec keys
+/// it adds (as a loss, in the reward), which explicit keys override.
+struct estimator_alias {
+  std::string_view name;
+  estimator value, gradient;
+  std::string_view loss_keys = "", reward_keys = "";
+};
+
+/// Each trainer's own estimator names (docs/presets.md). klgrad's k1, k2, k3, abs stay valid
+/// under every preset; verl's NAME+ (value of NAME, k2 gradient) is built from these names.
+inline std::vector<estimator_alias> estimator_aliases(preset p) {
+  using e = estimator;
+  switch (p) {
+    case preset::verl:
+      return {{"kl", e::k1, e::k1}, {"mse", e::k2, e::k2}, {"low_var_kl", e::k3, e::k3}};
+    case preset::easyr1:
+      return {{"kl", e::k1, e::k1}, {"mse", e::k2, e::k2}, {"low_var_kl", e::k3, e::k3}};
+    case preset::roll: return {{"kl", e::k1, e::k1}, {"mse", e::k2, e::k2}};
+    case preset::slime:
+      return {{"low_var_kl", e::k3, e::k3, "clamp=value:-10:10/after-weight", "clamp=value:-10:10"}};
+    case preset::open_instruct:
+      return {{"0", e::k1, e::k1}, {"1", e::k2, e::k2}, {"2", e::k3, e::k3},
+              {"3", e::k1, e::k1, "is=differentiable"}};
+    case preset::none:
+    case preset::openrlhf:
+    case preset::nemo_rl:
+    case preset::trl: break;
+  }
+  return {};
 }
 
 /// Why a trainer cannot express a term ("" when it can).

@@ -12,6 +12,7 @@
 #include "placement.hpp"
 #include "presets.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <string_view>
@@ -23,6 +24,12 @@ namespace klgrad {
 /// A validated KL configuration. Grammar of its string form:
 ///   term{,key=value}   term = EST[~EST]-PLACEMENT   EST = k1|k2|k3|abs
 ///   PLACEMENT = in-reward|as-loss|both   ("a~b": value of a, gradient of b)
+///   Under preset=P, EST may also be trainer P's own name for its estimator (estimator_aliases
+///   in presets.hpp: verl's kl, mse, low_var_kl and NAME+; EasyR1's and ROLL's kl, mse,
+///   low_var_kl; slime's low_var_kl; open-instruct's 0-3), which to_string prints in
+///   klgrad's words: "low_var_kl-as-loss,preset=slime" is "k3-as-loss,preset=slime,
+///   clamp=value:-10:10/after-weight". The key kl=NAME gives that name instead, the term
+///   then being only the PLACEMENT: "as-loss,preset=verl,kl=low_var_kl".
 ///   keys: preset=verl|openrlhf|nemo-rl|trl|slime|open-instruct|roll|easyr1
 ///         is=none|detached|differentiable  is-level=token|prefix|per-decision|sequence-mean
 ///         is-clip=C  is-mask=LO:HI  clamp=CLAMP
@@ -139,19 +146,49 @@ inline std::vector<std::string_view> split(std::string_view text, char separator
   }
 }
 
-inline term parse_term(std::string_view text, std::string_view whole) {
+/// The term of a trainer's own estimator name under its preset (estimator_aliases; verl's
+/// NAME+ is NAME's value with the k2 gradient), with the keys the name adds; false when the
+/// name is none of the preset's.
+inline bool alias_term(std::string_view name, preset p, term& t, std::string_view& keys) {
+  const bool plus = capabilities(p).straight_through_k2 && name.size() > 1 && name.back() == '+';
+  if (plus) name.remove_suffix(1);
+  bool found = false;
+  for (const estimator_alias& a : estimator_aliases(p))
+    if (a.name == name) {
+      t.value_estimator = a.value;
+      t.gradient_estimator = a.gradient;
+      keys = has_loss_part(t.where) ? a.loss_keys : a.reward_keys;
+      found = true;
+    }
+  for (auto e : all_estimators)
+    if (!found && to_string(e) == name) t.value_estimator = t.gradient_estimator = e, found = true;
+  if (plus) t.gradient_estimator = estimator::k2;
+  return found && p != preset::none;
+}
+
+/// The term of a spec's first word; under a preset the estimator may be one of the
+/// trainer's own names (alias_term), whose keys go to `keys`.
+inline term parse_term(std::string_view text, preset chosen, std::string_view& keys,
+                       std::string_view whole) {
   // The placement is the longest suffix after a '-' that names one ("in-reward" has a '-').
   for (auto p : all_placements) {
     const std::string suffix = std::string("-") + std::string(to_string(p));
     if (text.size() > suffix.size() &&
         text.substr(text.size() - suffix.size()) == suffix) {
       const std::string_view estimators = text.substr(0, text.size() - suffix.size());
+      term t;
+      t.where = p;
+      if (estimators.find('~') == std::string_view::npos && alias_term(estimators, chosen, t, keys))
+        return t;
       const auto names = split(estimators, '~');
       if (names.size() > 2)
         raise<spec_error>(cat("spec '", whole, "': term '", clip(text),
                               "' has more than one '~'; write VALUE~GRADIENT-PLACEMENT"));
-      term t;
-      t.where = p;
+      if (chosen != preset::none && names.size() == 1)
+        raise<spec_error>(cat("spec '", whole, "': preset=", to_string(chosen),
+                              " has no estimator '", clip(estimators), "'; its names: ",
+                              capabilities(chosen).names, "; klgrad's: ",
+                              alternatives(all_estimators)));
       t.value_estimator = parse_word(names[0], all_estimators, "estimator", whole);
       t.gradient_estimator =
           names.size() == 2 ? parse_word(names[1], all_estimators, "estimator", whole)
@@ -163,6 +200,27 @@ inline term parse_term(std::string_view text, std::string_view whole) {
                         "' must be EST[~EST]-PLACEMENT with EST ",
                         alternatives(all_estimators), " and PLACEMENT ",
                         alternatives(all_placements), " (e.g. k3-as-loss)"));
+}
+
+/// The term "PLACEMENT,...,kl=NAME": trainer P's estimator NAME (alias_term) at PLACEMENT.
+inline term named_term(std::string_view head, std::string_view name, preset chosen,
+                       std::string_view& keys, std::string_view whole) {
+  term t;
+  bool placed = false;
+  for (auto p : all_placements)
+    if (to_string(p) == head) t.where = p, placed = true;
+  if (!placed)
+    raise<spec_error>(cat("spec '", whole, "': with kl=", clip(name), " the term is only its "
+                          "placement (", alternatives(all_placements), "), not '", clip(head),
+                          "': give the estimator once"));
+  if (chosen == preset::none)
+    raise<spec_error>(cat("spec '", whole, "': kl=", clip(name), " is a trainer's name for its "
+                          "estimator and needs preset=", alternatives(all_presets)));
+  if (!alias_term(name, chosen, t, keys))
+    raise<spec_error>(cat("spec '", whole, "': preset=", to_string(chosen), " has no estimator '",
+                          clip(name), "'; its names: ", capabilities(chosen).names,
+                          "; klgrad's: ", alternatives(all_estimators)));
+  return t;
 }
 
 /// Parses CLAMP (see spec): `none` alone, or items each given once, a preset's item first
@@ -342,10 +400,9 @@ inline spec parse_spec(std::string_view text) {
   using detail::clip;
   const auto parts = detail::split(text, ',');
   const std::string whole = clip(text);  // as messages quote it
-  const term t = detail::parse_term(parts[0], whole);
   const char* keys =
       "preset, is, is-level, is-clip, is-mask, clamp, level, gamma, agg, agg-norm, agg-eps, "
-      "agg-seq-eps, agg-scale, beta";
+      "agg-seq-eps, agg-scale, beta, kl";
   std::vector<std::pair<std::string_view, std::string_view>> items;
   preset chosen = preset::none;
   for (std::size_t i = 1; i < parts.size(); ++i) {
@@ -362,13 +419,23 @@ inline spec parse_spec(std::string_view text) {
     items.emplace_back(key, val);
     if (key == "preset") chosen = detail::parse_word(val, all_presets, "preset", whole);
   }
-  // The preset first, wherever it stands; explicit keys override it. The preset's
-  // denominator epsilons belong to the final agg, so they are set after the keys unless
-  // written out.
+  const auto kl = std::find_if(items.begin(), items.end(),
+                               [](const auto& item) { return item.first == "kl"; });
+  // The preset first, wherever it stands, then the keys a trainer's estimator name adds;
+  // explicit keys override both. The preset's denominator epsilons belong to the final agg,
+  // so they are set after the keys unless written out.
+  std::string_view alias_keys;
+  const term t = kl == items.end() ? detail::parse_term(parts[0], chosen, alias_keys, whole)
+                                   : detail::named_term(parts[0], kl->second, chosen, alias_keys, whole);
   spec s = detail::preset_base(chosen, t);
+  if (!alias_keys.empty())
+    for (const std::string_view part : detail::split(alias_keys, ',')) {
+      const std::size_t eq = part.find('=');
+      items.insert(items.begin(), {part.substr(0, eq), part.substr(eq + 1)});
+    }
   bool eps_given = false, seq_eps_given = false;
   for (const auto& [key, val] : items) {
-    if (key == "preset") {
+    if (key == "preset" || key == "kl") {
     } else if (key == "is") {
       s.importance.mode = detail::parse_word(val, all_weightings, "is", whole);
     } else if (key == "is-level") {

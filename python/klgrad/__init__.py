@@ -14,7 +14,7 @@ __version__ = _klgrad.__version__
 
 __all__ = [
     "Spec", "parse_spec", "SpecError", "ShapeError", "InputError", "NonFiniteError",
-    "Result", "evaluate", "explain", "audit", "LogitsResult", "logits_divergence",
+    "Result", "evaluate", "explain", "from_trainer_config", "audit", "LogitsResult", "logits_divergence",
     "selective_log_softmax", "sampled_logits_gradient", "__version__",
 ]
 
@@ -125,6 +125,32 @@ def explain(spec):
     gradient it follows on- and off-policy, on one state and over sequences)."""
     import json
     return json.loads(_klgrad.explain(_spec_of(spec)))
+
+
+def from_trainer_config(name, mapping):
+    """What a trainer's own KL configuration follows, as a dict: the JSON `klgrad explain
+    --trainer NAME --config FILE` prints ("trainer", "terms" with each term's role, spec, beta
+    and verdict, "defaults_used", "warnings"). name: verl, openrlhf, trl, nemo-rl, slime,
+    open-instruct, roll or easyr1. mapping: for verl, trl, nemo-rl, roll and easyr1 a dict
+    (the trainer's YAML or JSON as loaded, nested); for openrlhf, slime and open-instruct the
+    command line, a list of its words or one str. Raises ValueError naming the key and value
+    the trainer or klgrad refuses (docs/explain.md)."""
+    import json
+    if isinstance(mapping, str):
+        text = _klgrad.from_trainer_config(name, "command_line", mapping)
+    elif isinstance(mapping, (list, tuple)):
+        for i, word in enumerate(mapping):
+            if not isinstance(word, str):
+                raise TypeError(f"from_trainer_config: mapping[{i}] must be a str (a word of "
+                                f"the command line), got {type(word).__name__}")
+        text = _klgrad.from_trainer_config(name, "argv", json.dumps(list(mapping)))
+    elif isinstance(mapping, dict):
+        text = _klgrad.from_trainer_config(name, "mapping", json.dumps(mapping))
+    else:
+        raise TypeError("from_trainer_config: mapping must be a dict (the trainer's YAML as "
+                        "loaded), a list of command-line words or a str, got "
+                        f"{type(mapping).__name__}")
+    return json.loads(text)
 
 
 def audit(policy, spec, sampling="policy", mc=None, seed=0, max_memory=1 << 30):

@@ -5,6 +5,7 @@
 
 #include "audit_json.hpp"
 #include "explain_json.hpp"
+#include "trainer_config.hpp"
 
 namespace klgrad::python {
 namespace {
@@ -41,10 +42,41 @@ std::string audit_text(const std::string& policy, const spec& s, const std::stri
   });
 }
 
+/// klgrad.from_trainer_config: `form` says what `text` holds: "mapping" (the JSON of a
+/// nested dict), "argv" (the JSON of a list of words) or "command_line" (a str).
+std::string trainer_config_text(const std::string& name, const std::string& form,
+                                const std::string& text) {
+  return translated([&] {
+    try {
+      const cli::trainer_info& info = cli::find_trainer(name);
+      std::vector<std::string> notes;
+      cli::config_map keys;
+      if (form == "mapping") {
+        if (info.command_line)
+          throw cli::trainer_error(name + " is configured by a command line: pass mapping= as "
+                                          "a list of its words or a str");
+        cli::flatten(nlohmann::json::parse(text), "", keys);
+      } else {
+        if (!info.command_line)
+          throw cli::trainer_error(name + " is configured by a mapping: pass mapping= as a dict "
+                                          "(its YAML or JSON as loaded)");
+        const auto words = form == "argv" ? nlohmann::json::parse(text).get<std::vector<std::string>>()
+                                          : cli::split_command_line(text);
+        keys = cli::read_command_line(words, notes);
+      }
+      return cli::to_json(cli::read_trainer_config(name, keys, {}, notes)).dump();
+    } catch (const cli::trainer_error& e) {
+      throw argument_error{PyExc_ValueError, std::string("from_trainer_config: ") + e.what()};
+    }
+  });
+}
+
 }  // namespace
 
 void bind_tools(py::module_& m) {
   m.def("explain", &explain_text, py::arg("spec"));
+  m.def("from_trainer_config", &trainer_config_text, py::arg("name"), py::arg("form"),
+        py::arg("text"));
   m.def("audit", &audit_text, py::arg("policy"), py::arg("spec"), py::arg("sampling"),
         py::arg("mc"), py::arg("seed"), py::arg("max_memory"));
 }
