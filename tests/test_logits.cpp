@@ -155,6 +155,70 @@ TEST_CASE("logits: values and gradients match the two-pass oracle in double", "[
   }
 }
 
+TEST_CASE("logits: Jensen-Shannon with a workspace matches the long-double oracle and the "
+          "path without one", "[logits][workspace]") {
+  // Rows over several 8 KiB blocks (double: 1,024 entries each) and a packet tail; row 1
+  // rises (a re-shift in every block), row 2 has -inf blocks first and then entries far
+  // below 0 (the blocks kept before the row started carry the shift 0: their factor is
+  // capped), row 3 is ordinary.
+  for (Index V : {Index(1), Index(7), Index(5003)}) {
+    Rows z = random_rows(4, V, 3.0, 21), zr = random_rows(4, V, 2.0, 22);
+    std::sort(z.row(1).data(), z.row(1).data() + V);
+    for (Index j = 0; j < V; ++j) {
+      if (j < V / 2) z(2, j) = -inf;
+      else z(2, j) -= 1000;
+      if (j % 5 == 0 && j > 0) zr(3, j) = -inf;
+    }
+    std::vector<double> work(std::size_t(klgrad::jensen_shannon_workspace_size<double>(V)));
+    for (double tau : {1.0, 0.7}) {
+      for (double lambda : {0.1, 0.5, 0.9}) {
+        klgrad::logits_options opt, with;
+        opt.temperature = with.temperature = tau;
+        opt.lambda = with.lambda = lambda;
+        opt.aggregation = with.aggregation = klgrad::aggregation::token_sum;
+        with.workspace = work.data();
+        with.workspace_size = Index(work.size());
+        Vec value(4), plain(4), value_only(4);
+        Rows grad(4, V), plain_grad(4, V);
+        const auto b = klgrad::logit_rows(z, zr);
+        const auto s = klgrad::logits_divergence(divergence::jensen_shannon, b, value, grad, with);
+        klgrad::logits_divergence(divergence::jensen_shannon, b, value_only, with);
+        klgrad::logits_divergence(divergence::jensen_shannon, b, plain, plain_grad, opt);
+        INFO("V = " << V << ", tau = " << tau << ", lambda = " << lambda);
+        check_rows(divergence::jensen_shannon, z, zr, value, grad, tau, lambda, 1e-12);
+        CHECK((value == value_only).all());
+        for (Index r = 0; r < 4; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-13));
+        CHECK(s.loss == Approx(value.sum()).epsilon(1e-14));
+      }
+    }
+  }
+  // float: the workspace path against the path without one.
+  const Index V = 151936 / 16;
+  Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> z(3, V), zr(3, V),
+      grad(3, V), plain_grad(3, V);
+  z = random_rows(3, V, 3.0, 23).cast<float>();
+  zr = random_rows(3, V, 2.0, 24).cast<float>();
+  std::vector<float> work(std::size_t(klgrad::jensen_shannon_workspace_size<float>(V)));
+  klgrad::logits_options with;
+  with.workspace = work.data();
+  with.workspace_size = Index(work.size());
+  Eigen::ArrayXf value(3), plain(3);
+  const auto b = klgrad::logit_rows(z, zr);
+  klgrad::logits_divergence(divergence::jensen_shannon, b, value, grad, with);
+  klgrad::logits_divergence(divergence::jensen_shannon, b, plain, plain_grad);
+  for (Index r = 0; r < 3; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-5));
+  CHECK(((grad - plain_grad).abs() <= 1e-5f * plain_grad.abs().maxCoeff()).all());
+  // Too small a workspace is refused, naming the sizes; other divergences ignore it.
+  with.workspace_size = Index(work.size()) - 1;
+  const std::string msg = message_of(
+      [&] { klgrad::logits_divergence(divergence::jensen_shannon, b, value, with); });
+  CHECK(msg.find("logits_options.workspace_size = " + std::to_string(work.size() - 1)) !=
+        std::string::npos);
+  CHECK(msg.find("needs " + std::to_string(work.size())) != std::string::npos);
+  klgrad::logits_divergence(divergence::reverse_kl, b, value, with);
+  CHECK(value.allFinite());
+}
+
 TEST_CASE("logits: a maximum rising across blocks re-shifts the online sums", "[logits]") {
   // Ramps from -1000 to 1000 over 20,011 entries: every block's maximum is far above the
   // previous shift, so each block is re-shifted and redone; -inf blocks come first in row 2.

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 namespace klgrad::detail {
 
@@ -215,9 +216,16 @@ inline constexpr double stream_slack = 16;
 /// the shift by more than stream_slack (at most a few times per row, as the maximum grows)
 /// are the sums re-expressed and the block redone from L1. Reads each element once from
 /// memory; nothing is allocated.
-template <bool HasY, bool Weighted, class T>
-online_state<T> online_pass(const T* xs, const T* ys, Index V, T it) {
+///
+/// With Keep and `kept` (a caller's workspace of kept_size(V) elements, HasY), the
+/// exponentials are
+/// kept for a later pass: exp(x - shift) at kept[j], exp(y - shift) at kept[V + j], and
+/// block b's two shifts at kept[2 V + 2 b], so that the later pass gets softmax(x)_j as
+/// kept[j] * exp(shift_b - cx) / sx without an exponential of its own (kept_scale).
+template <bool HasY, bool Weighted, bool Keep = false, class T>
+online_state<T> online_pass(const T* xs, const T* ys, Index V, T it, T* kept = nullptr) {
   static_assert(HasY || !Weighted, "the weighted sum needs a second row");
+  static_assert(HasY || !Keep, "online_pass keeps both rows' exponentials");
   using P = packet_of<T>;
   online_state<T> s;
   constexpr Index B = stream_block<T>;
@@ -267,7 +275,12 @@ online_state<T> online_pass(const T* xs, const T* ys, Index V, T it) {
           const P yr = load<P>(yb, i);
           my = ei::pmax(my, yr);
           const P Y = ei::pmadd(yr, itp, ncyp);
-          ay = ei::padd(ay, v_exp(Y));
+          const P ey = v_exp(Y);
+          ay = ei::padd(ay, ey);
+          if constexpr (Keep) {
+            store(kept, i0 + i, ex);
+            store(kept, V + i0 + i, ey);
+          }
           if constexpr (Weighted) aw = ei::padd(aw, where_positive(ex, ei::pmul(ex, ei::psub(X, Y))));
         }
       }
@@ -279,9 +292,13 @@ online_state<T> online_pass(const T* xs, const T* ys, Index V, T it) {
         bmx = std::max(bmx, xb[i]);
         bsx += double(ex);
         if constexpr (HasY) {
-          const T Y = yb[i] * it - cy;
+          const T Y = yb[i] * it - cy, ey = std::exp(Y);
           bmy = std::max(bmy, yb[i]);
-          bsy += double(std::exp(Y));
+          bsy += double(ey);
+          if constexpr (Keep) {
+            kept[i0 + i] = ex;
+            kept[V + i0 + i] = ey;
+          }
           if constexpr (Weighted) bw += double(where_positive(ex, ex * (X - Y)));
         }
       }
@@ -295,10 +312,34 @@ online_state<T> online_pass(const T* xs, const T* ys, Index V, T it) {
       s.sx += bsx;
       s.sy += bsy;
       s.w += bw;
+      if constexpr (Keep) {
+        kept[2 * V + 2 * (i0 / B)] = cx;
+        kept[2 * V + 2 * (i0 / B) + 1] = cy;
+      }
       break;
     }
   }
   return s;
+}
+
+/// Elements of T that online_pass() keeps for a row of V entries.
+template <class T>
+Index kept_size(Index V) {
+  return 2 * V + 2 * ((V + stream_block<T> - 1) / stream_block<T>);
+}
+
+/// The factors that turn the kept exponentials of block b into probabilities:
+/// softmax(x)_j = kept[j] * fx, softmax(y)_j = kept[V + j] * fy for j in block b. Once a row
+/// has started, its shifts only grow, so exp(shift_b - cx) <= 1; a block before the row's
+/// first finite entry kept zeros under the shift 0, whose factor may exceed 1 (or overflow):
+/// capped at 1, which those zeros do not see.
+template <class T>
+std::pair<T, T> kept_scale(const T* kept, Index V, Index b, const online_state<T>& s) {
+  const T* shift = kept + 2 * V + 2 * b;
+  auto factor = [](T at, T final_shift, double sum) {
+    return T(std::min(std::exp(double(at) - double(final_shift)), 1.0) / sum);
+  };
+  return {factor(shift[0], s.cx, s.sx), factor(shift[1], s.cy, s.sy)};
 }
 
 /// The same for rows that already hold normalised log-probabilities, taken as they are:
