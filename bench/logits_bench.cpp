@@ -32,8 +32,11 @@ constexpr Index pool_elements = Index(1024) * 151936;
 struct pool {
   std::unique_ptr<float[]> z, ref, grad;
   Eigen::ArrayXf value;
+  /// The Jensen-Shannon workspace for the largest V (the caller's memory, as a trainer
+  /// would keep it across calls).
+  std::vector<float> work;
   pool() : z(new float[pool_elements]), ref(new float[pool_elements]), grad(new float[pool_elements]),
-           value(4096) {
+           value(4096), work(std::size_t(klgrad::jensen_shannon_workspace_size<float>(151936))) {
     std::mt19937 rng(7);
     std::normal_distribution<float> logit(0.f, 2.f), noise(0.f, 0.5f);
     for (Index i = 0; i < pool_elements; ++i) {
@@ -79,35 +82,51 @@ void exp_sum(benchmark::State& state, Index v, Index n) {
   account(state, v, n, 2);
 }
 
-void kernel_once(klgrad::divergence d, bool gradient, Index v, Index n) {
+/// A divergence as benchmarked: with or without the Jensen-Shannon workspace.
+struct kind {
+  klgrad::divergence d;
+  const char* name;
+  bool workspace;
+};
+constexpr kind kinds[] = {{klgrad::divergence::reverse_kl, "rkl", false},
+                          {klgrad::divergence::forward_kl, "fkl", false},
+                          {klgrad::divergence::jensen_shannon, "jsd", false},
+                          {klgrad::divergence::jensen_shannon, "jsd_ws", true}};
+
+void kernel_once(kind k, bool gradient, Index v, Index n) {
   pool& p = data();
   const RowsMap z(p.z.get(), n, v), ref(p.ref.get(), n, v);
   RowsMap grad(p.grad.get(), n, v);
   auto value = p.value.head(n);
   const auto batch = klgrad::logit_rows(z, ref);
-  const auto s = gradient ? klgrad::logits_divergence(d, batch, value, grad)
-                          : klgrad::logits_divergence(d, batch, value);
+  klgrad::logits_options opt;
+  if (k.workspace) {
+    opt.workspace = p.work.data();
+    opt.workspace_size = Index(p.work.size());
+  }
+  const auto s = gradient ? klgrad::logits_divergence(k.d, batch, value, grad, opt)
+                          : klgrad::logits_divergence(k.d, batch, value, opt);
   benchmark::DoNotOptimize(s.loss);
   benchmark::ClobberMemory();
 }
-void kernel(benchmark::State& state, klgrad::divergence d, bool gradient, Index v, Index n) {
-  for (auto _ : state) kernel_once(d, gradient, v, n);
+void kernel(benchmark::State& state, kind k, bool gradient, Index v, Index n) {
+  for (auto _ : state) kernel_once(k, gradient, v, n);
   account(state, v, n, 2);
 }
 
 /// The target's ratio measured in triples (paired.hpp): every iteration times (a), (b) and
 /// the kernel back to back, in rotating order, and keeps max(a, b) / kernel; the iteration
 /// time is the kernel's.
-void of_bound(benchmark::State& state, klgrad::divergence d, bool gradient, Index v, Index n) {
+void of_bound(benchmark::State& state, kind k, bool gradient, Index v, Index n) {
   std::vector<double> ratios;
   for (auto _ : state) {
     double t[3];
-    for (int k = 0; k < 3; ++k) {
-      const int which = int((std::size_t(k) + ratios.size()) % 3);
+    for (int turn = 0; turn < 3; ++turn) {
+      const int which = int((std::size_t(turn) + ratios.size()) % 3);
       t[which] = paired::seconds([&] {
         if (which == 0) read_once(v, n);
         else if (which == 1) exp_once(v, n);
-        else kernel_once(d, gradient, v, n);
+        else kernel_once(k, gradient, v, n);
       });
     }
     ratios.push_back(std::max(t[0], t[1]) / t[2]);
@@ -139,11 +158,6 @@ void naive_rkl(benchmark::State& state, Index v, Index n) {
 std::string shape(Index v, Index n) {
   return "/V:" + std::to_string(v) + "/rows:" + std::to_string(n);
 }
-
-constexpr std::pair<klgrad::divergence, const char*> kinds[] = {
-    {klgrad::divergence::reverse_kl, "rkl"},
-    {klgrad::divergence::forward_kl, "fkl"},
-    {klgrad::divergence::jensen_shannon, "jsd"}};
 
 /// Built with OpenMP (KLGRAD_OPENMP=ON) the kernels split rows over threads, and Google
 /// Benchmark's CPU time is that of the main thread alone: every benchmark is then timed by
@@ -183,20 +197,20 @@ int main(int argc, char** argv) {
       const std::string s = shape(v, n);
       add("read_sum" + s, read_sum, v, n);
       add("exp_sum" + s, exp_sum, v, n);
-      for (const auto& [d, name] : kinds) {
-        add(std::string(name) + "_value" + s, kernel, d, false, v, n);
-        add(std::string(name) + "_value_grad" + s, kernel, d, true, v, n);
+      for (const kind& k : kinds) {
+        add(std::string(k.name) + "_value" + s, kernel, k, false, v, n);
+        add(std::string(k.name) + "_value_grad" + s, kernel, k, true, v, n);
       }
       add("naive_rkl_value" + s, naive_rkl, v, n);
     }
   // The targets' shape (V = 151,936, single thread), measured in triples (of_bound above).
   if (!wall_time)
-    for (const auto& [d, name] : kinds)
+    for (const kind& k : kinds)
       for (bool gradient : {false, true})
         benchmark::RegisterBenchmark(
-            (std::string(name) + (gradient ? "_value_grad" : "_value") + "_of_bound" +
+            (std::string(k.name) + (gradient ? "_value_grad" : "_value") + "_of_bound" +
              shape(151936, 256)).c_str(),
-            of_bound, d, gradient, Index(151936), Index(256))
+            of_bound, k, gradient, Index(151936), Index(256))
             ->Iterations(15)
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond);
@@ -209,8 +223,9 @@ int main(int argc, char** argv) {
   std::printf("\nRatio to the slower of (a) read-sum and (b) exp-sum over the same input "
               "elements, by %s (1.0 = as fast as that bound)\n",
               wall_time ? "wall time (OpenMP build)" : "CPU time");
-  std::printf("%-8s %-6s %-10s %-10s %9s %9s %9s %9s %9s %9s %9s\n", "V", "rows", "read GB/s",
-              "exp Gel/s", "rkl", "rkl+grad", "fkl", "fkl+grad", "jsd", "jsd+grad", "naive rkl");
+  std::printf("%-8s %-6s %-10s %-10s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "V", "rows",
+              "read GB/s", "exp Gel/s", "rkl", "rkl+grad", "fkl", "fkl+grad", "jsd", "jsd+grad",
+              "jsd ws", "jsd ws+g", "naive rkl");
   for (Index v : vocabularies)
     for (Index n : row_counts) {
       const std::string s = shape(v, n);
@@ -222,11 +237,12 @@ int main(int argc, char** argv) {
       auto ratio = [&](const std::string& name) {
         return t.count(name + s) ? bound / t.at(name + s) : 0.0;
       };
-      std::printf("%-8ld %-6ld %-10.2f %-10.2f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
-                  long(v), long(n), elements * 4 / ta, elements / tb,  // times in ns
-                  ratio("rkl_value"), ratio("rkl_value_grad"), ratio("fkl_value"),
-                  ratio("fkl_value_grad"), ratio("jsd_value"), ratio("jsd_value_grad"),
-                  ratio("naive_rkl_value"));
+      std::printf(
+          "%-8ld %-6ld %-10.2f %-10.2f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
+          long(v), long(n), elements * 4 / ta, elements / tb,  // times in ns
+          ratio("rkl_value"), ratio("rkl_value_grad"), ratio("fkl_value"),
+          ratio("fkl_value_grad"), ratio("jsd_value"), ratio("jsd_value_grad"),
+          ratio("jsd_ws_value"), ratio("jsd_ws_value_grad"), ratio("naive_rkl_value"));
     }
   benchmark::Shutdown();
   return 0;

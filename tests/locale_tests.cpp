@@ -114,7 +114,7 @@ void check_numbers_are_the_c_locales() {
   CHECK(refusal("k3-as-loss,beta=0,04") ==
         "spec 'k3-as-loss,beta=0,04': '04' is not key=value; keys: preset, is, is-level, "
         "is-clip, is-mask, clamp, level, gamma, agg, agg-norm, agg-eps, agg-seq-eps, agg-scale, "
-        "beta");
+        "beta, kl");
   // Messages print numbers the parser reads back: validation's, the grammar's, cat()'s.
   CHECK(refusal("k3-as-loss,beta=-0.5") == "spec 'k3-as-loss,beta=-0.5': beta=-0.5 must be >= 0");
   CHECK(refusal("k3-as-loss,agg-scale=-2.5") ==

@@ -140,6 +140,17 @@ TEMPLATE_TEST_CASE("the full-vocabulary kernels allocate nothing", "[alloc]", fl
     CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, opt); }) == 0);
     CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, grad, opt); }) == 0);
   }
+  // Jensen-Shannon with the caller's workspace.
+  std::vector<T> work(std::size_t(klgrad::jensen_shannon_workspace_size<T>(V)));
+  klgrad::logits_options with = opt;
+  with.workspace = work.data();
+  with.workspace_size = Index(work.size());
+  CHECK(allocations_in([&] {
+          klgrad::logits_divergence(divergence::jensen_shannon, batch, value, with);
+        }) == 0);
+  CHECK(allocations_in([&] {
+          klgrad::logits_divergence(divergence::jensen_shannon, batch, value, grad, with);
+        }) == 0);
   CHECK(allocations_in([&] { klgrad::forward_kl_top_k(batch, top, value, opt); }) == 0);
   CHECK(allocations_in([&] { klgrad::forward_kl_top_k(batch, top, value, grad, opt); }) == 0);
   for (klgrad::top_k_form f : klgrad::top_k_forms) {

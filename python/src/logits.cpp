@@ -112,13 +112,22 @@ py::tuple run_divergence(const divergence_args& c) {
   const out_rows g(data_of<T>(grad), c.gradient ? c.z.rows : 0, c.z.cols);
   const Eigen::Map<Eigen::Array<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>
       idx(indices.mutable_data(), c.top_k > 0 ? c.z.rows : 0, c.top_k);
+  // The binding is the caller: it owns Jensen-Shannon's workspace (the kernel never
+  // allocates), so that each row's exponentials are computed once.
+  logits_options opt = c.opt;
+  std::vector<T> work;
+  if (c.top_k == 0 && c.d == divergence::jensen_shannon) {
+    work.resize(std::size_t(jensen_shannon_workspace_size<T>(c.z.cols)));
+    opt.workspace = work.data();
+    opt.workspace_size = Index(work.size());
+  }
   auto run = [&](const auto& batch) {
     py::gil_scoped_release unlocked;
     if (c.top_k > 0)
       return c.gradient ? top_k_divergence(*c.form, batch, idx, v, g, c.opt)
                         : top_k_divergence(*c.form, batch, idx, v, c.opt);
-    return c.gradient ? logits_divergence(c.d, batch, v, g, c.opt)
-                      : logits_divergence(c.d, batch, v, c.opt);
+    return c.gradient ? logits_divergence(c.d, batch, v, g, opt)
+                      : logits_divergence(c.d, batch, v, opt);
   };
   logits_summary r;
   if (c.mask) {
