@@ -451,7 +451,9 @@ row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_p
   double U = 0, Kr = 0;
   if (keep) {
     for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
-      const auto [fx, fy] = kept_scale(kept, V, b, s);
+      // Plain copies, not structured bindings: C++17 lambdas cannot capture those.
+      const std::pair<T, T> factors = kept_scale(kept, V, b, s);
+      const T fx = factors.first, fy = factors.second;
       const auto r = reduce_row<T, 2>(std::min(stream_block<T>, V - b0), [&](auto* acc, Index j) {
         using P = std::remove_pointer_t<decltype(acc)>;
         const Index i = b0 + j;

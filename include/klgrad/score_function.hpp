@@ -9,28 +9,19 @@
 
 namespace klgrad {
 
-/// The three pieces every weighting is built from (a placement's parts a term lacks are left
+/// The two pieces every weighting is built from (a placement's parts a term lacks are left
 /// out, not multiplied by 0: 0 * inf is NaN). Each hands its result to emit and returns what
 /// emit returns, so that the caller picks an expression once and reuses it (the kernel's
 /// packet loop, explain's weights).
 ///
-/// unweighted(): C = [reward] R + [loss] D, the coefficient of a token no weight multiplies.
-template <class R, class D, class Emit>
-decltype(auto) unweighted(placement where, const R& reward, const D& loss_derivative,
-                          Emit&& emit) {
-  if (has_reward_part(where) && has_loss_part(where)) return emit(reward + loss_derivative);
-  if (has_reward_part(where)) return emit(reward);
-  return emit(loss_derivative);
-}
-
-/// weighted_quantity(): X = [reward] R + [loss] A, what a differentiable weight multiplies
-/// in the surrogate (sum_t u_t X_t); its gradient reaches lp through the weight.
-template <class R, class A, class Emit>
-decltype(auto) weighted_quantity(placement where, const R& reward, const A& loss_value,
-                                 Emit&& emit) {
-  if (has_reward_part(where) && has_loss_part(where)) return emit(reward + loss_value);
-  if (has_reward_part(where)) return emit(reward);
-  return emit(loss_value);
+/// placed(): [reward] r + [loss] l, the placement's sum of its parts. With r = R, l = D it is
+/// the coefficient of a token no weight multiplies; with r = R, l = A it is X, what a
+/// differentiable weight multiplies in the surrogate (sum_t u_t X_t).
+template <class R, class L, class Emit>
+decltype(auto) placed(placement where, const R& reward_part, const L& loss_part, Emit&& emit) {
+  if (has_reward_part(where) && has_loss_part(where)) return emit(reward_part + loss_part);
+  if (has_reward_part(where)) return emit(reward_part);
+  return emit(loss_part);
 }
 
 /// with_weight_gradient(): C = W + [loss] u D under a differentiable weight, W the part that
@@ -52,8 +43,8 @@ decltype(auto) with_weight_gradient(placement where, const W& through_weight,
 /// with R the in-reward penalty, A the as-loss term's value and D its derivative (at the
 /// token's level), u the weight the token uses (after is-clip and is-mask) and g = du/dlp
 /// (u itself for an exact token weight, 0 where is-clip or is-mask is active; the weight's
-/// other derivatives, to earlier tokens, are the level passes' business: they call
-/// weighted_quantity() and with_weight_gradient() themselves).
+/// other derivatives, to earlier tokens, are the level passes' business: they call placed()
+/// and with_weight_gradient() themselves).
 ///
 /// Each argument is a scalar or an Eigen array expression; the result goes to emit(C), so
 /// that every weighting can build its own expression type. C is linear in (R, A, D): with
@@ -63,13 +54,13 @@ void adapt(placement where, weighting mode, const R& reward, const A& loss_value
            const D& loss_derivative, const U& used, const G& used_gradient, Emit&& emit) {
   switch (mode) {
     case weighting::none:
-      unweighted(where, reward, loss_derivative, emit);
+      placed(where, reward, loss_derivative, emit);
       return;
     case weighting::detached:
-      unweighted(where, reward, loss_derivative, [&](const auto& c) { emit(used * c); });
+      placed(where, reward, loss_derivative, [&](const auto& c) { emit(used * c); });
       return;
     case weighting::differentiable:
-      weighted_quantity(where, reward, loss_value, [&](const auto& x) {
+      placed(where, reward, loss_value, [&](const auto& x) {
         with_weight_gradient(where, used_gradient * x, loss_derivative, used, emit);
       });
       return;

@@ -39,7 +39,7 @@ void write_coefficient(chunk<T>& c, const plan<T>& p, const R& r, const A& a, co
 
 /// write_coefficient() for weights whose gradient reaches other tokens (prefix, sequence-mean):
 /// wt holds, per token j, the weight-gradient part sum_t (d used_t / d lp_j) X_t of the
-/// differentiable surrogate sum_t used_t X_t (X: weighted_quantity()), and
+/// differentiable surrogate sum_t used_t X_t (X = placed(R, A)), and
 /// with_weight_gradient() adds the token's own [loss] used D.
 /// Only is=differentiable comes here (detached weights use write_coefficient()).
 template <class T, class W>
@@ -50,7 +50,7 @@ void write_coefficient_through_weights(chunk<T>& c, const plan<T>& p, const W& w
   });
 }
 
-/// The inputs of fused_pass()'s coefficient as symbols for unweighted(): functors of the
+/// The inputs of fused_pass()'s coefficient as symbols for placed(): functors of the
 /// packets (v, g) = (k_a(s), k_b'(s)), so that the placement's expression is chosen once per
 /// sequence and inlined into the packet loop.
 struct packet_value {

@@ -25,7 +25,7 @@ void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
 /// The token-level path without weights (the common case: k in reward, k as loss,
 /// on-policy, with or without a clamp before the weight) in one pass: each packet of
 /// log-ratios becomes value and coefficient,
-///   value = k_a(s),  coef = scale * valid * unweighted(k_a(s), k_b'(s)),
+///   value = k_a(s),  coef = scale * valid * placed(k_a(s), k_b'(s)),
 /// (each clamped where the policy acts on it) stored straight into the caller's arrays
 /// (write_coefficient() with weight 1, without the chunk buffers in between). Returns the
 /// summed value; adds the guarded tokens to `guarded` and the valid ones to `valid_tokens`.
@@ -72,7 +72,7 @@ double fused_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   // The scale multiplies the coefficient last: with both parts, scale * v and scale * g may
   // overflow with opposite signs where their sum does not (k3-both, beta = 1e30).
   const P factor = pset1<P>(scale);
-  return unweighted(p.where, packet_value{}, packet_derivative{}, [&](auto part) {
+  return placed(p.where, packet_value{}, packet_derivative{}, [&](auto part) {
     return pass([&](const P& v, const P& g) { return pmul(factor, part(v, g)); });
   });
 }
@@ -159,15 +159,15 @@ struct sequence_passes {
     return total;
   }
 
-  /// Differentiable prefix weights. Sweep 1: grad_t X_t into coef (X: weighted_quantity()
-  /// of R = A = k_a); then the sum to go, the weight-gradient part of every earlier token;
+  /// Differentiable prefix weights. Sweep 1: grad_t X_t into coef (X = placed(R, A), here
+  /// R = A = k_a); then the sum to go, the weight-gradient part of every earlier token;
   /// sweep 2: each token's own part.
   double prefix() {
     double total = 0.0;
     sweep(true, [&](Index i0, Index n) {
       total += weighted_values(c);
       map(value + i0, n) = c.m(c.scratch);
-      weighted_quantity(p.where, c.m(c.estimate), c.m(c.estimate), [&](const auto& x) {
+      placed(p.where, c.m(c.estimate), c.m(c.estimate), [&](const auto& x) {
         map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * x;
       });
     });
@@ -190,7 +190,7 @@ struct sequence_passes {
       penalty = saturated(penalty + saturated_sum(c, c.scratch));
     });
     const double top = double(std::numeric_limits<T>::max());
-    const double x = weighted_quantity(p.where, penalty, penalty, [](double sum) { return sum; });
+    const double x = placed(p.where, penalty, penalty, [](double sum) { return sum; });
     const T share = T(std::clamp(x / double(n_b), -top, top));
     sweep(false, [&](Index i0, Index) {
       write_coefficient_through_weights(c, p, c.m(c.grad) * share, scale, coef + i0);
