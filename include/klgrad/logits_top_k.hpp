@@ -148,6 +148,9 @@ std::pair<double, double> lse_outside(const T* xs, const T* ys, Index V, T it, I
   return {lx, ly};
 }
 
+/// binned_kl()'s la_rest for no tail bin.
+inline constexpr double no_tail = -std::numeric_limits<double>::infinity();
+
 /// KL between two distributions on the bins {i} (i in K) and, when la_rest > -inf, the rest:
 ///   sum_K exp(la_i) (la_i - lb_i) + exp(la_rest) (la_rest - lb_rest),
 /// la_i = a_i it - lse_a, lb_i = b_i it - lse_b; empty bins of a add nothing.
@@ -187,7 +190,7 @@ row_result forward_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
   const online_state<T> s = row_state(z, V, it, log_probs);
   if (!usable(s)) return {0, row_bad_z};
   const double lsk = lse_over(zr, it, idx, k), lse_z = s.lse_x();
-  const double value = binned_kl(zr, z, it, idx, k, lsk, lse_z, -INFINITY, 0.0);
+  const double value = binned_kl(zr, z, it, idx, k, lsk, lse_z, no_tail, 0.0);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
   const T c = T(scale) * it, cx = s.cx, lsx = T(s.log_sx());
@@ -211,7 +214,7 @@ row_result reverse_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
   const online_state<T> s = row_state(zr, V, it, log_probs);
   if (!usable(s)) return {0, row_bad_ref};
   const double lsk = lse_over(z, it, idx, k), lse_r = s.lse_x();
-  const double value = binned_kl(z, zr, it, idx, k, lsk, lse_r, -INFINITY, 0.0);
+  const double value = binned_kl(z, zr, it, idx, k, lsk, lse_r, no_tail, 0.0);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
   if (!std::isfinite(value)) return {value, row_infinite_rkl};
