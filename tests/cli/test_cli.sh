@@ -4,13 +4,7 @@
 # closed forms computed here with awk (k3'(s) = 1 - exp(-s)), not copied from a run.
 set -uo pipefail
 klgrad=$1
-failures=0 passes=0
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then passes=$((passes + 1)); else failures=$((failures + 1)); echo "FAILED: $name"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 # eval: padded batch, k3-as-loss with token-sum: coef = 1 - exp(-(lp - lr)).
 out=$(echo '{"logp":[[-1,-2]],"ref":[[-1.5,-1]]}' | "$klgrad" eval --spec k3-as-loss,agg=token-sum)
@@ -100,5 +94,4 @@ err=$(echo '{"logits":[[[0,1],[1,0]]],"ref_logits":[[[1,0],[0,1]]]}' |
 check "logits input: --tokens below the local count exits 2" test $? -eq 2
 check "logits input: --tokens is named" contains "$err" "--tokens 1 must be -1"
 
-echo "${passes} passed, ${failures} failed"
-test "$failures" -eq 0
+finish

@@ -6,16 +6,7 @@
 # PATH/TO/klgrad.
 set -uo pipefail
 klgrad=$1
-failures=0 passes=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then passes=$((passes + 1)); else failures=$((failures + 1)); echo "FAILED: $name"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
-lacks() { ! grep -qF -- "$2" <<<"$1"; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 # refused NAME FRAGMENT ARGS... : stdin from $input; exit status 2 and FRAGMENT in stderr.
 refused() {
   local name=$1 fragment=$2
@@ -167,5 +158,4 @@ long_spec="agg=token-sum,beta=1,agg-scale=1,agg-eps=0,agg-seq-eps=0,beta=2,agg-s
 refused "long logits --spec" "spec 'agg=token-sum,beta=1,agg-scale=1,agg-eps=0,agg-seq-eps=0,beta=2,agg-scale=3,agg=... (90 characters)': key 'beta' given twice" eval --spec "$long_spec"
 check "long logits --spec: no stand-in term" lacks "$last_err" "k1-in-reward"
 
-echo "${passes} passed, ${failures} failed"
-test "$failures" -eq 0
+finish

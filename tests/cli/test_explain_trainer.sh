@@ -8,15 +8,7 @@
 # Usage: test_explain_trainer.sh PATH/TO/klgrad.
 set -uo pipefail
 klgrad=$1
-failures=0 passes=0
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1
-  shift
-  if "$@"; then passes=$((passes + 1)); else failures=$((failures + 1)); echo "FAILED: $name"; fi
-}
-contains() { grep -qF -- "$2" <<<"$1"; }
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 cat >"$tmp/terms.py" <<'PY'
 import json, subprocess, sys
@@ -327,5 +319,4 @@ check "explain without --spec or --trainer: says so" contains "$err" "explain ne
 err=$("$klgrad" explain --trainer verl 2>&1 >/dev/null)
 check "--trainer without --config" contains "$err" "--trainer needs --config FILE"
 
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish
