@@ -162,6 +162,19 @@ TEMPLATE_TEST_CASE("the full-vocabulary kernels allocate nothing", "[alloc]", fl
   CHECK(allocations_in([&] { klgrad::sampled_logits_gradient(z, ids, coef, grad, 0.7); }) == 0);
 }
 
+TEMPLATE_TEST_CASE("the kernels on 16-bit logits allocate nothing", "[alloc][16bit]",
+                   Eigen::bfloat16, Eigen::half) {
+  using S = TestType;
+  const Index N = 3, V = 5003;
+  const rows<S> z = random_rows<float>(N, V, -3, 3, 5).template cast<S>();
+  Eigen::ArrayXf logp(N), coef(N);
+  coef << 0.5f, -1.f, 2.f;
+  rows<float> grad(N, V);
+  const Eigen::Array<int, Eigen::Dynamic, 1> ids = (Eigen::Array<int, 3, 1>() << 0, 17, 5002).finished();
+  CHECK(allocations_in([&] { klgrad::selective_log_softmax(z, ids, logp, 0.7); }) == 0);
+  CHECK(allocations_in([&] { klgrad::sampled_logits_gradient(z, ids, coef, grad, 0.7); }) == 0);
+}
+
 TEST_CASE("the instruments see an allocation", "[alloc]") {
   // Without this, a broken instrument would pass every test above.
   CHECK(allocations_in([] {

@@ -277,7 +277,7 @@ T horizontal_max(const P& x) {
   return m;
 }
 
-template <class T>
+template <class T, class = std::enable_if_t<!is_16bit_v<T>>>
 T max_of(const T* x, Index n) {
   return Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(x, n).maxCoeff();
 }
