@@ -1,4 +1,4 @@
-// Tests of logits_top_k.hpp: the four top-k forms against a long-double oracle that sums the
+// Tests of logits/top_k.hpp: the four top-k forms against a long-double oracle that sums the
 // same k or k + 1 bins from the logits (the tail masses summed directly over the rest of the
 // row), gradients against central differences of that oracle with K held fixed, and the
 // limits: k = V gives the full FKL / RKL, a tail form is at most the full divergence,

@@ -224,6 +224,22 @@ TEST_CASE("returns: discounting matches level=to-go of klgrad::evaluate", "[retu
   }
 }
 
+TEST_CASE("returns: finite rewards give finite returns, saturated at the largest number",
+          "[returns]") {
+  // Closed form: without saturation G_0 = 3e38 + 3e38 overflows float to +inf; the sum of
+  // level=to-go that discounted_returns runs keeps it at FLT_MAX, as evaluate() keeps its
+  // coefficients finite. The negative row mirrors it.
+  using frows = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  frows r(2, 2), g(2, 2);
+  r << 3e38f, 3e38f, -3e38f, -3e38f;
+  klgrad::discounted_returns(klgrad::padded_layout(2, 2), r, 1.0, g);
+  const float top = std::numeric_limits<float>::max();
+  CHECK(g(0, 0) == top);
+  CHECK(g(0, 1) == 3e38f);
+  CHECK(g(1, 0) == -top);
+  CHECK(g(1, 1) == -3e38f);
+}
+
 TEST_CASE("returns: shapes and bad values are reported with names, shapes and indices",
           "[returns][errors]") {
   hand_case h;

@@ -5,11 +5,12 @@
 #include "errors.hpp"
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <type_traits>
 
 namespace klgrad {
-
-using Eigen::Index;
 
 namespace detail {
 
@@ -77,6 +78,73 @@ void require_same_shape(const strided_rows<A>& a, const char* a_name, const stri
   if (a.rows != b.rows || a.cols != b.cols)
     raise<shape_error>(cat("shape mismatch: ", a_name, " is ", shape_text(a.rows, a.cols),
                            " but ", b_name, " is ", shape_text(b.rows, b.cols)));
+}
+
+/// A flat view of an array of N entries (any shape, contiguous rows), for per-row inputs
+/// and outputs such as values, token ids, coefficients and masks.
+template <class D>
+auto flat_of(const Eigen::DenseBase<D>& x, const char* name, Index n, Index rows, Index cols) {
+  const auto v = rows_of(x, name);
+  if (v.rows * v.cols != n)
+    raise<shape_error>(cat("shape mismatch: logits are ", shape_text(rows, cols), " (", n,
+                           " rows) but ", name, " is ", shape_text(v.rows, v.cols), " (",
+                           v.rows * v.cols, " entries)"));
+  if (v.rows > 1 && v.stride != v.cols)
+    raise<shape_error>(cat(name, " is ", shape_text(v.rows, v.cols), " with row stride ",
+                           v.stride, "; it must be contiguous"));
+  return v.data;
+}
+
+/// The valid entries of a mask of `size` entries (nullptr: every entry valid). Counts
+/// blocks into a 32-bit total, which compilers vectorise over a byte mask four times wider
+/// than a 64-bit one.
+template <class M>
+Index count_valid(const M* mask, Index size) {
+  if (!mask) return size;
+  constexpr Index block = Index(1) << 20;
+  Index n = 0;
+  for (Index i0 = 0; i0 < size; i0 += block) {
+    const M* m = mask + i0;
+    const Index in_size = std::min(block, size - i0);
+    std::uint32_t in_block = 0;
+    for (Index i = 0; i < in_size; ++i) in_block += m[i] != M(0);
+    n += in_block;
+  }
+  return n;
+}
+
+/// Whether a mask of `size` entries has a valid one (nullptr: when size > 0).
+template <class M>
+bool any_valid(const M* mask, Index size) {
+  if (!mask) return size > 0;
+  for (Index i = 0; i < size; ++i)
+    if (mask[i] != M(0)) return true;
+  return false;
+}
+
+/// What the aggregations count: N_tokens (valid tokens) and B_nonempty (sequences with one).
+struct token_count {
+  Index tokens = 0, sequences = 0;
+};
+
+/// The counts of a batch of `sequences` sequences, sequence b holding valid_in(b) valid
+/// tokens: the one count behind evaluate() and the full-vocabulary calls.
+template <class F>
+token_count count_tokens(Index sequences, F&& valid_in) {
+  token_count n;
+  for (Index b = 0; b < sequences; ++b) {
+    const Index k = valid_in(b);
+    n.tokens += k;
+    n.sequences += k > 0;
+  }
+  return n;
+}
+
+/// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
+template <class T>
+T saturated(T x) {
+  const T top = std::numeric_limits<T>::max();
+  return x > top ? top : (x < -top ? -top : x);
 }
 
 /// The tokens of one sequence, as the kernels see them.
@@ -260,6 +328,76 @@ auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
   b.tokens = base.tokens;
   b.count = base.count;
   b.mask = m.data;
+  return b;
+}
+
+/// N rows of policy and reference logits (N x V, row-major), seen as a padded batch of
+/// B sequences of T positions (N = B * T) with an optional B x T mask (nonzero = valid).
+/// Masked rows are never read.
+template <class T, class M = T>
+struct logit_batch {
+  using scalar = T;
+  using mask_scalar = M;
+  detail::strided_rows<const T> z, ref;
+  detail::strided_rows<const M> mask;  ///< B x T, or absent
+  Index sequences = 1;                 ///< B
+  Index positions = 0;                 ///< T
+
+  Index rows() const { return z.rows; }
+  Index vocabulary() const { return z.cols; }
+  bool valid(Index r) const {
+    return !mask.present() || mask.row(r / positions)[r % positions] != M(0);
+  }
+  /// The valid rows of sequence s.
+  Index valid_in(Index s) const {
+    return detail::count_valid(mask.present() ? mask.row(s) : nullptr, positions);
+  }
+};
+
+/// Rows z and z_ref (N x V) forming B = N / positions sequences of `positions` rows each
+/// (positions = 0: one sequence of N rows); every row valid.
+template <class Z, class R>
+auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
+                Index positions = 0) {
+  using T = std::remove_const_t<typename Z::Scalar>;
+  static_assert(std::is_same_v<T, std::remove_const_t<typename R::Scalar>>,
+                "klgrad: z and z_ref differ in type");
+  static_assert(std::is_floating_point_v<T>, "klgrad: logits must be float or double");
+  logit_batch<T, T> b;
+  b.z = detail::rows_of(z, "z");
+  b.ref = detail::rows_of(z_ref, "z_ref");
+  detail::require_same_shape(b.z, "z", b.ref, "z_ref");
+  const Index n = b.z.rows;
+  if (positions < 0 || (positions > 0 && n % positions != 0))
+    detail::raise<shape_error>(detail::cat("shape mismatch: z has ", n,
+                                           " rows, not a multiple of positions = ", positions));
+  b.positions = positions > 0 ? positions : n;
+  b.sequences = b.positions > 0 ? n / b.positions : 0;
+  if (n == 0) b.positions = 1;
+  return b;
+}
+
+/// Rows z and z_ref (N x V, N = B * T) of a padded batch with a B x T mask (row-major, any
+/// arithmetic type, nonzero = valid). Masked rows are never read, whatever they hold.
+template <class Z, class R, class K>
+auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
+                const Eigen::DenseBase<K>& mask) {
+  using T = std::remove_const_t<typename Z::Scalar>;
+  using M = std::remove_const_t<typename K::Scalar>;
+  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
+  const auto all = logit_rows(z, z_ref);
+  logit_batch<T, M> b;
+  b.z = all.z;
+  b.ref = all.ref;
+  b.mask = detail::rows_of(mask, "mask");
+  if (b.mask.rows * b.mask.cols != b.z.rows)
+    detail::raise<shape_error>(detail::cat(
+        "shape mismatch: z is ", detail::shape_text(b.z.rows, b.z.cols), " (N = ", b.z.rows,
+        " rows) but mask is ", detail::shape_text(b.mask.rows, b.mask.cols),
+        "; a B x T mask needs N = B * T"));
+  b.sequences = b.mask.rows;
+  b.positions = b.mask.cols;
+  if (b.positions == 0) b.positions = 1;
   return b;
 }
 

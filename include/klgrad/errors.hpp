@@ -3,10 +3,13 @@
 
 #include "number_text.hpp"
 
+#include <Eigen/Core>
+
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <locale>
 #include <sstream>
 #include <stdexcept>
@@ -16,6 +19,8 @@
 #include <utility>
 
 namespace klgrad {
+
+using Eigen::Index;
 
 /// Base of every klgrad exception.
 struct error : std::runtime_error {
@@ -109,6 +114,53 @@ inline std::string clip(std::string_view text) {
   std::size_t end = shown;
   while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0u) == 0x80u) --end;
   return cat(text.substr(0, end), "... (", text.size(), " characters)");
+}
+
+/// The first entry of a row that is NaN or +inf, or -1.
+template <class T>
+Index first_invalid(const T* x, Index V) {
+  for (Index j = 0; j < V; ++j)
+    if (std::isnan(x[j]) || x[j] == std::numeric_limits<T>::infinity()) return j;
+  return -1;
+}
+
+/// Where row `row` of a logits array sits in a padded B x T batch, for messages.
+inline std::string row_place(Index row, Index positions) {
+  if (positions <= 0) return cat("row ", row);
+  return cat("row ", row, " (sequence ", row / positions, ", position ", row % positions, ")");
+}
+
+/// Fills the place fields of e for row `row` (see row_place).
+inline void locate_row(input_error& e, Index row, Index positions) {
+  e.flat = row;
+  e.sequence = positions > 0 ? row / positions : -1;
+  e.position = positions > 0 ? row % positions : -1;
+}
+
+/// Raises input_error for a row whose log-sum-exp is not finite: the first NaN / +inf
+/// entry, or "no finite entry" when every entry is -inf.
+template <class T>
+[[noreturn]] void report_bad_row(const T* x, Index V, const char* name, Index row,
+                                 Index positions) {
+  const Index j = first_invalid(x, V);
+  input_error e =
+      j >= 0 ? input_error(cat(name, " ", row_place(row, positions), ", column ", j, " is ",
+                               x[j], "; logits must be finite or -inf"),
+                           input_reason::nonfinite, name)
+             : input_error(cat(name, " ", row_place(row, positions),
+                               " has no finite entry (every logit is -inf), so its softmax is "
+                               "undefined; mask the row out"),
+                           input_reason::empty_row, name);
+  locate_row(e, row, positions);
+  e.column = j;
+  if (j >= 0) e.value = double(x[j]);
+  raise(e);
+}
+
+/// Checks a temperature: finite and positive.
+inline void check_temperature(double tau) {
+  if (!(tau > 0.0) || !std::isfinite(tau))
+    raise<input_error>(cat("temperature must be finite and > 0, got ", tau));
 }
 
 }  // namespace detail

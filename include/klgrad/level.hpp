@@ -1,6 +1,9 @@
 // The level of a coefficient: the token alone, the reward-to-go of the tokens after it,
-// or the whole sequence.
+// or the whole sequence; and the discounted sum over valid tokens that the to-go level,
+// the per-decision weights and discounted returns share.
 #pragma once
+
+#include "batch.hpp"
 
 #include <string_view>
 
@@ -23,5 +26,22 @@ inline constexpr std::string_view to_string(level l) {
   }
   return "?";
 }
+
+namespace detail {
+
+/// The sum of level::to_go over the valid tokens of one sequence (mask nullptr: every token
+/// valid): x_t <- sum_{t'>=t} gamma^(t'-t) x_t', gamma counting valid tokens, saturated to
+/// stay finite. Masked entries are left as they are.
+template <class T, class M>
+void sum_to_go(const M* mask, Index size, T* x, T gamma) {
+  T running = 0;
+  for (Index t = size - 1; t >= 0; --t) {
+    if (mask && mask[t] == M(0)) continue;
+    running = saturated(x[t] + gamma * running);
+    x[t] = running;
+  }
+}
+
+}  // namespace detail
 
 }  // namespace klgrad

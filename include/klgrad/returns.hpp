@@ -4,6 +4,7 @@
 
 #include "batch.hpp"
 #include "errors.hpp"
+#include "level.hpp"
 
 #include <Eigen/Core>
 #include <cmath>
@@ -210,8 +211,8 @@ void shape_rewards(const Layout& layout, const Eigen::DenseBase<R>& task_reward,
 
 /// Discounted returns G_t = r_t + gamma * G_{t'} with t' the next valid token of the same
 /// sequence (G = 0 after the last valid token). Masked tokens are skipped: gamma discounts
-/// by valid tokens, as level=to-go does, and masked tokens get 0. returns may be the same
-/// array as rewards.
+/// by valid tokens with the sum of level=to-go (level.hpp), saturated to stay finite, and
+/// masked tokens get 0. returns may be the same array as rewards.
 template <class Layout, class R, class Out>
 void discounted_returns(const Layout& layout, const Eigen::DenseBase<R>& rewards, double gamma,
                         const Eigen::DenseBase<Out>& returns) {
@@ -223,21 +224,17 @@ void discounted_returns(const Layout& layout, const Eigen::DenseBase<R>& rewards
   detail::require_unit_interval("gamma", gamma);
   const auto r = layout.view(rewards, "rewards");
   const auto g = detail::output_of(layout, returns, "returns");
-  const T gm = T(gamma);
   for (Index b = 0; b < layout.sequences(); ++b) {
     const M* mask = layout.mask_of(b);
     const T* rb = layout.row(r, b);
     T* gb = layout.row(g, b);
-    T running = 0;
-    for (Index t = layout.size_of(b) - 1; t >= 0; --t) {
-      if (!detail::valid_at(mask, t)) {
-        gb[t] = T(0);
-        continue;
-      }
-      detail::require_finite_token("rewards", b, t, rb[t]);
-      running = rb[t] + gm * running;
-      gb[t] = running;
+    const Index n = layout.size_of(b);
+    for (Index t = 0; t < n; ++t) {
+      const bool valid = detail::valid_at(mask, t);
+      if (valid) detail::require_finite_token("rewards", b, t, rb[t]);
+      gb[t] = valid ? rb[t] : T(0);
     }
+    detail::sum_to_go(mask, n, gb, T(gamma));
   }
 }
 

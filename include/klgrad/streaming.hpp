@@ -3,9 +3,6 @@
 // full-vocabulary divergences (logits.hpp) and the sampled-token paths (sampled.hpp).
 #pragma once
 
-#include "batch.hpp"
-#include "errors.hpp"
-
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
@@ -15,6 +12,10 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
+
+namespace klgrad {
+using Eigen::Index;
+}  // namespace klgrad
 
 namespace klgrad::detail {
 
@@ -477,66 +478,16 @@ online_state<compute_t<S>> normalized_pass(const S* xs, const S* ys, Index V) {
   return s;
 }
 
-/// The first entry of a row that is NaN or +inf, or -1.
-template <class T>
-Index first_invalid(const T* x, Index V) {
-  for (Index j = 0; j < V; ++j)
-    if (std::isnan(x[j]) || x[j] == std::numeric_limits<T>::infinity()) return j;
-  return -1;
-}
-
-/// Where row `row` of a logits array sits in a padded B x T batch, for messages.
-inline std::string row_place(Index row, Index positions) {
-  if (positions <= 0) return cat("row ", row);
-  return cat("row ", row, " (sequence ", row / positions, ", position ", row % positions, ")");
-}
-
-/// Fills the place fields of e for row `row` (see row_place).
-inline void locate_row(input_error& e, Index row, Index positions) {
-  e.flat = row;
-  e.sequence = positions > 0 ? row / positions : -1;
-  e.position = positions > 0 ? row % positions : -1;
-}
-
-/// Raises input_error for a row whose log-sum-exp is not finite: the first NaN / +inf
-/// entry, or "no finite entry" when every entry is -inf.
-template <class T>
-[[noreturn]] void report_bad_row(const T* x, Index V, const char* name, Index row,
-                                 Index positions) {
-  const Index j = first_invalid(x, V);
-  input_error e =
-      j >= 0 ? input_error(cat(name, " ", row_place(row, positions), ", column ", j, " is ",
-                               x[j], "; logits must be finite or -inf"),
-                           input_reason::nonfinite, name)
-             : input_error(cat(name, " ", row_place(row, positions),
-                               " has no finite entry (every logit is -inf), so its softmax is "
-                               "undefined; mask the row out"),
-                           input_reason::empty_row, name);
-  locate_row(e, row, positions);
-  e.column = j;
-  if (j >= 0) e.value = double(x[j]);
-  raise(e);
-}
-
-/// Checks a temperature: finite and positive.
-inline void check_temperature(double tau) {
-  if (!(tau > 0.0) || !std::isfinite(tau))
-    raise<input_error>(cat("temperature must be finite and > 0, got ", tau));
-}
-
-/// A flat view of an array of N entries (any shape, contiguous rows), for per-row inputs
-/// and outputs such as values, token ids, coefficients and masks.
-template <class D>
-auto flat_of(const Eigen::DenseBase<D>& x, const char* name, Index n, Index rows, Index cols) {
-  const auto v = rows_of(x, name);
-  if (v.rows * v.cols != n)
-    raise<shape_error>(cat("shape mismatch: logits are ", shape_text(rows, cols), " (", n,
-                           " rows) but ", name, " is ", shape_text(v.rows, v.cols), " (",
-                           v.rows * v.cols, " entries)"));
-  if (v.rows > 1 && v.stride != v.cols)
-    raise<shape_error>(cat(name, " is ", shape_text(v.rows, v.cols), " with row stride ",
-                           v.stride, "; it must be contiguous"));
-  return v.data;
+/// The first pass over a row pair: online for logits, plain for log-probabilities.
+template <bool HasY, bool Weighted, class T>
+online_state<T> first_pass(const T* x, const T* y, Index V, T it, bool log_probs) {
+  if (log_probs) {
+    if constexpr (Weighted) return normalized_pass<true>(x, y, V);
+    online_state<T> s = normalized_pass<false>(x, y, V);
+    if constexpr (HasY) s.sy = normalized_pass<false>(y, y, V).sx;
+    return s;
+  }
+  return online_pass<HasY, Weighted>(x, y, V, it);
 }
 
 }  // namespace klgrad::detail

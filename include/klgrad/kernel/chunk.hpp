@@ -64,38 +64,6 @@ void find_nonfinite(const sequence_view<T, M>& q, Index i0, Index n) {
   }
 }
 
-/// The valid tokens of a sequence. Counts blocks into a 32-bit total, which compilers
-/// vectorise over a byte mask four times wider than a 64-bit one.
-template <class T, class M>
-Index count_valid(const sequence_view<T, M>& q) {
-  if (!q.mask) return q.size;
-  constexpr Index block = Index(1) << 20;
-  Index n = 0;
-  for (Index i0 = 0; i0 < q.size; i0 += block) {
-    const M* m = q.mask + i0;
-    const Index size = std::min(block, q.size - i0);
-    std::uint32_t in_block = 0;
-    for (Index i = 0; i < size; ++i) in_block += m[i] != M(0);
-    n += in_block;
-  }
-  return n;
-}
-
-template <class T, class M>
-bool any_valid(const sequence_view<T, M>& q) {
-  if (!q.mask) return q.size > 0;
-  for (Index i = 0; i < q.size; ++i)
-    if (q.mask[i] != M(0)) return true;
-  return false;
-}
-
-/// x clamped to [-max, max]; NaN stays NaN. Keeps sums and products finite.
-template <class T>
-T saturated(T x) {
-  const T top = std::numeric_limits<T>::max();
-  return x > top ? top : (x < -top ? -top : x);
-}
-
 /// saturated() over an array.
 template <class T>
 void saturate(T* x, Index n) {

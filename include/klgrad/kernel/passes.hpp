@@ -2,6 +2,7 @@
 // writes the sequence's values and coefficients and returns its summed value.
 #pragma once
 
+#include "../level.hpp"
 #include "coefficient.hpp"
 #include "estimates.hpp"
 
@@ -9,18 +10,6 @@
 #include <limits>
 
 namespace klgrad::detail {
-
-/// Backward sum over the valid tokens of a sequence: x_t <- sum_{t'>=t} gamma^(t'-t) x_t'
-/// (gamma counting valid tokens), saturated to stay finite.
-template <class T, class M>
-void sum_to_go(const sequence_view<T, M>& q, T* x, T gamma) {
-  T running = 0;
-  for (Index t = q.size - 1; t >= 0; --t) {
-    if (q.mask && q.mask[t] == M(0)) continue;
-    running = saturated(x[t] + gamma * running);
-    x[t] = running;
-  }
-}
 
 /// The token-level path without weights (the common case: k in reward, k as loss,
 /// on-policy, with or without a clamp before the weight) in one pass: each packet of
@@ -153,7 +142,7 @@ struct sequence_passes {
       map(value + i0, n) = c.m(c.scratch);
       map(coef + i0, n) = c.m(c.valid) * c.m(c.scratch);
     });
-    sum_to_go(q, coef, p.gamma);
+    sum_to_go(q.mask, q.size, coef, p.gamma);
     map(coef, q.size) *= scale;
     saturate(coef, q.size);
     return total;
@@ -171,7 +160,7 @@ struct sequence_passes {
         map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * x;
       });
     });
-    sum_to_go(q, coef, T(1));
+    sum_to_go(q.mask, q.size, coef, T(1));
     sweep(false, [&](Index i0, Index n) {
       c.m(c.scratch) = map(coef + i0, n);
       write_coefficient_through_weights(c, p, c.m(c.scratch), scale, coef + i0);
@@ -205,7 +194,7 @@ struct sequence_passes {
     sweep(true, [&](Index i0, Index n) {
       map(coef + i0, n) = c.m(c.valid) * c.m(c.estimate);
     });
-    sum_to_go(q, coef, p.gamma);
+    sum_to_go(q.mask, q.size, coef, p.gamma);
     sweep(false, [&](Index i0, Index n) {
       total += weighted_values(c);
       map(value + i0, n) = c.m(c.scratch);
@@ -275,7 +264,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
     const double total = fused_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded, n_b);
     return account(out, n_b, scale, total);
   }
-  const Index n_b = count_valid(q);
+  const Index n_b = count_valid(q.mask, q.size);
   if (n_b == 0) {
     std::fill(value, value + q.size, T(0));
     std::fill(coef, coef + q.size, T(0));

@@ -51,19 +51,14 @@ template <class Batch, class T>
 void count_batch(const Batch& batch, plan<T>& p) {
   const bool tokens = needs_tokens(p), sequences = needs_sequences(p);
   if (!tokens && !sequences) return;
-  Index n_tokens = 0, n_sequences = 0;
-  for (Index b = 0; b < batch.sequences(); ++b) {
+  // Without token-mean only whether a sequence is empty matters, which any_valid tells at
+  // the first valid token.
+  const token_count n = count_tokens(batch.sequences(), [&](Index b) {
     const auto q = batch.sequence(b);
-    if (tokens) {
-      const Index n = count_valid(q);
-      n_tokens += n;
-      n_sequences += n > 0;
-    } else {
-      n_sequences += any_valid(q);
-    }
-  }
-  if (tokens) p.tokens = n_tokens;
-  if (sequences) p.sequences = n_sequences;
+    return tokens ? count_valid(q.mask, q.size) : Index(any_valid(q.mask, q.size));
+  });
+  if (tokens) p.tokens = n.tokens;
+  if (sequences) p.sequences = n.sequences;
 }
 
 /// The kernel for estimators Ea (value) and Eb (gradient): plan, count, then each sequence

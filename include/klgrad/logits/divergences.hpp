@@ -1,0 +1,166 @@
+// The row kernels of the full-vocabulary divergences: reverse KL, forward KL and the
+// generalised Jensen-Shannon of one row pair, each with its exact gradient with respect to
+// the policy logits, streamed over the row with Eigen's packets.
+#pragma once
+
+#include "../normal_log.hpp"
+#include "../streaming.hpp"
+#include "driver.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+namespace klgrad::detail {
+
+/// KL(softmax(x) || softmax(y)) of one row, x = xs * it, y = ys * it, from the first pass:
+/// w / sx - log sx + log sy.
+template <class T>
+double kl_of(const online_state<T>& s) {
+  return s.w / s.sx - s.log_sx() + s.log_sy();
+}
+
+/// RKL of a row (pi = softmax(z it), ref = softmax(z_ref it)) and, with g, its gradient
+///   dRKL/dz_j = it * pi_j (log pi_j - log ref_j - RKL)
+///            = it * pi_j (t_j - w / sx),  t_j = (x_j - cx) - (y_j - cy),
+/// written as g = scale * dRKL/dz.
+template <class T>
+row_result reverse_row(const T* z, const T* zr, Index V, T it, bool log_probs, double scale,
+                       T* g) {
+  const online_state<T> s = first_pass<true, true>(z, zr, V, it, log_probs);
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
+  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
+  const double value = kl_of(s);
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  if (!std::isfinite(value)) return {value, row_infinite_rkl};
+  const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), K = T(s.w / s.sx);
+  const T c = T(scale) * it;
+  write_row(g, V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P X = shifted_at<P>(z, i, it, cx);
+    const P Y = shifted_at<P>(zr, i, it, cy);
+    const P p = v_exp(ei::psub(X, splat<P>(lsx)));
+    const P t = ei::psub(ei::psub(X, Y), splat<P>(K));
+    return where_positive(p, ei::pmul(splat<P>(c), ei::pmul(p, t)));
+  });
+  return {value, row_ok};
+}
+
+/// FKL of a row and, with g, its gradient dFKL/dz_j = it * (pi_j - ref_j), written as
+/// g = scale * dFKL/dz. The first pass runs with the roles swapped (x = z_ref, y = z).
+template <class T>
+row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, double scale,
+                       T* g) {
+  const online_state<T> s = first_pass<true, true>(zr, z, V, it, log_probs);
+  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_z};
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_ref};
+  const double value = kl_of(s);
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  const T cz = s.cy, cr = s.cx, lsz = T(s.log_sy()), lsr = T(s.log_sx());
+  const T c = T(scale) * it;
+  write_row(g, V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P lp = log_softmax_at<P>(z, i, it, cz, lsz);
+    const P lr = log_softmax_at<P>(zr, i, it, cr, lsr);
+    // Eigen's exp without v_exp's zero below exp_floor: below its own clamp Eigen returns
+    // one and the same number for every argument, -inf included (0, or a denormal on some
+    // instruction sets), so p - r is exact where both underflow and off by less than the
+    // smallest normal number where one does.
+    const P p = pexp_or_exp(lp), r = pexp_or_exp(lr);
+    return ei::pmul(splat<P>(c), ei::psub(p, r));
+  });
+  return {value, row_ok};
+}
+
+/// Generalised Jensen-Shannon of a row, M = lambda ref + (1 - lambda) pi:
+///   JSD = lambda sum ref (log ref - log M) + (1 - lambda) sum pi (log pi - log M).
+/// Since dJSD/dpi_j = (1 - lambda) log(pi_j / M_j) (the other terms cancel), through the
+/// softmax
+///   dJSD/dz_j = it (1 - lambda) pi_j (u_j - U),  u_j = log pi_j - log M_j,
+///   U = sum pi u = KL(pi || M),
+/// the RKL gradient with ref replaced by M, times (1 - lambda). Pass 1 gives the two
+/// log-sum-exps, pass 2 the value (and u into g), pass 3 the gradient.
+template <class T>
+row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_probs,
+                              double lambda, double scale, T* g, T* kept = nullptr) {
+  // With a workspace, the first pass keeps both rows' exponentials (online_pass) and the
+  // later passes read pi and ref from it instead of computing them again: 2 V exponentials
+  // per row instead of 4 V (5 V with the gradient).
+  const bool keep = kept && !log_probs;
+  online_state<T> s = keep ? online_pass<true, false, true>(z, zr, V, it, kept)
+                           : first_pass<true, false>(z, zr, V, it, log_probs);
+  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
+  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
+  const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), lsy = T(s.log_sy());
+  const T lam = T(lambda), mu = T(1 - lambda), tiny = std::numeric_limits<T>::min();
+  // The terms of entries i.. given pi and ref there (p, q): u = log pi - log M into g,
+  // and p u, q v into the sums.
+  auto terms = [&](auto* acc, Index i, const auto& p, const auto& q) {
+    using P = std::remove_pointer_t<decltype(acc)>;
+    const P lp = log_softmax_at<P>(z, i, it, cx, lsx);
+    const P lr = log_softmax_at<P>(zr, i, it, cy, lsy);
+    // Where exp(lp) is not normal u is 0, so p u is 0 (no 0 * -inf), and p adds at most a
+    // denormal to M, which is clamped to the smallest normal number for log_of_normal;
+    // likewise v and q.
+    const P m = ei::pmax(ei::pmadd(splat<P>(lam), q, ei::pmul(splat<P>(mu), p)), splat<P>(tiny));
+    const P lm = log_of_normal(m);
+    const P u = where_exp_normal(lp, ei::psub(lp, lm)), v = where_exp_normal(lr, ei::psub(lr, lm));
+    if (g) store(g, i, u);
+    acc[0] = ei::pmadd(p, u, acc[0]);
+    acc[1] = ei::pmadd(q, v, acc[1]);
+  };
+  double U = 0, Kr = 0;
+  if (keep) {
+    for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
+      // Plain copies, not structured bindings: C++17 lambdas cannot capture those.
+      const std::pair<T, T> factors = kept_scale(kept, V, b, s);
+      const T fx = factors.first, fy = factors.second;
+      const auto r = reduce_row<T, 2>(std::min(stream_block<T>, V - b0), [&](auto* acc, Index j) {
+        using P = std::remove_pointer_t<decltype(acc)>;
+        const Index i = b0 + j;
+        terms(acc, i, ei::pmul(load<P>(kept, i), splat<P>(fx)),
+              ei::pmul(load<P>(kept + V, i), splat<P>(fy)));
+      });
+      U += r[0];
+      Kr += r[1];
+    }
+  } else {
+    const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
+      using P = std::remove_pointer_t<decltype(acc)>;
+      // Eigen's exp as it is (0 or a denormal below its clamp).
+      terms(acc, i, pexp_or_exp(log_softmax_at<P>(z, i, it, cx, lsx)),
+            pexp_or_exp(log_softmax_at<P>(zr, i, it, cy, lsy)));
+    });
+    U = r[0];
+    Kr = r[1];
+  }
+  const double value = lambda * Kr + (1 - lambda) * U;
+  if (std::isnan(value)) return {0, row_nan};
+  if (!g) return {value, row_ok};
+  const T c = T(scale * (1 - lambda)) * it, Ut = T(U);
+  if (keep) {
+    for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
+      const T fx = kept_scale(kept, V, b, s).first;
+      T* gb = g + b0;
+      const T* pb = kept + b0;
+      write_row(gb, std::min(stream_block<T>, V - b0), [&](auto tag, Index j) {
+        using P = decltype(tag);
+        const P p = ei::pmul(load<P>(pb, j), splat<P>(fx));
+        return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(gb, j), splat<P>(Ut))));
+      });
+    }
+    return {value, row_ok};
+  }
+  write_row(g, V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
+    return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g, i), splat<P>(Ut))));
+  });
+  return {value, row_ok};
+}
+
+}  // namespace klgrad::detail

@@ -1,0 +1,199 @@
+// The row driver of the full-vocabulary calls: checks the options, views the outputs, runs
+// a row kernel over the valid rows of a logit_batch (in parallel with KLGRAD_OPENMP),
+// aggregates their values into the loss and raises for the first bad row.
+#pragma once
+
+#include "../aggregation.hpp"
+#include "../batch.hpp"
+#include "../errors.hpp"
+#include "../streaming.hpp"
+#include "options.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
+#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace klgrad::detail {
+
+/// What a row kernel reports besides its value.
+enum row_status : int {
+  row_ok = 0,
+  row_bad_z = 1,         ///< z's row has a NaN / +inf, or no finite entry
+  row_bad_ref = 2,       ///< the same for z_ref
+  row_infinite_rkl = 3,  ///< gradient asked where RKL = +inf (pi > 0 where ref = 0)
+  row_nan = 4,           ///< a NaN value: look for the bad entry in both rows
+};
+inline constexpr Index row_status_count = 8;
+
+struct row_result {
+  double value;
+  int status;
+};
+
+/// Raises for a bad row: first_bad = row_status_count * row + status.
+template <class T, class M>
+[[noreturn]] void report_row(const logit_batch<T, M>& b, Index first_bad) {
+  const Index V = b.vocabulary(), P = b.positions;
+  const Index r = first_bad / row_status_count;
+  const int status = int(first_bad % row_status_count);
+  const Index place = b.mask.present() || b.sequences > 1 ? P : 0;
+  if (status == row_bad_z || (status == row_nan && first_invalid(b.z.row(r), V) >= 0))
+    report_bad_row(b.z.row(r), V, "z", r, place);
+  if (status == row_bad_ref || status == row_nan)
+    report_bad_row(b.ref.row(r), V, "z_ref", r, place);
+  input_error e(cat("z_ref ", row_place(r, place),
+                    " gives zero probability (a -inf logit) to an entry where pi is "
+                    "positive: RKL = +inf and its gradient is undefined"),
+                input_reason::zero_reference, "z_ref");
+  locate_row(e, r, place);
+  raise(e);
+}
+
+/// Runs row(r, scale, grad_row) -> row_result over the valid rows, writes values, zeroes
+/// masked rows (value and gradient), applies the aggregation and raises for the first bad
+/// row. scale = beta * a_{b,t}; grad_row is nullptr without a gradient.
+template <class T, class M, class RowFn>
+logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows<T>* grad,
+                        const logits_options& opt, RowFn&& row) {
+  const Index V = b.vocabulary(), P = b.positions;
+  const std::string why =
+      aggregation_problem(opt.aggregation, opt.aggregation_constants,
+                          {"aggregation=", "aggregation_constants.norm=",
+                           "aggregation_constants.eps=", "aggregation_constants.seq_eps=",
+                           "aggregation_constants.scale="});
+  if (!why.empty()) raise<input_error>("logits_options: " + why);
+  const token_count counted = count_tokens(b.sequences, [&](Index s) { return b.valid_in(s); });
+  const Index tokens = counted.tokens, sequences = counted.sequences;
+  check_counts(opt.counts, tokens, sequences);
+  const Index n_tokens = opt.counts.tokens >= 0 ? opt.counts.tokens : tokens;
+  const Index n_sequences = opt.counts.sequences >= 0 ? opt.counts.sequences : sequences;
+
+  // Rows run in chunks of `chunk`: the rows of a chunk in parallel with KLGRAD_OPENMP (each
+  // row is computed whole by one thread), their values kept in `part`; then the chunk's
+  // values are added to the sums in row order. The loss and the mean are thus the same, bit
+  // for bit, with any number of threads and without OpenMP (no reduction across threads
+  // whose order would depend on the schedule), and nothing is allocated.
+  constexpr Index chunk = 256;
+  double part[chunk], chunk_scale[chunk];
+  const Index N = b.sequences * P;
+  Index seq = -1;
+  double seq_scale = 0;  // beta * a_{b,t} of sequence seq
+  const double largest_scale =
+      double(std::numeric_limits<T>::max()) * std::min(1.0, opt.temperature);
+  double loss = 0, total = 0;
+  Index first_bad = std::numeric_limits<Index>::max();  // row_status_count * row + status
+  for (Index c0 = 0; c0 < N; c0 += chunk) {
+    const Index n = std::min(chunk, N - c0);
+    for (Index i = 0; i < n; ++i) {
+      const Index s = (c0 + i) / P;
+      if (s != seq) {
+        seq = s;
+        const Index n_b = b.valid_in(s);
+        // Saturated so that the kernels' T(scale) / temperature stays finite (an inf
+        // factor times a gradient's 0 would be NaN): beta=1e308 with float logits.
+        seq_scale = n_b > 0 ? std::min(opt.beta * aggregation_weight(opt.aggregation,
+                                                                     opt.aggregation_constants,
+                                                                     n_b, n_tokens, n_sequences),
+                                       largest_scale)
+                            : 0.0;
+      }
+      chunk_scale[i] = seq_scale;
+    }
+#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
+#pragma omp parallel for schedule(static) reduction(min : first_bad)
+#endif
+    for (Index i = 0; i < n; ++i) {
+      const Index r = c0 + i;
+      part[i] = 0;
+      T* g = grad ? grad->row(r) : nullptr;
+      if (!b.valid(r)) {
+        value[r] = T(0);
+        if (g) std::fill(g, g + V, T(0));
+        continue;
+      }
+      const row_result out = row(r, chunk_scale[i], g);
+      if (out.status != row_ok) {
+        first_bad = std::min(first_bad, row_status_count * r + out.status);
+        continue;
+      }
+      value[r] = T(out.value);
+      part[i] = out.value;
+    }
+    for (Index i = 0; i < n; ++i) {  // in row order, whatever the threads did
+      if (!b.valid(c0 + i)) continue;
+      total += part[i];
+      loss += chunk_scale[i] * part[i];
+    }
+  }
+  if (first_bad != std::numeric_limits<Index>::max()) report_row(b, first_bad);
+  logits_summary sum;
+  sum.loss = loss;
+  sum.rows = tokens;
+  sum.sequences = sequences;
+  sum.mean = tokens > 0 ? total / double(tokens) : 0.0;
+  return sum;
+}
+
+/// The caller's Jensen-Shannon workspace as T*, checked: nullptr when there is none.
+template <class T>
+T* jensen_shannon_workspace(const logits_options& opt, Index V) {
+  if (!opt.workspace) return nullptr;
+  const Index need = jensen_shannon_workspace_size<T>(V);
+  if (opt.workspace_size < need) {
+    input_error e(cat("logits_options.workspace_size = ", opt.workspace_size,
+                      " elements, but jensen-shannon on rows of ", V, " entries with ",
+                      logits_threads(), " thread(s) needs ", need,
+                      " (jensen_shannon_workspace_size<T>(V)); pass a larger workspace, or "
+                      "none"),
+                  input_reason::too_large, "workspace");
+    e.value = double(opt.workspace_size) * double(sizeof(T));  // bytes, as too_large's limit
+    e.limit = double(need) * double(sizeof(T));
+    raise(e);
+  }
+  if (reinterpret_cast<std::uintptr_t>(opt.workspace) % alignof(T) != 0)
+    raise<input_error>(cat("logits_options.workspace is not aligned to ", alignof(T),
+                           " bytes, the alignment of z's scalar type"));
+  return static_cast<T*>(opt.workspace);
+}
+
+/// This thread's slice of a Jensen-Shannon workspace (nullptr without one).
+template <class T>
+T* thread_slice(T* work, Index V) {
+#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
+  if (work) return work + Index(omp_get_thread_num()) * kept_size<T>(V);
+#else
+  (void)V;
+#endif
+  return work;
+}
+
+template <class T, class M>
+void check_options(const logit_batch<T, M>&, const logits_options& opt) {
+  check_temperature(opt.temperature);
+  if (opt.log_probs && opt.temperature != 1.0)
+    raise<input_error>(cat("temperature ", opt.temperature,
+                           " given with log_probs = true: a temperature divides logits; "
+                           "normalised log-probabilities take temperature 1"));
+}
+
+template <class T, class M, class D>
+T* value_output(const logit_batch<T, M>& b, const Eigen::DenseBase<D>& value) {
+  static_assert(std::is_same_v<typename D::Scalar, T>, "klgrad: value must have z's type");
+  return const_cast<T*>(flat_of(value, "value", b.rows(), b.z.rows, b.z.cols));
+}
+
+template <class T, class M, class D>
+strided_rows<T> grad_output(const logit_batch<T, M>& b, const Eigen::DenseBase<D>& grad) {
+  static_assert(std::is_same_v<typename D::Scalar, T>, "klgrad: grad must have z's type");
+  const auto v = rows_of(grad, "grad");
+  require_same_shape(b.z, "z", v, "grad");
+  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+}
+
+}  // namespace klgrad::detail

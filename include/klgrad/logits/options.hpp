@@ -1,0 +1,83 @@
+// The settings and the summary of a full-vocabulary call, the divergences it computes, and
+// the size of the Jensen-Shannon workspace a caller may lend it.
+#pragma once
+
+#include "../aggregation.hpp"
+#include "../batch.hpp"
+#include "../streaming.hpp"
+
+#include <string_view>
+#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace klgrad {
+
+/// Which divergence between pi = softmax(z / tau) and ref = softmax(z_ref / tau) a row gets.
+enum class divergence {
+  reverse_kl,     ///< RKL = KL(pi || ref) = sum pi (log pi - log ref)
+  forward_kl,     ///< FKL = KL(ref || pi) = sum ref (log ref - log pi)
+  jensen_shannon  ///< JSD_lambda = lambda KL(ref || M) + (1 - lambda) KL(pi || M),
+                  ///< M = lambda ref + (1 - lambda) pi
+};
+
+inline constexpr std::string_view to_string(divergence d) {
+  switch (d) {
+    case divergence::reverse_kl: return "reverse-kl";
+    case divergence::forward_kl: return "forward-kl";
+    case divergence::jensen_shannon: return "jensen-shannon";
+  }
+  return "?";
+}
+
+/// Settings of a full-vocabulary call.
+struct logits_options {
+  double temperature = 1.0;  ///< tau, dividing both z and z_ref
+  /// JSD mixing weight: the reference's share of M (the GKD paper's and TRL's beta);
+  /// 0 < lambda < 1. JSD / lambda -> FKL as lambda -> 0, JSD / (1 - lambda) -> RKL as
+  /// lambda -> 1.
+  double lambda = 0.5;
+  /// The rows hold normalised log-probabilities (log_softmax already applied) instead of
+  /// logits: the log-sum-exp is skipped (it is 0), temperature must be 1, and gradients are
+  /// with respect to the logits those log-probabilities came from.
+  bool log_probs = false;
+  klgrad::aggregation aggregation = aggregation::token_mean;
+  /// L of the -norm modes, the epsilons added to the counts, the scale: as the spec keys
+  /// agg-norm, agg-eps, agg-seq-eps and agg-scale (aggregation.hpp).
+  klgrad::aggregation_constants aggregation_constants;
+  double beta = 1.0;
+  batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
+  /// Optional, Jensen-Shannon only: caller-owned memory of `workspace_size` elements of z's
+  /// scalar type, at least jensen_shannon_workspace_size<T>(V) (one slice per OpenMP
+  /// thread). With it the kernel keeps each row's exponentials between its passes instead
+  /// of computing them again; without it (nullptr) it runs without one. Never allocated by
+  /// the kernel; other divergences ignore it.
+  void* workspace = nullptr;
+  Index workspace_size = 0;
+};
+
+/// The threads a full-vocabulary call runs its rows on: OpenMP's with KLGRAD_OPENMP, else 1.
+inline int logits_threads() {
+#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// What a full-vocabulary call returns besides the per-row arrays.
+struct logits_summary {
+  double loss = 0;       ///< beta * sum_rows a_{b,t} * value: this batch's share of the loss
+  double mean = 0;       ///< mean value over valid rows
+  Index rows = 0;        ///< valid rows
+  Index sequences = 0;   ///< non-empty sequences
+};
+
+/// Elements of T the Jensen-Shannon workspace needs for rows of V entries on `threads`
+/// threads: per thread both rows' exponentials (2 V) and two shifts per 8 KiB block.
+template <class T>
+Index jensen_shannon_workspace_size(Index V, int threads = logits_threads()) {
+  return Index(threads) * detail::kept_size<T>(V);
+}
+
+}  // namespace klgrad
