@@ -3,6 +3,7 @@
 // float kernels on the same values widened (the arithmetic after the load is the same, so
 // the results are the same bit for bit), with -inf masked entries, rows at the edges of
 // bf16's and fp16's ranges, and the refusals of NaN / +inf naming argument, row and value.
+#include <klgrad/logits.hpp>
 #include <klgrad/sampled.hpp>
 #include <klgrad/streaming.hpp>
 
@@ -165,6 +166,168 @@ std::string message_of(F&& f) {
   }
   return "(no input_error)";
 }
+
+/// One full-vocabulary call on rows of S and the float call on the widened rows: values,
+/// gradients and the summary equal bit for bit.
+template <class S>
+void check_divergence(klgrad::divergence d, const rows_t<S>& z, const rows_t<S>& zr,
+                      const Eigen::Array<int, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& mask,
+                      const klgrad::logits_options& opt) {
+  const Floats f = widened(z), fr = widened(zr);
+  const Index N = z.rows(), V = z.cols();
+  const auto b16 = klgrad::logit_rows(z, zr, mask);
+  const auto b32 = klgrad::logit_rows(f, fr, mask);
+  Eigen::ArrayXf v16(N), v32(N);
+  Floats g16(N, V), g32(N, V);
+  const auto s16 = klgrad::logits_divergence(d, b16, v16, opt);
+  const auto s32 = klgrad::logits_divergence(d, b32, v32, opt);
+  CHECK(differing(v16, v32) == 0);
+  CHECK(s16.loss == s32.loss);
+  CHECK(s16.mean == s32.mean);
+  const auto t16 = klgrad::logits_divergence(d, b16, v16, g16, opt);
+  const auto t32 = klgrad::logits_divergence(d, b32, v32, g32, opt);
+  CHECK(differing(v16, v32) == 0);
+  CHECK(differing(g16, g32) == 0);
+  CHECK(t16.loss == t32.loss);
+  CHECK(g16.isFinite().all());
+}
+
+template <class S>
+void check_divergences() {
+  using klgrad::divergence;
+  for (Index V : vocabularies) {
+    CAPTURE(V);
+    const Index B = 2, T = 3;
+    rows_t<S> z = random_rows<S>(B * T, V, unsigned(V) + 1);
+    rows_t<S> zr = random_rows<S>(B * T, V, unsigned(V) + 2, 1.f);
+    Eigen::Array<int, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> mask(B, T);
+    mask << 1, 1, 0, 1, 1, 1;
+    std::vector<float> work(std::size_t(klgrad::jensen_shannon_workspace_size<float>(V)));
+    for (double tau : {1.0, 0.7}) {
+      CAPTURE(tau);
+      // Row 4 at the edges of S's range (as in the sampled test above), in both rows so
+      // that RKL stays finite: the largest finite value, its negation, the smallest
+      // subnormal and the smallest normal.
+      const float top = kd::widen(std::numeric_limits<S>::max());
+      const float big = tau == 0.7 ? std::min(top, 1e6f) : top;
+      for (rows_t<S>* x : {&z, &zr}) {
+        (*x)(4, 0) = S(big);
+        (*x)(4, 1) = S(-big);
+        (*x)(4, 2) = std::numeric_limits<S>::denorm_min();
+        (*x)(4, V - 1) = std::numeric_limits<S>::min();
+      }
+      for (divergence d :
+           {divergence::reverse_kl, divergence::forward_kl, divergence::jensen_shannon}) {
+        CAPTURE(klgrad::to_string(d));
+        klgrad::logits_options opt;
+        opt.temperature = tau;
+        opt.lambda = 0.3;
+        opt.beta = 0.5;
+        check_divergence(d, z, zr, mask, opt);
+        if (d == divergence::jensen_shannon) {
+          opt.workspace = work.data();
+          opt.workspace_size = Index(work.size());
+          check_divergence(d, z, zr, mask, opt);
+        }
+      }
+    }
+    // Rows of normalised log-probabilities stored in 16 bits (log_probs = true).
+    rows_t<S> lp(B * T, V), lr(B * T, V);
+    const Floats f = widened(z), fr = widened(zr);
+    for (Index r = 0; r < B * T; ++r) {
+      const float mz = f.row(r).maxCoeff(), mr = fr.row(r).maxCoeff();
+      const float cz = mz + std::log((f.row(r) - mz).exp().sum());
+      const float cr = mr + std::log((fr.row(r) - mr).exp().sum());
+      for (Index j = 0; j < V; ++j) {
+        lp(r, j) = S(f(r, j) - cz);
+        lr(r, j) = S(fr(r, j) - cr);
+      }
+    }
+    klgrad::logits_options opt;
+    opt.log_probs = true;
+    for (divergence d : {divergence::reverse_kl, divergence::forward_kl, divergence::jensen_shannon})
+      check_divergence(d, lp, lr, mask, opt);
+  }
+}
+
+TEST_CASE("16-bit RKL, FKL and JSD equal the float kernels on the widened logits",
+          "[logits][16bit]") {
+  SECTION("bf16") { check_divergences<bf16>(); }
+  SECTION("fp16") { check_divergences<fp16>(); }
+}
+
+template <class S>
+void check_top_k() {
+  using Ids = Eigen::Array<long, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  for (Index V : vocabularies) {
+    CAPTURE(V);
+    const Index N = 4;
+    // Rounded to 16 bits the logits tie often: K's order breaks ties by index on both sides.
+    const rows_t<S> z = random_rows<S>(N, V, unsigned(V) + 7);
+    const rows_t<S> zr = random_rows<S>(N, V, unsigned(V) + 8, 0.5f);
+    const Floats f = widened(z), fr = widened(zr);
+    Eigen::Array<int, Eigen::Dynamic, 1> mask(N);
+    mask << 1, 0, 1, 1;
+    const auto b16 = klgrad::logit_rows(z, zr, mask);
+    const auto b32 = klgrad::logit_rows(f, fr, mask);
+    for (Index k : {Index(1), std::min<Index>(V, 5), V}) {
+      CAPTURE(k);
+      for (klgrad::top_k_form form : klgrad::top_k_forms) {
+        CAPTURE(klgrad::to_string(form));
+        klgrad::logits_options opt;
+        opt.temperature = 0.7;
+        Ids i16(N, k), i32(N, k);
+        Eigen::ArrayXf v16(N), v32(N);
+        Floats g16(N, V), g32(N, V);
+        const auto s16 = klgrad::top_k_divergence(form, b16, i16, v16, g16, opt);
+        const auto s32 = klgrad::top_k_divergence(form, b32, i32, v32, g32, opt);
+        CHECK((i16 == i32).all());
+        CHECK(differing(v16, v32) == 0);
+        CHECK(differing(g16, g32) == 0);
+        CHECK(s16.loss == s32.loss);
+        klgrad::top_k_divergence(form, b16, i16, v16, opt);  // value alone
+        CHECK(differing(v16, v32) == 0);
+      }
+      Ids i16(N, k), i32(N, k);
+      Eigen::ArrayXf v16(N), v32(N);
+      klgrad::forward_kl_top_k(b16, i16, v16);
+      klgrad::forward_kl_top_k(b32, i32, v32);
+      CHECK((i16 == i32).all());
+      CHECK(differing(v16, v32) == 0);
+    }
+  }
+}
+
+TEST_CASE("16-bit top-k forms equal the float kernels on the widened logits",
+          "[logits][16bit][top_k]") {
+  SECTION("bf16") { check_top_k<bf16>(); }
+  SECTION("fp16") { check_top_k<fp16>(); }
+}
+
+TEST_CASE("16-bit full-vocabulary kernels refuse NaN and +inf naming argument, row and value",
+          "[logits][16bit]") {
+  rows_t<bf16> z = random_rows<bf16>(4, 30, 3), zr = random_rows<bf16>(4, 30, 4);
+  zr(3, 8) = bf16(std::numeric_limits<float>::quiet_NaN());
+  Eigen::ArrayXf v(4);
+  Floats g(4, 30);
+  const auto b = klgrad::logit_rows(z, zr, 2);
+  CHECK(message_of([&] {
+          klgrad::logits_divergence(klgrad::divergence::forward_kl, b, v, g);
+        }) == "z_ref row 3 (sequence 1, position 1), column 8 is nan; logits must be finite or -inf");
+  zr(3, 8) = bf16(0.f);
+  rows_t<fp16> h = z.cast<fp16>(), hr = zr.cast<fp16>();
+  h(0, 29) = fp16(inf);
+  CHECK(message_of([&] {
+          klgrad::logits_divergence(klgrad::divergence::jensen_shannon,
+                                    klgrad::logit_rows(h, hr), v);
+        }) == "z row 0, column 29 is inf; logits must be finite or -inf");
+  // A value fp16 cannot hold arrives as +inf, and is refused as such.
+  h(0, 29) = fp16(1e5f);
+  CHECK(message_of([&] {
+          klgrad::logits_divergence(klgrad::divergence::reverse_kl, klgrad::logit_rows(h, hr), v);
+        }) == "z row 0, column 29 is inf; logits must be finite or -inf");
+}
+
 
 TEST_CASE("16-bit sampled paths refuse NaN and +inf naming argument, row and value",
           "[logits][16bit][sampled]") {

@@ -3,6 +3,8 @@
 // full-vocabulary divergences (logits.hpp) and the sampled-token paths (sampled.hpp).
 #pragma once
 
+#include "scalars.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
@@ -103,42 +105,10 @@ P load(const T* p, Index i) {
   return ei::ploadu<P>(p + i);
 }
 
-// 16-bit logits (bf16, fp16): stored as Eigen::bfloat16 / Eigen::half, widened to float as
-// they are loaded, so that every pass computes and accumulates in float exactly as it does
-// for float rows holding the same values. Eigen's own bfloat16 / half packets round every
-// operation back to 16 bits, which is not float accumulation; only the loads are theirs.
-
-/// The type the kernels compute in for logits stored as S: float for the 16-bit formats,
-/// S itself for float and double.
-template <class S>
-struct compute_type {
-  using type = S;
-};
-template <>
-struct compute_type<Eigen::bfloat16> {
-  using type = float;
-};
-template <>
-struct compute_type<Eigen::half> {
-  using type = float;
-};
-template <class S>
-using compute_t = typename compute_type<S>::type;
-
-/// S is one of the 16-bit formats the kernels widen.
-template <class S>
-inline constexpr bool is_16bit_v =
-    std::is_same_v<S, Eigen::bfloat16> || std::is_same_v<S, Eigen::half>;
-
-/// A stored logit as its compute type, exactly: every bf16 and fp16 value is a float
-/// (bf16 is a float's upper 16 bits; fp16's 5-bit exponent and 10-bit mantissa fit).
-inline float widen(float x) { return x; }
-inline double widen(double x) { return x; }
-inline float widen(Eigen::bfloat16 x) {
-  const std::uint32_t bits = std::uint32_t(Eigen::numext::bit_cast<std::uint16_t>(x)) << 16;
-  return Eigen::numext::bit_cast<float>(bits);
-}
-inline float widen(Eigen::half x) { return float(x); }
+// 16-bit logits (bf16, fp16; scalars.hpp): stored as Eigen::bfloat16 / Eigen::half,
+// widened to float as they are loaded, so that every pass computes and accumulates in
+// float exactly as it does for float rows holding the same values. Eigen's own bfloat16 /
+// half packets round every operation back to 16 bits, which is not float accumulation.
 
 /// A packet of float lanes widened one by one: the portable path (any packet size, fp16
 /// without F16C, bf16 without SSE2).
@@ -479,8 +449,8 @@ online_state<compute_t<S>> normalized_pass(const S* xs, const S* ys, Index V) {
 }
 
 /// The first pass over a row pair: online for logits, plain for log-probabilities.
-template <bool HasY, bool Weighted, class T>
-online_state<T> first_pass(const T* x, const T* y, Index V, T it, bool log_probs) {
+template <bool HasY, bool Weighted, class S, class T = compute_t<S>>
+online_state<T> first_pass(const S* x, const S* y, Index V, T it, bool log_probs) {
   if (log_probs) {
     if constexpr (Weighted) return normalized_pass<true>(x, y, V);
     online_state<T> s = normalized_pass<false>(x, y, V);
