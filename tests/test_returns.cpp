@@ -221,7 +221,30 @@ TEST_CASE("returns: discounting matches level=to-go of klgrad::evaluate", "[retu
     klgrad::shape_rewards(layout, flat::Zero(B), value, 1.0, r);
     klgrad::discounted_returns(layout, r, gamma, g);
     CHECK((g + coef).abs().maxCoeff() < 1e-12);
+    // The batch's own layout is the same layout: the same returns, bit for bit.
+    rows g_batch(B, T);
+    klgrad::discounted_returns(klgrad::padded(lp, lr, mask).layout(), r, gamma, g_batch);
+    CHECK((g_batch == g).all());
   }
+}
+
+TEST_CASE("returns: a packed batch's layout is its offsets and mask", "[returns][layout]") {
+  // Two sequences of 3 and 2 tokens, token 1 masked: the layout of klgrad::packed(...)
+  // gives the returns that packed_layout(offsets, mask) gives, and those of the closed form
+  // G = (r0 + 0.5 r2, 0, r2 | r3 + 0.5 r4, r4) (gamma 0.5 by valid tokens).
+  flat lp(5), lr(5), r(5), g(5), g_layout(5);
+  lp << -1, -2, -3, -4, -5;
+  lr = lp;
+  r << 1, 100, 2, 3, 4;
+  Eigen::Array<int, Eigen::Dynamic, 1> offsets(3), mask(5);
+  offsets << 0, 3, 5;
+  mask << 1, 0, 1, 1, 1;
+  klgrad::discounted_returns(klgrad::packed(lp, lr, offsets, mask).layout(), r, 0.5, g);
+  klgrad::discounted_returns(klgrad::packed_layout(offsets, mask), r, 0.5, g_layout);
+  CHECK((g == g_layout).all());
+  flat expected(5);
+  expected << 1 + 0.5 * 2, 0, 2, 3 + 0.5 * 4, 4;
+  CHECK((g == expected).all());
 }
 
 TEST_CASE("returns: finite rewards give finite returns, saturated at the largest number",

@@ -1,5 +1,8 @@
-// Zero-copy views of a trainer's batch: padded (B x T row-major with an optional 0/1 mask)
-// or packed (one token array with sequence offsets), over Eigen objects or raw buffers.
+// Zero-copy views of a trainer's batch, the one layer every entry point reads through:
+// token layouts, padded (B x T row-major with an optional 0/1 mask) or packed (one token
+// array with sequence offsets); the log-prob batches of evaluate() built on them; the rows
+// of logits of the full-vocabulary calls; and the counts of valid tokens the aggregations
+// need. Over Eigen objects or raw buffers, never a copy.
 #pragma once
 
 #include "errors.hpp"
@@ -148,6 +151,36 @@ T saturated(T x) {
   return x > top ? top : (x < -top ? -top : x);
 }
 
+/// Whether token t of a mask (nullptr: every token valid) is valid.
+template <class M>
+bool valid_at(const M* mask, Index t) {
+  return !mask || mask[t] != M(0);
+}
+
+/// A writable view of a per-token array of a layout (Eigen's idiom for writing through a
+/// const reference to a Map).
+template <class Layout, class D>
+auto output_of(const Layout& layout, const Eigen::DenseBase<D>& x, const char* name) {
+  const auto v = layout.view(x, name);
+  using S = std::remove_const_t<std::remove_reference_t<decltype(*v.data)>>;
+  return strided_rows<S>{const_cast<S*>(v.data), v.rows, v.cols, v.stride};
+}
+
+template <class O>
+void check_offsets(const O* offsets, Index count, Index tokens) {
+  if (count < 0) raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
+  if (Index(offsets[0]) != 0)
+    raise<input_error>(cat("offsets[0] must be 0, got ", Index(offsets[0])));
+  for (Index b = 0; b < count; ++b)
+    if (offsets[b + 1] < offsets[b])
+      raise<input_error>(cat("offsets must be non-decreasing: offsets[", b + 1, "] = ",
+                             Index(offsets[b + 1]), " < offsets[", b, "] = ",
+                             Index(offsets[b])));
+  if (Index(offsets[count]) != tokens)
+    raise<shape_error>(cat("shape mismatch: offsets end at ", Index(offsets[count]),
+                           " but logp has ", tokens, " tokens"));
+}
+
 /// The tokens of one sequence, as the kernels see them.
 template <class T, class M>
 struct sequence_view {
@@ -162,6 +195,124 @@ struct sequence_view {
 
 }  // namespace detail
 
+/// The tokens of a padded batch: B sequences of T positions, row-major; token (b, t) is
+/// valid where mask(b, t) != 0 (every token when there is no mask). Per-token arrays given
+/// with this layout are B x T, row-major (or a row-major Map over a trainer's buffer).
+template <class M = unsigned char>
+struct padded_tokens {
+  using mask_scalar = M;
+  Index count = 0, length = 0;      ///< B and T
+  detail::strided_rows<const M> mask;  ///< absent: every token valid
+
+  Index sequences() const { return count; }
+  const M* mask_of(Index b) const { return mask.present() ? mask.row(b) : nullptr; }
+  Index size_of(Index) const { return length; }
+  std::string shape() const { return detail::shape_text(count, length); }
+
+  /// A view of a per-token array of this layout; raises shape_error naming both shapes.
+  template <class D>
+  auto view(const Eigen::DenseBase<D>& x, const char* name) const {
+    auto v = detail::rows_of(x, name);
+    if (v.rows != count || v.cols != length)
+      detail::raise<shape_error>(detail::cat("shape mismatch: ", name, " is ",
+                                             detail::shape_text(v.rows, v.cols),
+                                             " but the padded batch is ", shape(),
+                                             " (B x T)"));
+    return v;
+  }
+  template <class S>
+  S* row(const detail::strided_rows<S>& v, Index b) const {
+    return v.row(b);
+  }
+};
+
+/// The tokens of a packed batch: sequence b holds tokens offsets[b] .. offsets[b+1]-1 of
+/// one array of N tokens; token i is valid where mask(i) != 0 (every token without a mask).
+/// Per-token arrays given with this layout are 1-D of length N.
+template <class M = unsigned char, class O = Index>
+struct packed_tokens {
+  using mask_scalar = M;
+  const O* offsets = nullptr;
+  const M* mask = nullptr;  ///< nullptr: every token valid
+  Index count = 0, tokens = 0;  ///< B and N
+
+  Index sequences() const { return count; }
+  const M* mask_of(Index b) const { return mask ? mask + Index(offsets[b]) : nullptr; }
+  Index size_of(Index b) const { return Index(offsets[b + 1]) - Index(offsets[b]); }
+  std::string shape() const { return detail::cat(tokens, " tokens"); }
+
+  template <class D>
+  auto view(const Eigen::DenseBase<D>& x, const char* name) const {
+    auto v = detail::vector_of(x, name);
+    if (v.cols != tokens)
+      detail::raise<shape_error>(detail::cat("shape mismatch: ", name, " has ", v.cols,
+                                             " tokens but the packed batch has ", tokens,
+                                             " (offsets end at ", tokens, ")"));
+    return v;
+  }
+  template <class S>
+  S* row(const detail::strided_rows<S>& v, Index b) const {
+    return v.data + Index(offsets[b]);
+  }
+};
+
+/// A padded layout of B x T tokens, all valid.
+inline padded_tokens<unsigned char> padded_layout(Index sequences, Index length) {
+  if (sequences < 0 || length < 0)
+    detail::raise<shape_error>(detail::cat("padded layout needs B >= 0 and T >= 0, got ",
+                                           detail::shape_text(sequences, length)));
+  padded_tokens<unsigned char> out;
+  out.count = sequences;
+  out.length = length;
+  return out;
+}
+
+/// A padded layout whose B x T shape and valid tokens are given by a 0/1 mask (any
+/// arithmetic type, row-major).
+template <class K>
+auto padded_layout(const Eigen::DenseBase<K>& mask) {
+  using M = std::remove_const_t<typename K::Scalar>;
+  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
+  padded_tokens<M> out;
+  out.mask = detail::rows_of(mask, "mask");
+  out.count = out.mask.rows;
+  out.length = out.mask.cols;
+  return out;
+}
+
+/// A packed layout from B+1 offsets (any integer type), every token valid.
+template <class F>
+auto packed_layout(const Eigen::DenseBase<F>& offsets) {
+  using O = std::remove_const_t<typename F::Scalar>;
+  static_assert(std::is_integral_v<O>, "klgrad: offsets must be integers");
+  const auto off = detail::vector_of(offsets, "offsets");
+  if (off.cols < 1) detail::raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
+  packed_tokens<unsigned char, O> out;
+  out.offsets = off.data;
+  out.count = off.cols - 1;
+  out.tokens = Index(off.data[out.count]);
+  detail::check_offsets(out.offsets, out.count, out.tokens);
+  return out;
+}
+
+/// A packed layout from B+1 offsets and a per-token mask of length N = offsets[B].
+template <class F, class K>
+auto packed_layout(const Eigen::DenseBase<F>& offsets, const Eigen::DenseBase<K>& mask) {
+  using M = std::remove_const_t<typename K::Scalar>;
+  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
+  const auto base = packed_layout(offsets);
+  const auto m = detail::vector_of(mask, "mask");
+  if (m.cols != base.tokens)
+    detail::raise<shape_error>(detail::cat("shape mismatch: mask has ", m.cols,
+                                           " tokens but the offsets end at ", base.tokens));
+  packed_tokens<M, std::remove_const_t<typename F::Scalar>> out;
+  out.offsets = base.offsets;
+  out.count = base.count;
+  out.tokens = base.tokens;
+  out.mask = m.data;
+  return out;
+}
+
 /// Padded batch: B sequences of T positions, row-major; token (b, t) is valid where
 /// mask(b, t) != 0 (every token when there is no mask). Masked positions are never read
 /// into a result, whatever they hold.
@@ -175,6 +326,15 @@ struct padded_batch {
   Index sequences() const { return logp.rows; }
   Index positions() const { return logp.cols; }
   bool has_behavior() const { return behavior.present(); }
+  /// The batch's tokens as a layout (shape and mask), for per-token arrays of its shape:
+  /// evaluate()'s outputs, and shape_rewards, discounted_returns and gae (returns.hpp).
+  padded_tokens<M> layout() const {
+    padded_tokens<M> out;
+    out.count = logp.rows;
+    out.length = logp.cols;
+    out.mask = mask;
+    return out;
+  }
 
   detail::sequence_view<T, M> sequence(Index b) const {
     return {logp.row(b), ref.row(b), behavior.present() ? behavior.row(b) : nullptr,
@@ -216,6 +376,15 @@ struct packed_batch {
   Index sequences() const { return count; }
   Index positions() const { return tokens; }
   bool has_behavior() const { return behavior != nullptr; }
+  /// The batch's tokens as a layout (padded_batch::layout).
+  packed_tokens<M, O> layout() const {
+    packed_tokens<M, O> out;
+    out.offsets = offsets;
+    out.mask = mask;
+    out.count = count;
+    out.tokens = tokens;
+    return out;
+  }
 
   detail::sequence_view<T, M> sequence(Index b) const {
     const Index start = Index(offsets[b]), size = Index(offsets[b + 1]) - start;
@@ -270,23 +439,6 @@ auto padded(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
   detail::require_same_shape(b.logp, "logp", b.mask, "mask");
   return b;
 }
-
-namespace detail {
-template <class O>
-void check_offsets(const O* offsets, Index count, Index tokens) {
-  if (count < 0) raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
-  if (Index(offsets[0]) != 0)
-    raise<input_error>(cat("offsets[0] must be 0, got ", Index(offsets[0])));
-  for (Index b = 0; b < count; ++b)
-    if (offsets[b + 1] < offsets[b])
-      raise<input_error>(cat("offsets must be non-decreasing: offsets[", b + 1, "] = ",
-                             Index(offsets[b + 1]), " < offsets[", b, "] = ",
-                             Index(offsets[b])));
-  if (Index(offsets[count]) != tokens)
-    raise<shape_error>(cat("shape mismatch: offsets end at ", Index(offsets[count]),
-                           " but logp has ", tokens, " tokens"));
-}
-}  // namespace detail
 
 /// A packed batch over 1-D logp and ref with B+1 sequence offsets (any integer type).
 template <class L, class R, class F>

@@ -36,7 +36,7 @@ template <class T, class M>
 void sum_to_go(const M* mask, Index size, T* x, T gamma) {
   T running = 0;
   for (Index t = size - 1; t >= 0; --t) {
-    if (mask && mask[t] == M(0)) continue;
+    if (!valid_at(mask, t)) continue;
     running = saturated(x[t] + gamma * running);
     x[t] = running;
   }

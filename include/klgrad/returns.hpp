@@ -1,5 +1,6 @@
 // Per-token KL reward shaping, discounted returns and GAE advantages over padded (B x T with
-// a mask) and packed (offsets) token layouts, for trainers that put the KL into the reward.
+// a mask) and packed (offsets) token layouts (batch.hpp), for trainers that put the KL into
+// the reward.
 #pragma once
 
 #include "batch.hpp"
@@ -13,130 +14,7 @@
 
 namespace klgrad {
 
-/// The tokens of a padded batch: B sequences of T positions, row-major; token (b, t) is
-/// valid where mask(b, t) != 0 (every token when there is no mask). Per-token arrays given
-/// with this layout are B x T, row-major (or a row-major Map over a trainer's buffer).
-template <class M = unsigned char>
-struct padded_tokens {
-  using mask_scalar = M;
-  Index count = 0, length = 0;      ///< B and T
-  detail::strided_rows<const M> mask;  ///< absent: every token valid
-
-  Index sequences() const { return count; }
-  const M* mask_of(Index b) const { return mask.present() ? mask.row(b) : nullptr; }
-  Index size_of(Index) const { return length; }
-  std::string shape() const { return detail::shape_text(count, length); }
-
-  /// A view of a per-token array of this layout; raises shape_error naming both shapes.
-  template <class D>
-  auto view(const Eigen::DenseBase<D>& x, const char* name) const {
-    auto v = detail::rows_of(x, name);
-    if (v.rows != count || v.cols != length)
-      detail::raise<shape_error>(detail::cat("shape mismatch: ", name, " is ",
-                                             detail::shape_text(v.rows, v.cols),
-                                             " but the padded batch is ", shape(),
-                                             " (B x T)"));
-    return v;
-  }
-  template <class S>
-  S* row(const detail::strided_rows<S>& v, Index b) const {
-    return v.row(b);
-  }
-};
-
-/// The tokens of a packed batch: sequence b holds tokens offsets[b] .. offsets[b+1]-1 of
-/// one array of N tokens; token i is valid where mask(i) != 0 (every token without a mask).
-/// Per-token arrays given with this layout are 1-D of length N.
-template <class M = unsigned char, class O = Index>
-struct packed_tokens {
-  using mask_scalar = M;
-  const O* offsets = nullptr;
-  const M* mask = nullptr;  ///< nullptr: every token valid
-  Index count = 0, tokens = 0;  ///< B and N
-
-  Index sequences() const { return count; }
-  const M* mask_of(Index b) const { return mask ? mask + Index(offsets[b]) : nullptr; }
-  Index size_of(Index b) const { return Index(offsets[b + 1]) - Index(offsets[b]); }
-  std::string shape() const { return detail::cat(tokens, " tokens"); }
-
-  template <class D>
-  auto view(const Eigen::DenseBase<D>& x, const char* name) const {
-    auto v = detail::vector_of(x, name);
-    if (v.cols != tokens)
-      detail::raise<shape_error>(detail::cat("shape mismatch: ", name, " has ", v.cols,
-                                             " tokens but the packed batch has ", tokens,
-                                             " (offsets end at ", tokens, ")"));
-    return v;
-  }
-  template <class S>
-  S* row(const detail::strided_rows<S>& v, Index b) const {
-    return v.data + Index(offsets[b]);
-  }
-};
-
-/// A padded layout of B x T tokens, all valid.
-inline padded_tokens<unsigned char> padded_layout(Index sequences, Index length) {
-  if (sequences < 0 || length < 0)
-    detail::raise<shape_error>(detail::cat("padded layout needs B >= 0 and T >= 0, got ",
-                                           detail::shape_text(sequences, length)));
-  padded_tokens<unsigned char> out;
-  out.count = sequences;
-  out.length = length;
-  return out;
-}
-
-/// A padded layout whose B x T shape and valid tokens are given by a 0/1 mask (any
-/// arithmetic type, row-major).
-template <class K>
-auto padded_layout(const Eigen::DenseBase<K>& mask) {
-  using M = std::remove_const_t<typename K::Scalar>;
-  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
-  padded_tokens<M> out;
-  out.mask = detail::rows_of(mask, "mask");
-  out.count = out.mask.rows;
-  out.length = out.mask.cols;
-  return out;
-}
-
-/// A packed layout from B+1 offsets (any integer type), every token valid.
-template <class F>
-auto packed_layout(const Eigen::DenseBase<F>& offsets) {
-  using O = std::remove_const_t<typename F::Scalar>;
-  static_assert(std::is_integral_v<O>, "klgrad: offsets must be integers");
-  const auto off = detail::vector_of(offsets, "offsets");
-  if (off.cols < 1) detail::raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
-  packed_tokens<unsigned char, O> out;
-  out.offsets = off.data;
-  out.count = off.cols - 1;
-  out.tokens = Index(off.data[out.count]);
-  detail::check_offsets(out.offsets, out.count, out.tokens);
-  return out;
-}
-
-/// A packed layout from B+1 offsets and a per-token mask of length N = offsets[B].
-template <class F, class K>
-auto packed_layout(const Eigen::DenseBase<F>& offsets, const Eigen::DenseBase<K>& mask) {
-  using M = std::remove_const_t<typename K::Scalar>;
-  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
-  const auto base = packed_layout(offsets);
-  const auto m = detail::vector_of(mask, "mask");
-  if (m.cols != base.tokens)
-    detail::raise<shape_error>(detail::cat("shape mismatch: mask has ", m.cols,
-                                           " tokens but the offsets end at ", base.tokens));
-  packed_tokens<M, std::remove_const_t<typename F::Scalar>> out;
-  out.offsets = base.offsets;
-  out.count = base.count;
-  out.tokens = base.tokens;
-  out.mask = m.data;
-  return out;
-}
-
 namespace detail {
-
-template <class M>
-bool valid_at(const M* mask, Index t) {
-  return !mask || mask[t] != M(0);
-}
 
 template <class T>
 void require_finite_token(const char* name, Index b, Index t, T v) {
@@ -147,14 +25,6 @@ void require_finite_token(const char* name, Index b, Index t, T v) {
 
 inline void require_unit_interval(const char* name, double v) {
   if (!(v >= 0.0 && v <= 1.0)) raise<input_error>(cat(name, " = ", v, " must lie in [0, 1]"));
-}
-
-/// A writable view (Eigen's idiom for writing through a const reference to a Map).
-template <class Layout, class D>
-auto output_of(const Layout& layout, const Eigen::DenseBase<D>& x, const char* name) {
-  const auto v = layout.view(x, name);
-  using S = std::remove_const_t<std::remove_reference_t<decltype(*v.data)>>;
-  return strided_rows<S>{const_cast<S*>(v.data), v.rows, v.cols, v.stride};
 }
 
 }  // namespace detail

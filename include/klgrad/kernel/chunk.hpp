@@ -56,7 +56,7 @@ template <class T>
 template <class T, class M>
 void find_nonfinite(const sequence_view<T, M>& q, Index i0, Index n) {
   for (Index i = i0; i < i0 + n; ++i) {
-    if (q.mask && q.mask[i] == M(0)) continue;
+    if (!valid_at(q.mask, i)) continue;
     if (!std::isfinite(q.logp[i])) report_nonfinite("logp", q.row, i, q.first + i, q.logp[i]);
     if (!std::isfinite(q.ref[i])) report_nonfinite("ref", q.row, i, q.first + i, q.ref[i]);
     if (q.behavior && !std::isfinite(q.behavior[i]))

@@ -12,19 +12,6 @@
 
 namespace klgrad::detail {
 
-/// Where a sequence's outputs start in an output view: its row of a padded batch, its first
-/// token of a packed one.
-template <class T, class M>
-T* output_row(const padded_batch<T, M>&, const strided_rows<T>& out,
-              const sequence_view<T, M>& q) {
-  return out.row(q.row);
-}
-template <class T, class M, class O>
-T* output_row(const packed_batch<T, M, O>&, const strided_rows<T>& out,
-              const sequence_view<T, M>& q) {
-  return out.data + q.first;
-}
-
 /// A writable view of an output array (Eigen's idiom for writing through a const
 /// reference, so that temporaries such as Maps can be passed).
 template <class T, class M, class V>
@@ -88,10 +75,10 @@ summary run(const spec& config, const Batch& batch, const strided_rows<T>& value
     std::fill(c.grad, c.grad + chunk_size, T(0));
   }
   double total = 0.0;
+  const auto layout = batch.layout();
   for (Index b = 0; b < batch.sequences(); ++b) {
-    const auto q = batch.sequence(b);
-    total = saturated(total + run_sequence<Ea, Eb>(q, output_row(batch, value, q),
-                                                   output_row(batch, coef, q), p, c, out));
+    total = saturated(total + run_sequence<Ea, Eb>(batch.sequence(b), layout.row(value, b),
+                                                   layout.row(coef, b), p, c, out));
   }
   check_counts(opt.counts, out.tokens, out.sequences);
   out.kl = out.tokens > 0 ? total / double(out.tokens) : 0.0;

@@ -22,7 +22,7 @@ T sequence_log_weight(const sequence_view<T, M>& q, Index n_b, const plan<T>& p,
   const T bound = p.log_bound;
   double sum = 0;
   for (Index i = 0; i < q.size; ++i) {
-    if (q.mask && q.mask[i] == M(0)) continue;
+    if (!valid_at(q.mask, i)) continue;
     const T d = q.logp[i] - q.behavior[i];
     sum += double(d < -bound ? -bound : (d > bound ? bound : d));
   }
