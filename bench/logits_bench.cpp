@@ -1,6 +1,8 @@
 // Full-vocabulary kernels (logits.hpp) next to what bounds them on this machine: a plain read
 // of the same bytes and a vectorised exp-and-sum over the same number of elements, plus a
-// naive materialising Eigen composite; prints the ratios after the table.
+// naive materialising Eigen composite; prints the ratios after the table. The 16-bit rows
+// (bf16, fp16) of the targets' shape are timed against their own bound and against the
+// float kernel on the same values, in the same iterations.
 #include "paired.hpp"
 
 #include <klgrad/logits.hpp>
@@ -114,6 +116,86 @@ void kernel(benchmark::State& state, kind k, bool gradient, Index v, Index n) {
   account(state, v, n, 2);
 }
 
+/// The same rows rounded to 16 bits (bf16 or fp16), for the targets' shape only: 256 rows of
+/// V = 151,936 (its own pool: 156 MB per format instead of the float pool's 1.9 GB).
+constexpr Index rows16 = 256, vocabulary16 = 151936;
+template <class S>
+struct pool16 {
+  std::unique_ptr<S[]> z, ref;
+  pool16() : z(new S[std::size_t(rows16 * vocabulary16)]), ref(new S[std::size_t(rows16 * vocabulary16)]) {
+    const pool& p = data();
+    for (Index i = 0; i < rows16 * vocabulary16; ++i) {
+      z[std::size_t(i)] = S(p.z[std::size_t(i)]);
+      ref[std::size_t(i)] = S(p.ref[std::size_t(i)]);
+    }
+  }
+};
+template <class S>
+pool16<S>& data16() {
+  static pool16<S> p;
+  return p;
+}
+
+/// (a) for 16-bit rows: a plain read of the same bytes (z16 and ref16 summed as floats, half
+/// as many, so that the read runs at the float read's speed over the 16-bit bytes).
+template <class S>
+void read16_once(Index v, Index n) {
+  pool16<S>& p = data16<S>();
+  const Index words = n * v / 2;
+  float s = Flat(reinterpret_cast<const float*>(p.z.get()), words).sum() +
+            Flat(reinterpret_cast<const float*>(p.ref.get()), words).sum();
+  benchmark::DoNotOptimize(s);
+}
+
+template <class S>
+void kernel16_once(kind k, bool gradient, Index v, Index n) {
+  pool& p = data();
+  pool16<S>& q = data16<S>();
+  using Rows16 = Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Map<const Rows16> z(q.z.get(), n, v), ref(q.ref.get(), n, v);
+  RowsMap grad(p.grad.get(), n, v);
+  auto value = p.value.head(n);
+  const auto batch = klgrad::logit_rows(z, ref);
+  klgrad::logits_options opt;
+  if (k.workspace) {
+    opt.workspace = p.work.data();
+    opt.workspace_size = Index(p.work.size());
+  }
+  const auto s = gradient ? klgrad::logits_divergence(k.d, batch, value, grad, opt)
+                          : klgrad::logits_divergence(k.d, batch, value, opt);
+  benchmark::DoNotOptimize(s.loss);
+  benchmark::ClobberMemory();
+}
+
+/// 16-bit rows in quadruples: (a) the read of their bytes, (b) the exp-and-sum (the same
+/// number of float exponentials as for float rows), the 16-bit kernel and the float kernel
+/// on float rows of the same shape, in rotating order; reports max(a, b) / kernel16 as
+/// of_bound and float / kernel16 as x_float (the speed-up over float input).
+template <class S>
+void of_bound16(benchmark::State& state, kind k, bool gradient, Index v, Index n) {
+  std::vector<double> ratios, speedups;
+  for (auto _ : state) {
+    double t[4];
+    for (int turn = 0; turn < 4; ++turn) {
+      const int which = int((std::size_t(turn) + ratios.size()) % 4);
+      t[which] = paired::seconds([&] {
+        if (which == 0) read16_once<S>(v, n);
+        else if (which == 1) exp_once(v, n);
+        else if (which == 2) kernel16_once<S>(k, gradient, v, n);
+        else kernel_once(k, gradient, v, n);
+      });
+    }
+    ratios.push_back(std::max(t[0], t[1]) / t[2]);
+    speedups.push_back(t[3] / t[2]);
+    state.SetIterationTime(t[2]);
+  }
+  paired::report(state, ratios, "of_bound");
+  paired::report(state, speedups, "x_float");
+  state.SetItemsProcessed(int64_t(state.iterations()) * n);
+  state.counters["V"] = double(v);
+  state.counters["rows"] = double(n);
+}
+
 /// The target's ratio measured in triples (paired.hpp): every iteration times (a), (b) and
 /// the kernel back to back, in rotating order, and keeps max(a, b) / kernel; the iteration
 /// time is the kernel's.
@@ -214,6 +296,19 @@ int main(int argc, char** argv) {
             ->Iterations(15)
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond);
+  // 16-bit rows at the targets' shape: bf16 and fp16, each against its bound and float.
+  if (!wall_time)
+    for (const char* format : {"bf16", "fp16"})
+      for (const kind& k : kinds)
+        for (bool gradient : {false, true})
+          benchmark::RegisterBenchmark(
+              (std::string(format) + "_" + k.name + (gradient ? "_value_grad" : "_value") +
+               "_of_bound" + shape(vocabulary16, rows16)).c_str(),
+              std::string(format) == "bf16" ? of_bound16<Eigen::bfloat16> : of_bound16<Eigen::half>,
+              k, gradient, vocabulary16, rows16)
+              ->Iterations(15)
+              ->UseManualTime()
+              ->Unit(benchmark::kMillisecond);
   benchmark::Initialize(&argc, argv);
   data();  // fill the inputs now, not inside the first benchmark's timing
   ratio_reporter reporter;

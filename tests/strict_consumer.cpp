@@ -105,6 +105,30 @@ double logit_paths() {
   return total + double(logp.sum()) + double(grad.sum());
 }
 
+/// The same paths on 16-bit logits (S: Eigen::bfloat16, Eigen::half), float outputs.
+template <class S>
+double logit_paths_16bit() {
+  const Eigen::Index N = 4, V = 37;
+  const rows<S> z = rows<float>::Zero(N, V).cast<S>(), zr = rows<float>::Ones(N, V).cast<S>();
+  rows<float> grad(N, V);
+  vec<float> value(N), logp(N), coef = vec<float>::Ones(N);
+  const rows<float> mask = rows<float>::Ones(2, 2);
+  Eigen::Array<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> top(N, 5);
+  const vec<std::int32_t> ids = vec<std::int32_t>::Zero(N);
+  double total = 0;
+  klgrad::logits_options opt;
+  for (const auto d : {klgrad::divergence::reverse_kl, klgrad::divergence::forward_kl,
+                       klgrad::divergence::jensen_shannon}) {
+    total += klgrad::logits_divergence(d, klgrad::logit_rows(z, zr), value, opt).loss;
+    total += klgrad::logits_divergence(d, klgrad::logit_rows(z, zr, mask), value, grad, opt).loss;
+  }
+  for (const auto f : klgrad::top_k_forms)
+    total += klgrad::top_k_divergence(f, klgrad::logit_rows(z, zr, mask), top, value, grad, opt).loss;
+  klgrad::selective_log_softmax(z, ids, logp, 0.7);
+  klgrad::sampled_logits_gradient(z, ids, coef, grad, 0.7);
+  return total + double(logp.sum()) + double(grad.sum());
+}
+
 }  // namespace strict_consumer
 
 // Referenced from a function of external linkage, so that nothing above is discarded unseen.
@@ -113,5 +137,7 @@ double klgrad_strict_consumer() {
   klgrad::fixed_kl_controller f(0.05);
   return strict_consumer::log_prob_paths<float>() + strict_consumer::log_prob_paths<double>() +
          strict_consumer::logit_paths<float>() + strict_consumer::logit_paths<double>() +
+         strict_consumer::logit_paths_16bit<Eigen::bfloat16>() +
+         strict_consumer::logit_paths_16bit<Eigen::half>() +
          c.update(1.0, 64) + f.update(1.0, 64);
 }

@@ -28,8 +28,10 @@ void add_eval(CLI::App& app) {
                   "KL spec, e.g. k3-as-loss,is=detached,beta=0.04 (required for logp/ref input); "
                   "for logits input only agg=, agg-norm=, beta=, e.g. agg=token-sum,beta=0.04");
   cmd->add_option("input", cfg->input, "JSON batch file (stdin when absent or -)");
-  cmd->add_option("--type", cfg->type, "precision of the computation")
-      ->check(CLI::IsMember({"float", "double"}));
+  cmd->add_option("--type", cfg->type,
+                  "precision of the computation; for logits input also bf16 or fp16: the "
+                  "logits rounded to that format and read as 16-bit logits, computed in float")
+      ->check(CLI::IsMember({"float", "double", "bf16", "fp16"}));
   cmd->add_option("--nonfinite", cfg->nonfinite,
                   "non-finite unmasked log-probabilities: raise or propagate (logits input "
                   "always raises)")

@@ -78,6 +78,15 @@ T logit(const nlohmann::json& x, const std::string& where) {
   return number<T>(x, where);
 }
 
+/// A logit stored as S: for the 16-bit formats (--type bf16 / fp16) read as a float and
+/// rounded to S (to nearest, ties to even), as a trainer holding bf16 logits has them;
+/// beyond S's range a logit becomes +-inf, as beyond float's for --type float.
+template <class S>
+S stored_logit(const nlohmann::json& x, const std::string& where) {
+  if constexpr (detail::is_16bit_v<S>) return S(logit<float>(x, where));
+  else return logit<S>(x, where);
+}
+
 /// An integer (a token id, an offset).
 inline std::int64_t integer(const nlohmann::json& x, const std::string& where) {
   if (!x.is_number_integer()) throw usage_error(where + " must be an integer, got " + shown(x));
@@ -382,9 +391,11 @@ inline bool flag_setting(const nlohmann::json& in, const char* key, bool fallbac
 
 /// Logits input (see docs/logits.md): "logits" and "ref_logits" as B x T x V (padded) or
 /// N x V (the rows of one sequence), optional "mask" (B x T or N), "divergence", its
-/// settings, and optional "ids" (+ "coef") for the sampled-token paths.
-template <class T>
+/// settings, and optional "ids" (+ "coef") for the sampled-token paths. Logits are stored as
+/// S; the kernels compute, and the output holds, T (float for bf16 and fp16 logits).
+template <class S>
 nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt) {
+  using T = detail::compute_t<S>;
   require_known_keys(in, logits_keys, "logits input");
   if (!in.contains("ref_logits"))
     throw usage_error("logits input has no 'ref_logits' (the reference's logits, shaped as "
@@ -395,18 +406,25 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
                            !zj[0].empty() && zj[0][0].is_array();
   const std::size_t depth = padded_rows ? 3 : 2;
   const char* layout = "B x T x V (padded) or N x V lists of logits";
-  const auto z = read_tensor<T>(zj, "logits", probe_shape(zj, "logits", depth, layout), logit<T>);
-  const auto zr = read_tensor<T>(in["ref_logits"], "ref_logits", z.dims, logit<T>, "logits");
+  const auto z =
+      read_tensor<S>(zj, "logits", probe_shape(zj, "logits", depth, layout), stored_logit<S>);
+  const auto zr =
+      read_tensor<S>(in["ref_logits"], "ref_logits", z.dims, stored_logit<S>, "logits");
   const shape per_row(z.dims.begin(), z.dims.end() - 1);  // B x T, or N
   const Index V = z.dims.back(), B = padded_rows ? z.dims[0] : 1,
               P = padded_rows ? z.dims[1] : z.dims[0], N = B * P;
   const bool has_mask = in.contains("mask");
   const auto mask =
       has_mask ? read_tensor<T>(in["mask"], "mask", per_row, mask_entry<T>, "logits") : tensor<T>{};
-  using view = Eigen::Map<const rows<T>>;
-  const view zm(z.data.data(), N, V), zrm(zr.data.data(), N, V);
-  const view mm(mask.data.data(), has_mask ? B : 0, has_mask ? P : 0);
-  const auto batch = has_mask ? logit_rows(zm, zrm, mm) : logit_rows(zm, zrm, padded_rows ? P : 0);
+  const Eigen::Map<const rows<S>> zm(z.data.data(), N, V), zrm(zr.data.data(), N, V);
+  const Eigen::Map<const rows<T>> mm(mask.data.data(), has_mask ? B : 0, has_mask ? P : 0);
+  // One batch type with a mask or without (the mask is read as T, which is not S for
+  // 16-bit logits: a mask entry of 1e-45 stays valid).
+  const auto batch = [&]() -> logit_batch<S, T> {
+    if (has_mask) return logit_rows(zm, zrm, mm);
+    const auto all = logit_rows(zm, zrm, padded_rows ? P : 0);
+    return {all.z, all.ref, {}, all.sequences, all.positions};
+  }();
 
   std::string name = "reverse-kl";
   if (in.contains("divergence")) {
@@ -532,9 +550,14 @@ inline nlohmann::json evaluate_input(const nlohmann::json& in, const settings& c
     opt.beta = s.beta;
     opt.counts.tokens = cfg.tokens;
     opt.counts.sequences = cfg.sequences;
+    if (cfg.type == "bf16") return evaluate_logits_json<Eigen::bfloat16>(in, opt);
+    if (cfg.type == "fp16") return evaluate_logits_json<Eigen::half>(in, opt);
     return cfg.type == "float" ? evaluate_logits_json<float>(in, opt)
                                : evaluate_logits_json<double>(in, opt);
   }
+  if (cfg.type == "bf16" || cfg.type == "fp16")
+    throw usage_error("--type " + cfg.type + " applies to logits input (16-bit logits); "
+                      "logp/ref input computes in --type float or double");
   if (cfg.spec.empty())
     throw usage_error("--spec is required for logp/ref input, e.g. --spec k3-as-loss");
   const spec s = parse_spec(cfg.spec);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "errors.hpp"
+#include "scalars.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -483,7 +484,8 @@ auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
   return b;
 }
 
-/// N rows of policy and reference logits (N x V, row-major), seen as a padded batch of
+/// N rows of policy and reference logits (N x V, row-major; float, double, or 16-bit:
+/// Eigen::bfloat16 / Eigen::half), seen as a padded batch of
 /// B sequences of T positions (N = B * T) with an optional B x T mask (nonzero = valid).
 /// Masked rows are never read.
 template <class T, class M = T>
@@ -514,7 +516,8 @@ auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
   using T = std::remove_const_t<typename Z::Scalar>;
   static_assert(std::is_same_v<T, std::remove_const_t<typename R::Scalar>>,
                 "klgrad: z and z_ref differ in type");
-  static_assert(std::is_floating_point_v<T>, "klgrad: logits must be float or double");
+  static_assert(std::is_floating_point_v<T> || detail::is_16bit_v<T>,
+                "klgrad: logits must be float, double, Eigen::bfloat16 or Eigen::half");
   logit_batch<T, T> b;
   b.z = detail::rows_of(z, "z");
   b.ref = detail::rows_of(z_ref, "z_ref");

@@ -19,9 +19,10 @@ namespace klgrad {
 namespace detail {
 
 /// The rows of a full-vocabulary call through divergence d's row kernel: values into out,
-/// and with go (nullptr for values alone) the scaled gradients.
-template <class T, class M>
-logits_summary divergence_rows(divergence d, const logit_batch<T, M>& batch, T* out,
+/// and with go (nullptr for values alone) the scaled gradients. Rows stored as S (16-bit
+/// too), computed and written in T = compute_t<S>.
+template <class S, class M, class T = compute_t<S>>
+logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* out,
                                const strided_rows<T>* go, const logits_options& opt) {
   check_options(batch, opt);
   if (d == divergence::jensen_shannon && !(opt.lambda > 0 && opt.lambda < 1))
@@ -34,7 +35,7 @@ logits_summary divergence_rows(divergence d, const logit_batch<T, M>& batch, T* 
   T* const work = d == divergence::jensen_shannon ? jensen_shannon_workspace<T>(opt, V)
                                                   : static_cast<T*>(nullptr);
   return run_rows(batch, out, go, opt, [&](Index r, double scale, T* g) {
-    const T *z = batch.z.row(r), *zr = batch.ref.row(r);
+    const S *z = batch.z.row(r), *zr = batch.ref.row(r);
     switch (d) {
       case divergence::reverse_kl: return reverse_row(z, zr, V, it, lp, scale, g);
       case divergence::forward_kl: return forward_row(z, zr, V, it, lp, scale, g);
@@ -52,10 +53,11 @@ logits_summary divergence_rows(divergence d, const logit_batch<T, M>& batch, T* 
 /// valid row of the batch (see `divergence`). Writes value (N entries, any contiguous shape
 /// such as N or B x T): the unscaled divergence, 0 for masked rows. Returns the loss
 /// beta * sum a_{b,t} value_{b,t} and counts. One streaming pass per row (two for JSD).
-template <class T, class M, class V>
-logits_summary logits_divergence(divergence d, const logit_batch<T, M>& batch,
+template <class S, class M, class V>
+logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value,
                                  const logits_options& opt = {}) {
+  using T = detail::compute_t<S>;  // 16-bit z: computed, and written, in float
   return detail::divergence_rows(d, batch, detail::value_output(batch, value),
                                  static_cast<const detail::strided_rows<T>*>(nullptr), opt);
 }
@@ -67,8 +69,8 @@ logits_summary logits_divergence(divergence d, const logit_batch<T, M>& batch,
 ///   JSD: (1 - lambda) pi (log pi - log M - KL(pi || M)) / tau.
 /// This is the per-state ("part 1") gradient of docs/theory.md: each state's distribution
 /// is differentiated with the states held fixed. A second pass per row writes the gradient.
-template <class T, class M, class V, class G>
-logits_summary logits_divergence(divergence d, const logit_batch<T, M>& batch,
+template <class S, class M, class V, class G>
+logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
                                  const logits_options& opt = {}) {
   const auto go = detail::grad_output(batch, grad);

@@ -32,7 +32,8 @@ auto sampled_view(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                   const Eigen::DenseBase<M>* mask, double temperature) {
   using T = std::remove_const_t<typename Z::Scalar>;
   using Y = std::remove_const_t<typename D::Scalar>;
-  static_assert(std::is_floating_point_v<T>, "klgrad: logits must be float or double");
+  static_assert(std::is_floating_point_v<T> || is_16bit_v<T>,
+                "klgrad: logits must be float, double, Eigen::bfloat16 or Eigen::half");
   static_assert(std::is_integral_v<Y>, "klgrad: token ids must be integers");
   check_temperature(temperature);
   sampled_rows<T, Y, K> v;
@@ -53,13 +54,15 @@ void check_ids(const sampled_rows<T, Y, K>& v) {
 }
 
 /// One row's online log-sum-exp state.
-template <class T>
-online_state<T> row_lse(const T* z, Index V, T it) {
+template <class S>
+online_state<compute_t<S>> row_lse(const S* z, Index V, compute_t<S> it) {
   return online_pass<false, false>(z, z, V, it);
 }
 
-template <class T, class Y, class K>
-void selective_log_softmax(const sampled_rows<T, Y, K>& v, T* logp, T it) {
+/// Logits stored as S (float, double, bf16, fp16); logp, coefficients and gradients in
+/// T = compute_t<S>.
+template <class S, class Y, class K, class T = compute_t<S>>
+void selective_log_softmax(const sampled_rows<S, Y, K>& v, T* logp, T it) {
   check_ids(v);
   const Index N = v.z.rows, V = v.z.cols;
   Index first_bad = std::numeric_limits<Index>::max();
@@ -71,21 +74,21 @@ void selective_log_softmax(const sampled_rows<T, Y, K>& v, T* logp, T it) {
       logp[r] = T(0);
       continue;
     }
-    const T* z = v.z.row(r);
+    const S* z = v.z.row(r);
     const online_state<T> s = row_lse(z, V, it);
     if (!std::isfinite(s.lse_x())) {
       first_bad = std::min(first_bad, r);
       continue;
     }
     // (z_y it - c) - log s keeps the shift out of the rounding of the difference.
-    logp[r] = T((double(z[Index(v.ids[r])] * it) - double(s.cx)) - s.log_sx());
+    logp[r] = T((double(widen(z[Index(v.ids[r])]) * it) - double(s.cx)) - s.log_sx());
   }
   if (first_bad != std::numeric_limits<Index>::max())
     report_bad_row(v.z.row(first_bad), V, "z", first_bad, v.positions);
 }
 
-template <class T, class Y, class K>
-void sampled_gradient(const sampled_rows<T, Y, K>& v, const T* coef, const strided_rows<T>& grad,
+template <class S, class Y, class K, class T = compute_t<S>>
+void sampled_gradient(const sampled_rows<S, Y, K>& v, const T* coef, const strided_rows<T>& grad,
                       T it) {
   check_ids(v);
   const Index N = v.z.rows, V = v.z.cols;
@@ -103,7 +106,7 @@ void sampled_gradient(const sampled_rows<T, Y, K>& v, const T* coef, const strid
       std::fill(g, g + V, T(0));
       continue;
     }
-    const T* z = v.z.row(r);
+    const S* z = v.z.row(r);
     const online_state<T> s = row_lse(z, V, it);
     if (!std::isfinite(s.lse_x())) {
       first_bad = std::min(first_bad, r);
@@ -123,7 +126,7 @@ void sampled_gradient(const sampled_rows<T, Y, K>& v, const T* coef, const strid
 template <class T, class D>
 T* writable_flat(const Eigen::DenseBase<D>& x, const char* name, Index n, Index rows, Index cols) {
   static_assert(std::is_same_v<std::remove_const_t<typename D::Scalar>, T>,
-                "klgrad: outputs must have the logits' scalar type");
+                "klgrad: outputs must have the logits' scalar type (float for 16-bit logits)");
   return const_cast<T*>(flat_of(x, name, n, rows, cols));
 }
 
@@ -133,11 +136,13 @@ T* writable_flat(const Eigen::DenseBase<D>& x, const char* name, Index n, Index 
 /// for every row of z (N x V, row-major), in one streaming pass per row, never forming the
 /// softmax. ids and logp hold N entries (any contiguous shape, e.g. B x T). A token whose
 /// logit is -inf gets -inf. Rows of all -inf, NaN or +inf logits raise input_error naming the
-/// row; an id outside [0, V) raises input_error.
+/// row; an id outside [0, V) raises input_error. z may hold float, double, or 16-bit logits
+/// (Eigen::bfloat16, Eigen::half), which are widened to float as they are read: logp is then
+/// float, and equals the float call's on the widened logits bit for bit.
 template <class Z, class D, class L>
 void selective_log_softmax(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                            const Eigen::DenseBase<L>& logp, double temperature = 1.0) {
-  using T = std::remove_const_t<typename Z::Scalar>;
+  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
   const auto v = detail::sampled_view<T>(z, ids, static_cast<const Eigen::DenseBase<L>*>(nullptr),
                                          temperature);
   T* out = detail::writable_flat<T>(logp, "logp", v.z.rows, v.z.rows, v.z.cols);
@@ -150,7 +155,7 @@ template <class Z, class D, class L, class K>
 void selective_log_softmax(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                            const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<K>& mask,
                            double temperature = 1.0) {
-  using T = std::remove_const_t<typename Z::Scalar>;
+  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
   using M = std::remove_const_t<typename K::Scalar>;
   static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
   const auto v = detail::sampled_view<M>(z, ids, &mask, temperature);
@@ -163,21 +168,21 @@ void selective_log_softmax(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<
 ///   grad_r = c_r * d log softmax(z_r / tau)[y_r] / d z_r = c_r (onehot(y_r) - softmax(z_r / tau)) / tau,
 /// written straight into grad (N x V, z's shape): a log-sum-exp pass, then one pass writing
 /// the row; the softmax exists only as the output row. Non-finite coefficients in valid rows
-/// raise input_error.
+/// raise input_error. For 16-bit z (Eigen::bfloat16, Eigen::half) coef and grad are float.
 template <class Z, class D, class C, class G>
 void sampled_logits_gradient(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                              const Eigen::DenseBase<C>& coef, const Eigen::DenseBase<G>& grad,
                              double temperature = 1.0) {
-  using T = std::remove_const_t<typename Z::Scalar>;
+  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
   const auto v = detail::sampled_view<T>(z, ids, static_cast<const Eigen::DenseBase<C>*>(nullptr),
                                          temperature);
   static_assert(std::is_same_v<std::remove_const_t<typename C::Scalar>, T>,
-                "klgrad: coef must have the logits' scalar type");
+                "klgrad: coef must have the logits' scalar type (float for 16-bit logits)");
   const T* c = detail::flat_of(coef, "coef", v.z.rows, v.z.rows, v.z.cols);
   const auto gv = detail::rows_of(grad, "grad");
   detail::require_same_shape(v.z, "z", gv, "grad");
   static_assert(std::is_same_v<std::remove_const_t<typename G::Scalar>, T>,
-                "klgrad: grad must have the logits' scalar type");
+                "klgrad: grad must have the logits' scalar type (float for 16-bit logits)");
   detail::sampled_gradient(v, c, detail::strided_rows<T>{const_cast<T*>(gv.data), gv.rows, gv.cols, gv.stride},
                            T(1.0 / temperature));
 }
@@ -188,17 +193,17 @@ template <class Z, class D, class C, class G, class K>
 void sampled_logits_gradient(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                              const Eigen::DenseBase<C>& coef, const Eigen::DenseBase<G>& grad,
                              const Eigen::DenseBase<K>& mask, double temperature = 1.0) {
-  using T = std::remove_const_t<typename Z::Scalar>;
+  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
   using M = std::remove_const_t<typename K::Scalar>;
   static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
   const auto v = detail::sampled_view<M>(z, ids, &mask, temperature);
   static_assert(std::is_same_v<std::remove_const_t<typename C::Scalar>, T>,
-                "klgrad: coef must have the logits' scalar type");
+                "klgrad: coef must have the logits' scalar type (float for 16-bit logits)");
   const T* c = detail::flat_of(coef, "coef", v.z.rows, v.z.rows, v.z.cols);
   const auto gv = detail::rows_of(grad, "grad");
   detail::require_same_shape(v.z, "z", gv, "grad");
   static_assert(std::is_same_v<std::remove_const_t<typename G::Scalar>, T>,
-                "klgrad: grad must have the logits' scalar type");
+                "klgrad: grad must have the logits' scalar type (float for 16-bit logits)");
   detail::sampled_gradient(v, c, detail::strided_rows<T>{const_cast<T*>(gv.data), gv.rows, gv.cols, gv.stride},
                            T(1.0 / temperature));
 }

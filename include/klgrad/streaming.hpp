@@ -3,6 +3,8 @@
 // full-vocabulary divergences (logits.hpp) and the sampled-token paths (sampled.hpp).
 #pragma once
 
+#include "scalars.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
@@ -102,6 +104,67 @@ template <class P, class T>
 P load(const T* p, Index i) {
   return ei::ploadu<P>(p + i);
 }
+
+// 16-bit logits (bf16, fp16; scalars.hpp): stored as Eigen::bfloat16 / Eigen::half,
+// widened to float as they are loaded, so that every pass computes and accumulates in
+// float exactly as it does for float rows holding the same values. Eigen's own bfloat16 /
+// half packets round every operation back to 16 bits, which is not float accumulation.
+
+/// A packet of float lanes widened one by one: the portable path (any packet size, fp16
+/// without F16C, bf16 without SSE2).
+template <class P, class S>
+P widen_lanes(const S* p) {
+  constexpr Index L = ei::unpacket_traits<P>::size;
+  float lanes[std::size_t(L)];
+  for (Index k = 0; k < L; ++k) lanes[k] = widen(p[k]);
+  return ei::ploadu<P>(lanes);
+}
+
+/// Lanes of a float packet type (1 for a scalar); the dispatch below goes by it, since
+/// naming __m256 as a template argument drops its attributes (GCC's -Wignored-attributes).
+template <class P>
+inline constexpr Index lanes_v = ei::unpacket_traits<P>::size;
+
+/// Loads entries i.. of a bf16 row as a float packet (or one float): each lane's 16 bits
+/// shifted into the upper half of a 32-bit lane, which is the float of the same value.
+template <class P>
+P load(const Eigen::bfloat16* p, Index i) {
+  if constexpr (std::is_same_v<P, float>) return widen(p[i]);
+#if defined(__AVX512F__)
+  else if constexpr (lanes_v<P> == 16)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))), 16));
+#endif
+#if defined(__AVX2__)
+  else if constexpr (lanes_v<P> == 8)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))), 16));
+#endif
+#if defined(__SSE2__)
+  else if constexpr (lanes_v<P> == 4)
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(
+        _mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i))));
+#endif
+  else return widen_lanes<P>(p + i);
+}
+
+/// Loads entries i.. of an fp16 row as a float packet (or one float): F16C's conversion
+/// where the build has it, else lane by lane.
+template <class P>
+P load(const Eigen::half* p, Index i) {
+  if constexpr (std::is_same_v<P, float>) return widen(p[i]);
+#if defined(__AVX512F__)
+  else if constexpr (lanes_v<P> == 16)
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+#endif
+#if defined(__F16C__)
+  else if constexpr (lanes_v<P> == 8)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+  else if constexpr (lanes_v<P> == 4)
+    return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i)));
+#endif
+  else return widen_lanes<P>(p + i);
+}
 template <class P, class T>
 void store(T* p, Index i, const P& x) {
   ei::pstoreu(p + i, x);
@@ -161,15 +224,15 @@ P splat(T x) {
 }
 
 /// x_i it - shift of a row at entries i.. (a packet or a scalar), in one rounding.
-template <class P, class T>
-P shifted_at(const T* x, Index i, T it, T shift) {
+template <class P, class S, class T = compute_t<S>>
+P shifted_at(const S* x, Index i, T it, T shift) {
   return ei::pmadd(load<P>(x, i), splat<P>(it), splat<P>(-shift));
 }
 
 /// log softmax of a row at entries i..: (x_i it - shift) - log_sum, the shift subtracted
 /// before the log-sum, so that the result stays accurate when |x| is large.
-template <class P, class T>
-P log_softmax_at(const T* x, Index i, T it, T shift, T log_sum) {
+template <class P, class S, class T = compute_t<S>>
+P log_softmax_at(const S* x, Index i, T it, T shift, T log_sum) {
   return ei::psub(shifted_at<P>(x, i, it, shift), splat<P>(log_sum));
 }
 
@@ -185,9 +248,21 @@ T horizontal_max(const P& x) {
   return m;
 }
 
-template <class T>
+template <class T, class = std::enable_if_t<!is_16bit_v<T>>>
 T max_of(const T* x, Index n) {
   return Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(x, n).maxCoeff();
+}
+/// The same for a 16-bit row, in float (the widened maximum is the maximum of the widened).
+template <class S, class = std::enable_if_t<is_16bit_v<S>>>
+float max_of(const S* x, Index n) {
+  using P = packet_of<float>;
+  constexpr Index L = ei::packet_traits<float>::size;
+  P m = splat<P>(-std::numeric_limits<float>::infinity());
+  Index i = 0;
+  for (; i + L <= n; i += L) m = ei::pmax(m, load<P>(x, i));
+  float out = horizontal_max<float>(m);
+  for (; i < n; ++i) out = std::max(out, widen(x[i]));
+  return out;
 }
 
 /// State of the online pass over the scaled rows x = z / tau and (optionally) y:
@@ -223,10 +298,16 @@ inline constexpr double stream_slack = 16;
 /// kept for a later pass: exp(x - shift) at kept[j], exp(y - shift) at kept[V + j], and
 /// block b's two shifts at kept[2 V + 2 b], so that the later pass gets softmax(x)_j as
 /// kept[j] * exp(shift_b - cx) / sx without an exponential of its own (kept_scale).
-template <bool HasY, bool Weighted, bool Keep = false, class T>
-online_state<T> online_pass(const T* xs, const T* ys, Index V, T it, T* kept = nullptr) {
+///
+/// xs and ys may be stored as bf16 / fp16 (S), widened as they are read; the blocks, the
+/// shifts and the sums are those of the compute type T, so that the state is the one float
+/// rows of the widened values give, bit for bit.
+template <bool HasY, bool Weighted, bool Keep = false, class S>
+online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, compute_t<S> it,
+                                       compute_t<S>* kept = nullptr) {
   static_assert(HasY || !Weighted, "the weighted sum needs a second row");
   static_assert(HasY || !Keep, "online_pass keeps both rows' exponentials");
+  using T = compute_t<S>;
   using P = packet_of<T>;
   online_state<T> s;
   constexpr Index B = stream_block<T>;
@@ -234,8 +315,8 @@ online_state<T> online_pass(const T* xs, const T* ys, Index V, T it, T* kept = n
   const T slack = T(stream_slack), lowest = -std::numeric_limits<T>::infinity();
   for (Index i0 = 0; i0 < V; i0 += B) {
     const Index n = std::min(B, V - i0);
-    const T* xb = xs + i0;
-    const T* yb = HasY ? ys + i0 : nullptr;
+    const S* xb = xs + i0;
+    const S* yb = HasY ? ys + i0 : nullptr;
     // Until a row has shown an entry that is not -inf, take the shift from the block.
     T ncx = s.cx, ncy = s.cy;
     if (!s.x_started) {
@@ -289,12 +370,12 @@ online_state<T> online_pass(const T* xs, const T* ys, Index V, T it, T* kept = n
              bw = double(ei::predux(aw));
       T bmx = horizontal_max<T>(mx), bmy = horizontal_max<T>(my);
       for (; i < n; ++i) {
-        const T X = xb[i] * it - cx, ex = std::exp(X);
-        bmx = std::max(bmx, xb[i]);
+        const T X = widen(xb[i]) * it - cx, ex = std::exp(X);
+        bmx = std::max(bmx, widen(xb[i]));
         bsx += double(ex);
         if constexpr (HasY) {
-          const T Y = yb[i] * it - cy, ey = std::exp(Y);
-          bmy = std::max(bmy, yb[i]);
+          const T Y = widen(yb[i]) * it - cy, ey = std::exp(Y);
+          bmy = std::max(bmy, widen(yb[i]));
           bsy += double(ey);
           if constexpr (Keep) {
             kept[i0 + i] = ex;
@@ -346,8 +427,9 @@ std::pair<T, T> kept_scale(const T* kept, Index V, Index b, const online_state<T
 /// The same for rows that already hold normalised log-probabilities, taken as they are:
 /// no maxima, shifts 0, sx = sy = 1 (sx = 0 flags a row with no positive probability or a
 /// NaN), w = sum exp(x) (x - y).
-template <bool Weighted, class T>
-online_state<T> normalized_pass(const T* xs, const T* ys, Index V) {
+template <bool Weighted, class S>
+online_state<compute_t<S>> normalized_pass(const S* xs, const S* ys, Index V) {
+  using T = compute_t<S>;
   online_state<T> s;
   const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
     using P = std::remove_pointer_t<decltype(acc)>;
@@ -367,8 +449,8 @@ online_state<T> normalized_pass(const T* xs, const T* ys, Index V) {
 }
 
 /// The first pass over a row pair: online for logits, plain for log-probabilities.
-template <bool HasY, bool Weighted, class T>
-online_state<T> first_pass(const T* x, const T* y, Index V, T it, bool log_probs) {
+template <bool HasY, bool Weighted, class S, class T = compute_t<S>>
+online_state<T> first_pass(const S* x, const S* y, Index V, T it, bool log_probs) {
   if (log_probs) {
     if constexpr (Weighted) return normalized_pass<true>(x, y, V);
     online_state<T> s = normalized_pass<false>(x, y, V);

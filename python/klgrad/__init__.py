@@ -113,6 +113,50 @@ def _is_tensor(x):
     return tensor is not None and isinstance(x, tensor)
 
 
+def _logits_view(x, name):
+    """Logits as (numpy array, bf16): a torch.bfloat16 CPU tensor as its 16 bits (numpy has
+    no bfloat16; the kernels widen them to float32), a torch.float16 one as numpy float16,
+    anything else as _numpy_view gives it."""
+    if _is_tensor(x) and x.device.type == "cpu":
+        torch = sys.modules["torch"]
+        if x.dtype == torch.bfloat16:
+            return x.detach().view(torch.int16).numpy(), True
+        if x.dtype == torch.float16:
+            return x.detach().numpy(), False
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name}= has dtype {x.dtype}; klgrad reads torch.float32, "
+                            f"torch.float64, torch.bfloat16 or torch.float16 logits")
+    return _numpy_view(x, name, True), False
+
+
+def _is_16bit(x):
+    if _is_tensor(x):
+        torch = sys.modules["torch"]
+        return x.dtype in (torch.bfloat16, torch.float16)
+    return isinstance(x, _np.ndarray) and x.dtype == _np.float16
+
+
+def _grad_as(logits, grad, grad_dtype):
+    """grad (float32 for 16-bit logits) as grad_dtype asks: None leaves it, the logits' own
+    dtype (or float32) converts it; anything else is refused."""
+    if grad_dtype is None or grad is None:
+        return grad
+    if _is_tensor(grad):
+        allowed = (logits.dtype, sys.modules["torch"].float32)
+        if grad_dtype in allowed:
+            return grad.to(grad_dtype)
+    else:
+        allowed = (logits.dtype, _np.dtype(_np.float32))
+        try:
+            if _np.dtype(grad_dtype) in allowed:
+                return grad.astype(grad_dtype, copy=False)
+        except TypeError:
+            pass
+    raise ValueError(f"grad_dtype={grad_dtype!r}: the gradient comes as float32 or in the "
+                     f"logits' dtype ({logits.dtype}); pass None, float32 or "
+                     f"logits.dtype")
+
+
 def _like(x, result):
     """result (a numpy array or None) as the type of x: a torch tensor for a tensor."""
     if result is None or not _is_tensor(x):
@@ -188,7 +232,8 @@ class LogitsResult:
 
 
 def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, top_k=None,
-                      temperature=1.0, mask=None, log_probs=False, gradient=True):
+                      temperature=1.0, mask=None, log_probs=False, gradient=True,
+                      grad_dtype=None):
     """The exact per-row divergence between softmax(logits / temperature) and
     softmax(ref_logits / temperature) over the full vocabulary (reverse-kl, forward-kl,
     jensen-shannon with the reference's share lam), or a top-k form with top_k
@@ -196,29 +241,42 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     docs/logits.md; indices: K, the reference's top k or, for the reverse forms, the
     policy's), and with
     gradient=True its exact gradient with respect to logits (of the loss: the mean over
-    valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero = valid)."""
-    z, zr, m = (_numpy_view(x, n, f) for x, n, f in
-                ((logits, "logits", True), (ref_logits, "ref_logits", True), (mask, "mask", False)))
+    valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero = valid).
+    16-bit logits (torch.bfloat16, torch.float16, numpy.float16; ref_logits of the same
+    dtype) are read in place and widened to float32: value and grad are float32, or grad in
+    the logits' dtype with grad_dtype=logits.dtype (docs/logits.md)."""
+    if _is_tensor(logits) and _is_tensor(ref_logits) and ref_logits.dtype != logits.dtype:
+        raise TypeError(f"ref_logits= has dtype {ref_logits.dtype} but logits= has dtype "
+                        f"{logits.dtype}")
+    (z, bf16), (zr, _) = _logits_view(logits, "logits"), _logits_view(ref_logits, "ref_logits")
+    m = _numpy_view(mask, "mask", False)
     fields = list(_klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
-                                            log_probs, gradient))
+                                            log_probs, gradient, bf16))
     for i in range(3):
         fields[i] = _like(logits, fields[i])
+    fields[1] = _grad_as(logits, fields[1], grad_dtype)
     return LogitsResult(fields)
 
 
 def selective_log_softmax(logits, ids, *, mask=None, temperature=1.0):
     """log softmax(logits / temperature)[ids] per row, in one streaming pass per row (the
-    softmax is never formed). logits: N x V or B x T x V; ids and mask: N or B x T."""
-    z, y, m = (_numpy_view(x, n, f) for x, n, f in
-               ((logits, "logits", True), (ids, "ids", False), (mask, "mask", False)))
-    return _like(logits, _klgrad.selective_log_softmax(z, y, m, temperature))
+    softmax is never formed). logits: N x V or B x T x V; ids and mask: N or B x T. 16-bit
+    logits (torch.bfloat16, torch.float16, numpy.float16) give float32."""
+    z, bf16 = _logits_view(logits, "logits")
+    y, m = (_numpy_view(x, n, False) for x, n in ((ids, "ids"), (mask, "mask")))
+    return _like(logits, _klgrad.selective_log_softmax(z, y, m, temperature, bf16))
 
 
-def sampled_logits_gradient(logits, ids, coef, *, mask=None, temperature=1.0):
+def sampled_logits_gradient(logits, ids, coef, *, mask=None, temperature=1.0, grad_dtype=None):
     """coef (d loss / d logp per row, e.g. evaluate()'s coef) back-propagated through
     log softmax(logits / temperature)[ids]: coef * (onehot(ids) - softmax) / temperature,
-    of the logits' shape."""
-    z, y, c, m = (_numpy_view(x, n, f) for x, n, f in
-                  ((logits, "logits", True), (ids, "ids", False), (coef, "coef", True),
-                   (mask, "mask", False)))
-    return _like(logits, _klgrad.sampled_logits_gradient(z, y, c, m, temperature))
+    of the logits' shape. 16-bit logits (torch.bfloat16, torch.float16, numpy.float16) take
+    coef in float32 or their own dtype and give a float32 gradient, or one in the logits'
+    dtype with grad_dtype=logits.dtype."""
+    z, bf16 = _logits_view(logits, "logits")
+    if _is_16bit(logits) and _is_tensor(coef) and coef.dtype == logits.dtype:
+        coef = coef.float()  # numpy has no bfloat16: the binding takes 16-bit coef as float32
+    y, c, m = (_numpy_view(x, n, f) for x, n, f in
+               ((ids, "ids", False), (coef, "coef", True), (mask, "mask", False)))
+    grad = _like(logits, _klgrad.sampled_logits_gradient(z, y, c, m, temperature, bf16))
+    return _grad_as(logits, grad, grad_dtype)

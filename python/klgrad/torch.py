@@ -1,6 +1,7 @@
 """klgrad in a PyTorch trainer: the KL term as an autograd Function whose gradient to logp
 is klgrad's exact coefficient, the detached in-reward penalty, the exact full-vocabulary
-divergence of logits, and the data-parallel counts. CPU tensors, float32 or float64.
+divergence of logits, and the data-parallel counts. CPU tensors, float32 or float64 (logits
+also bfloat16 or float16, widened to float32 by the kernels).
 """
 import torch
 
@@ -54,7 +55,8 @@ class _KernelLoss(torch.autograd.Function):
         ctx.save_for_backward(x)  # for a second backward only (version-checked, no copy)
         ctx.kernel, ctx.args = cls.kernel, args
         ctx.mark_non_differentiable(value)
-        return torch.tensor(loss, dtype=x.dtype), value
+        # 16-bit logits: the loss in float32, as the kernels computed it (value is float32).
+        return torch.tensor(loss, dtype=value.dtype), value
 
     @staticmethod
     def backward(ctx, grad_loss, grad_value):
@@ -65,6 +67,8 @@ class _KernelLoss(torch.autograd.Function):
         scale = float(grad_loss)
         if scale != 1.0:
             grad.mul_(scale)
+        if grad.dtype != ctx.saved_tensors[0].dtype:  # 16-bit logits: float32 grad rounded
+            grad = grad.to(ctx.saved_tensors[0].dtype)
         # Everything but x is data: nothing flows into ref, behavior, ref_logits (for
         # is=differentiable the weight's derivative is already in the coefficient).
         return (grad,) + (None,) * len(ctx.args)

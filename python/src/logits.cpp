@@ -1,7 +1,9 @@
 // The full-vocabulary functions: logits_divergence, selective_log_softmax and
 // sampled_logits_gradient over logits of shape N x V or B x T x V (include/klgrad/logits.hpp,
 // sampled.hpp). Masks and ids (N entries, small beside the logits) are read as contiguous
-// uint8 / int64, copied when they are not; logits are read in place.
+// uint8 / int64, copied when they are not; logits are read in place, 16-bit logits (numpy
+// float16, or bfloat16 passed as its 16 bits with bf16=True) included, widened to float by
+// the kernels.
 #include "binding.hpp"
 
 #include <klgrad/logits.hpp>
@@ -16,21 +18,43 @@
 namespace klgrad::python {
 namespace {
 
-/// Logits checked: float32/float64, N x V or B x T x V with rows V elements long and
-/// evenly spaced (the first two dimensions of a 3-D array merge into one).
+/// How the logits are stored: the kernels' scalar type S.
+enum class storage { f32, f64, f16, bf16 };
+
+/// Logits checked: float16/bfloat16/float32/float64, N x V or B x T x V with rows V elements
+/// long and evenly spaced (the first two dimensions of a 3-D array merge into one).
 struct logit_array {
   py::array a;
+  storage kind = storage::f32;
   Index rows = 0, cols = 0, stride = 0, positions = 0;  ///< N, V, row stride, T (0: 2-D)
   std::vector<py::ssize_t> per_row;                   ///< (N,) or (B, T)
 };
 
-logit_array logits_of(py::handle x, const char* name) {
+/// bf16: the array holds bfloat16 logits as their 16 bits (int16 / uint16; numpy has no
+/// bfloat16), as klgrad/__init__.py passes a torch.bfloat16 tensor.
+logit_array logits_of(py::handle x, const char* name, bool bf16 = false) {
   logit_array l;
   l.a = array_argument(x, name);
   const py::array& a = l.a;
-  if (a.dtype().kind() != 'f' || (a.itemsize() != 4 && a.itemsize() != 8))
-    throw argument_error{PyExc_TypeError, std::string(name) + "= has dtype " + dtype_text(a) +
-                                              "; klgrad computes in float32 or float64"};
+  const char kind = a.dtype().kind();
+  if (bf16) {
+    if ((kind != 'i' && kind != 'u') || a.itemsize() != 2)
+      throw argument_error{PyExc_TypeError,
+                           std::string(name) + "= has dtype " + dtype_text(a) +
+                               " with bf16=True; bfloat16 logits come as their 16 bits, "
+                               "int16 or uint16 (tensor.view(torch.int16))"};
+    l.kind = storage::bf16;
+  } else if (kind == 'f' && a.itemsize() == 2) {
+    l.kind = storage::f16;
+  } else if (kind == 'f' && a.itemsize() == 4) {
+    l.kind = storage::f32;
+  } else if (kind == 'f' && a.itemsize() == 8) {
+    l.kind = storage::f64;
+  } else {
+    throw argument_error{PyExc_TypeError,
+                         std::string(name) + "= has dtype " + dtype_text(a) +
+                             "; klgrad reads float16, bfloat16, float32 or float64 logits"};
+  }
   if (a.ndim() != 2 && a.ndim() != 3)
     throw argument_error{exceptions().shape_error,
                          std::string(name) + "= has shape " + shape_text(a) +
@@ -58,6 +82,18 @@ rows_map<T> rows_of(const logit_array& l) {
                      Eigen::OuterStride<>(l.stride));
 }
 
+/// Calls run(S{}) with the logits' storage type S.
+template <class F>
+auto with_storage(const logit_array& l, F&& run) {
+  switch (l.kind) {
+    case storage::f16: return run(Eigen::half{});
+    case storage::bf16: return run(Eigen::bfloat16{});
+    case storage::f64: return run(double{});
+    case storage::f32: break;
+  }
+  return run(float{});
+}
+
 /// An array of N entries (per row of the logits), dtype-converted to S and contiguous
 /// (copied only when it is not already so); shape checked against the logits' rows.
 template <class S>
@@ -79,8 +115,10 @@ py::array per_row_of(py::handle x, const char* name, const logit_array& l, const
   return py::array_t<S, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
-py::array new_array(const py::array& like, std::vector<py::ssize_t> shape) {
-  return py::array(like.dtype(), shape);
+/// A new array of T (the compute type: the logits' own, float32 for 16-bit logits).
+template <class T>
+py::array new_array(std::vector<py::ssize_t> shape) {
+  return py::array(py::dtype::of<T>(), shape);
 }
 
 template <class T>
@@ -98,12 +136,13 @@ struct divergence_args {
   logits_options opt;
 };
 
-template <class T>
+/// Logits stored as S, results in T (float for 16-bit logits).
+template <class S, class T = detail::compute_t<S>>
 py::tuple run_divergence(const divergence_args& c) {
-  const auto z = rows_of<T>(c.z), zr = rows_of<T>(c.zr);
-  py::array value = new_array(c.z.a, c.z.per_row);
-  py::array grad = c.gradient ? new_array(c.z.a, {py::ssize_t(c.z.rows), py::ssize_t(c.z.cols)})
-                              : py::array(c.z.a.dtype(), std::vector<py::ssize_t>{0, 0});
+  const auto z = rows_of<S>(c.z), zr = rows_of<S>(c.zr);
+  py::array value = new_array<T>(c.z.per_row);
+  py::array grad = new_array<T>(
+      {py::ssize_t(c.gradient ? c.z.rows : 0), py::ssize_t(c.gradient ? c.z.cols : 0)});
   std::vector<py::ssize_t> index_shape = c.z.per_row;
   index_shape.push_back(py::ssize_t(c.top_k));
   py::array_t<std::int64_t> indices(c.top_k > 0 ? index_shape : std::vector<py::ssize_t>{0});
@@ -163,11 +202,11 @@ divergence divergence_of(const std::string& name, std::optional<top_k_form>& for
 /// (value, grad or None, indices or None, loss, mean, rows, sequences)
 py::tuple divergence_binding(py::handle logits, py::handle ref_logits, const std::string& name,
                              double lam, const py::object& top_k, double temperature,
-                             py::handle mask, bool log_probs, bool gradient) {
+                             py::handle mask, bool log_probs, bool gradient, bool bf16) {
   return translated([&] {
     divergence_args c;
-    c.z = logits_of(logits, "logits");
-    c.zr = logits_of(ref_logits, "ref_logits");
+    c.z = logits_of(logits, "logits", bf16);
+    c.zr = logits_of(ref_logits, "ref_logits", bf16);
     if (!c.zr.a.dtype().equal(c.z.a.dtype()))
       throw argument_error{PyExc_TypeError, "ref_logits= has dtype " + dtype_text(c.zr.a) +
                                                 " but logits= has dtype " + dtype_text(c.z.a)};
@@ -198,16 +237,16 @@ py::tuple divergence_binding(py::handle logits, py::handle ref_logits, const std
     c.opt.lambda = lam;
     c.opt.temperature = temperature;
     c.opt.log_probs = log_probs;
-    return c.z.a.itemsize() == 4 ? run_divergence<float>(c) : run_divergence<double>(c);
+    return with_storage(c.z, [&](auto s) { return run_divergence<decltype(s)>(c); });
   });
 }
 
-template <class T>
+template <class S, class T = detail::compute_t<S>>
 py::array run_selective(const logit_array& l, const py::array& ids,
                         const std::optional<py::array>& mask, double temperature) {
-  const auto z = rows_of<T>(l);
+  const auto z = rows_of<S>(l);
   const vector_map<std::int64_t> y(static_cast<const std::int64_t*>(ids.data()), l.rows);
-  py::array out = new_array(l.a, l.per_row);
+  py::array out = new_array<T>(l.per_row);
   const Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> lp(data_of<T>(out), l.rows);
   py::gil_scoped_release unlocked;
   if (mask)
@@ -221,24 +260,24 @@ py::array run_selective(const logit_array& l, const py::array& ids,
 }
 
 py::array selective_binding(py::handle logits, py::handle ids, py::handle mask,
-                            double temperature) {
+                            double temperature, bool bf16) {
   return translated([&] {
-    const logit_array l = logits_of(logits, "logits");
+    const logit_array l = logits_of(logits, "logits", bf16);
     const py::array y = per_row_of<std::int64_t>(ids, "ids", l, "token ids are integers");
     std::optional<py::array> m;
     if (!mask.is_none()) m = per_row_of<std::uint8_t>(mask, "mask", l, "");
-    return l.a.itemsize() == 4 ? run_selective<float>(l, y, m, temperature)
-                               : run_selective<double>(l, y, m, temperature);
+    return with_storage(
+        l, [&](auto s) { return run_selective<decltype(s)>(l, y, m, temperature); });
   });
 }
 
-template <class T>
+template <class S, class T = detail::compute_t<S>>
 py::array run_sampled(const logit_array& l, const py::array& ids, const py::array& coef,
                       const std::optional<py::array>& mask, double temperature) {
-  const auto z = rows_of<T>(l);
+  const auto z = rows_of<S>(l);
   const vector_map<std::int64_t> y(static_cast<const std::int64_t*>(ids.data()), l.rows);
   const vector_map<T> c(static_cast<const T*>(coef.data()), l.rows);
-  py::array grad = new_array(l.a, {py::ssize_t(l.rows), py::ssize_t(l.cols)});
+  py::array grad = new_array<T>({py::ssize_t(l.rows), py::ssize_t(l.cols)});
   {
     const Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> g(
         data_of<T>(grad), l.rows, l.cols);
@@ -255,20 +294,28 @@ py::array run_sampled(const logit_array& l, const py::array& ids, const py::arra
 }
 
 py::array sampled_binding(py::handle logits, py::handle ids, py::handle coef, py::handle mask,
-                          double temperature) {
+                          double temperature, bool bf16) {
   return translated([&] {
-    const logit_array l = logits_of(logits, "logits");
+    const logit_array l = logits_of(logits, "logits", bf16);
     const py::array y = per_row_of<std::int64_t>(ids, "ids", l, "token ids are integers");
     const py::array c_in = array_argument(coef, "coef");
-    if (!c_in.dtype().equal(l.a.dtype()))
-      throw argument_error{PyExc_TypeError, "coef= has dtype " + dtype_text(c_in) +
-                                                " but logits= has dtype " + dtype_text(l.a)};
-    const py::array c = l.a.itemsize() == 4 ? per_row_of<float>(coef, "coef", l, "")
-                                            : per_row_of<double>(coef, "coef", l, "");
+    // coef has the logits' dtype, or float32 (the gradient's dtype) for 16-bit logits:
+    // float16 coefficients are widened to it (N entries, copied); bfloat16 ones come as
+    // float32 from klgrad/__init__.py.
+    const bool narrow = l.kind == storage::f16 || l.kind == storage::bf16;
+    const bool float32 = c_in.dtype().kind() == 'f' && c_in.itemsize() == 4;
+    if (narrow ? !float32 && !(l.kind == storage::f16 && c_in.dtype().equal(l.a.dtype()))
+               : !c_in.dtype().equal(l.a.dtype()))
+      throw argument_error{PyExc_TypeError,
+                           "coef= has dtype " + dtype_text(c_in) + " but logits= has dtype " +
+                               (l.kind == storage::bf16 ? "bfloat16" : dtype_text(l.a)) +
+                               (narrow ? " (16-bit logits take float32 coef)" : "")};
+    const py::array c = l.kind == storage::f64 ? per_row_of<double>(coef, "coef", l, "")
+                                               : per_row_of<float>(coef, "coef", l, "");
     std::optional<py::array> m;
     if (!mask.is_none()) m = per_row_of<std::uint8_t>(mask, "mask", l, "");
-    return l.a.itemsize() == 4 ? run_sampled<float>(l, y, c, m, temperature)
-                               : run_sampled<double>(l, y, c, m, temperature);
+    return with_storage(
+        l, [&](auto s) { return run_sampled<decltype(s)>(l, y, c, m, temperature); });
   });
 }
 
@@ -277,11 +324,11 @@ py::array sampled_binding(py::handle logits, py::handle ids, py::handle coef, py
 void bind_logits(py::module_& m) {
   m.def("logits_divergence", &divergence_binding, py::arg("logits"), py::arg("ref_logits"),
         py::arg("divergence"), py::arg("lam"), py::arg("top_k"), py::arg("temperature"),
-        py::arg("mask"), py::arg("log_probs"), py::arg("gradient"));
+        py::arg("mask"), py::arg("log_probs"), py::arg("gradient"), py::arg("bf16") = false);
   m.def("selective_log_softmax", &selective_binding, py::arg("logits"), py::arg("ids"),
-        py::arg("mask"), py::arg("temperature"));
+        py::arg("mask"), py::arg("temperature"), py::arg("bf16") = false);
   m.def("sampled_logits_gradient", &sampled_binding, py::arg("logits"), py::arg("ids"),
-        py::arg("coef"), py::arg("mask"), py::arg("temperature"));
+        py::arg("coef"), py::arg("mask"), py::arg("temperature"), py::arg("bf16") = false);
 }
 
 }  // namespace klgrad::python

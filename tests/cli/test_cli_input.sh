@@ -158,4 +158,23 @@ long_spec="agg=token-sum,beta=1,agg-scale=1,agg-eps=0,agg-seq-eps=0,beta=2,agg-s
 refused "long logits --spec" "spec 'agg=token-sum,beta=1,agg-scale=1,agg-eps=0,agg-seq-eps=0,beta=2,agg-scale=3,agg=... (90 characters)': key 'beta' given twice" eval --spec "$long_spec"
 check "long logits --spec: no stand-in term" lacks "$last_err" "k1-in-reward"
 
+# ---- 16-bit logits (--type bf16 / fp16): rounded to the format, computed in float ---------
+# Values every format holds exactly: the 16-bit run equals the float run, byte for byte.
+input='{"logits":[[0.5,2.5,"-inf",-3],[1,2,3,4]],"ref_logits":[[0,1,"-inf",0.25],[3,2,1,0]],"ids":[1,3],"coef":[0.5,-1]}'
+out32=$("$klgrad" eval --type float <<<"$input")
+for t in bf16 fp16; do
+  for d in reverse-kl forward-kl jensen-shannon forward-kl-top-k reverse-kl-top-k-tail; do
+    in_d=${input/\{/\{\"divergence\":\"$d\",}
+    [[ $d == *top-k* ]] && in_d=${in_d/\{/\{\"top_k\":2,}
+    check "--type $t $d equals --type float" test "$("$klgrad" eval --type $t <<<"$in_d")" = "$("$klgrad" eval --type float <<<"$in_d")"
+  done
+done
+check "--type bf16: the float output" contains "$out32" '"logits_grad"'
+input='{"logits":[[0,1],[null,1]],"ref_logits":[[0,0],[0,0]]}'
+refused "--type bf16 NaN logits" "logits[1][0] is null (NaN) in a valid row" eval --type bf16
+input='{"logits":[[0,1]],"ref_logits":[[0,70000]]}'
+refused "--type fp16 beyond its range" "ref_logits[0][1] is" eval --type fp16
+input='{"logp":[[-1]],"ref":[[-1]]}'
+refused "--type bf16 logp input" "--type bf16 applies to logits input" eval --type bf16 --spec k1-in-reward
+
 finish

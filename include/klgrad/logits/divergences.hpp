@@ -26,8 +26,8 @@ double kl_of(const online_state<T>& s) {
 ///   dRKL/dz_j = it * pi_j (log pi_j - log ref_j - RKL)
 ///            = it * pi_j (t_j - w / sx),  t_j = (x_j - cx) - (y_j - cy),
 /// written as g = scale * dRKL/dz.
-template <class T>
-row_result reverse_row(const T* z, const T* zr, Index V, T it, bool log_probs, double scale,
+template <class S, class T = compute_t<S>>
+row_result reverse_row(const S* z, const S* zr, Index V, T it, bool log_probs, double scale,
                        T* g) {
   const online_state<T> s = first_pass<true, true>(z, zr, V, it, log_probs);
   if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
@@ -51,8 +51,8 @@ row_result reverse_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
 
 /// FKL of a row and, with g, its gradient dFKL/dz_j = it * (pi_j - ref_j), written as
 /// g = scale * dFKL/dz. The first pass runs with the roles swapped (x = z_ref, y = z).
-template <class T>
-row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, double scale,
+template <class S, class T = compute_t<S>>
+row_result forward_row(const S* z, const S* zr, Index V, T it, bool log_probs, double scale,
                        T* g) {
   const online_state<T> s = first_pass<true, true>(zr, z, V, it, log_probs);
   if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_z};
@@ -84,8 +84,8 @@ row_result forward_row(const T* z, const T* zr, Index V, T it, bool log_probs, d
 ///   U = sum pi u = KL(pi || M),
 /// the RKL gradient with ref replaced by M, times (1 - lambda). Pass 1 gives the two
 /// log-sum-exps, pass 2 the value (and u into g), pass 3 the gradient.
-template <class T>
-row_result jensen_shannon_row(const T* z, const T* zr, Index V, T it, bool log_probs,
+template <class S, class T = compute_t<S>>
+row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                               double lambda, double scale, T* g, T* kept = nullptr) {
   // With a workspace, the first pass keeps both rows' exponentials (online_pass) and the
   // later passes read pi and ref from it instead of computing them again: 2 V exponentials

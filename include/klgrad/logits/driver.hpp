@@ -58,8 +58,9 @@ template <class T, class M>
 /// Runs row(r, scale, grad_row) -> row_result over the valid rows, writes values, zeroes
 /// masked rows (value and gradient), applies the aggregation and raises for the first bad
 /// row. scale = beta * a_{b,t}; grad_row is nullptr without a gradient.
-template <class T, class M, class RowFn>
-logits_summary run_rows(const logit_batch<T, M>& b, T* value, const strided_rows<T>* grad,
+/// Rows stored as S; values and gradients in T = compute_t<S>.
+template <class S, class M, class RowFn, class T = compute_t<S>>
+logits_summary run_rows(const logit_batch<S, M>& b, T* value, const strided_rows<T>* grad,
                         const logits_options& opt, RowFn&& row) {
   const Index V = b.vocabulary(), P = b.positions;
   const std::string why =
@@ -182,15 +183,18 @@ void check_options(const logit_batch<T, M>&, const logits_options& opt) {
                            "normalised log-probabilities take temperature 1"));
 }
 
-template <class T, class M, class D>
-T* value_output(const logit_batch<T, M>& b, const Eigen::DenseBase<D>& value) {
-  static_assert(std::is_same_v<typename D::Scalar, T>, "klgrad: value must have z's type");
+/// value as T* (T = compute_t<S>: z's type, float for 16-bit z).
+template <class S, class M, class D, class T = compute_t<S>>
+T* value_output(const logit_batch<S, M>& b, const Eigen::DenseBase<D>& value) {
+  static_assert(std::is_same_v<typename D::Scalar, T>,
+                "klgrad: value must have z's type (float for 16-bit z)");
   return const_cast<T*>(flat_of(value, "value", b.rows(), b.z.rows, b.z.cols));
 }
 
-template <class T, class M, class D>
-strided_rows<T> grad_output(const logit_batch<T, M>& b, const Eigen::DenseBase<D>& grad) {
-  static_assert(std::is_same_v<typename D::Scalar, T>, "klgrad: grad must have z's type");
+template <class S, class M, class D, class T = compute_t<S>>
+strided_rows<T> grad_output(const logit_batch<S, M>& b, const Eigen::DenseBase<D>& grad) {
+  static_assert(std::is_same_v<typename D::Scalar, T>,
+                "klgrad: grad must have z's type (float for 16-bit z)");
   const auto v = rows_of(grad, "grad");
   require_same_shape(b.z, "z", v, "grad");
   return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};

@@ -47,8 +47,9 @@ struct logits_options {
   klgrad::aggregation_constants aggregation_constants;
   double beta = 1.0;
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
-  /// Optional, Jensen-Shannon only: caller-owned memory of `workspace_size` elements of z's
-  /// scalar type, at least jensen_shannon_workspace_size<T>(V) (one slice per OpenMP
+  /// Optional, Jensen-Shannon only: caller-owned memory of `workspace_size` elements of the
+  /// type the kernels compute in (z's scalar type; float for 16-bit z), at least
+  /// jensen_shannon_workspace_size<T>(V) for that type (one slice per OpenMP
   /// thread). With it the kernel keeps each row's exponentials between its passes instead
   /// of computing them again; without it (nullptr) it runs without one. Never allocated by
   /// the kernel; other divergences ignore it.

@@ -63,34 +63,35 @@ inline constexpr bool policy_chooses(top_k_form f) {
 
 namespace detail {
 
-/// Descending value, ties to the smaller index: a deterministic torch.topk order.
-template <class T, class I>
+/// Descending value, ties to the smaller index: a deterministic torch.topk order. Rows
+/// stored as S (16-bit too) are compared as their widened values (the same order).
+template <class S, class I>
 struct top_k_order {
-  const T* x;
+  const S* x;
   bool operator()(I a, I b) const {
-    const T va = x[Index(a)], vb = x[Index(b)];
+    const auto va = widen(x[Index(a)]), vb = widen(x[Index(b)]);
     return va > vb || (va == vb && a < b);
   }
 };
 
 /// The k largest entries of a row, written to idx[0..k) in top_k_order. One scan with a
 /// k-heap held in idx; blocks whose maximum does not beat the heap's worst are skipped.
-template <class T, class I>
-void select_top_k(const T* x, Index V, I* idx, Index k) {
-  const top_k_order<T, I> better{x};
+template <class S, class I>
+void select_top_k(const S* x, Index V, I* idx, Index k) {
+  const top_k_order<S, I> better{x};
   for (Index j = 0; j < k; ++j) idx[j] = I(j);
   std::make_heap(idx, idx + k, better);  // front: the worst kept entry
-  T threshold = x[Index(idx[0])];
+  auto threshold = widen(x[Index(idx[0])]);
   constexpr Index block = 64;
   for (Index j0 = k; j0 < V; j0 += block) {
     const Index n = std::min(block, V - j0);
     if (!(max_of(x + j0, n) > threshold)) continue;
     for (Index j = j0; j < j0 + n; ++j) {
-      if (!(x[j] > threshold)) continue;  // a tie loses: j is later than every kept index
+      if (!(widen(x[j]) > threshold)) continue;  // a tie loses: j is later than every kept one
       std::pop_heap(idx, idx + k, better);
       idx[k - 1] = I(j);
       std::push_heap(idx, idx + k, better);
-      threshold = x[Index(idx[0])];
+      threshold = widen(x[Index(idx[0])]);
     }
   }
   std::sort_heap(idx, idx + k, better);
@@ -98,14 +99,24 @@ void select_top_k(const T* x, Index V, I* idx, Index k) {
 
 /// Selects K from the chooser row x; false if x holds a NaN / +inf or no finite entry (its
 /// top entry is then -inf).
-template <class T, class I>
-bool choose_top_k(const T* x, Index V, I* idx, Index k) {
-  const T total = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(x, V).sum();
+template <class S, class I>
+bool choose_top_k(const S* x, Index V, I* idx, Index k) {
+  using T = compute_t<S>;
+  // A sum that is NaN or +inf sends the row to the scan for the bad entry (16-bit rows are
+  // summed widened, in float).
+  T total;
+  if constexpr (is_16bit_v<S>)
+    total = T(reduce_row<T, 1>(V, [&](auto* acc, Index i) {
+              using P = std::remove_pointer_t<decltype(acc)>;
+              acc[0] = ei::padd(acc[0], load<P>(x, i));
+            })[0]);
+  else
+    total = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(x, V).sum();
   if ((std::isnan(total) || total == std::numeric_limits<T>::infinity()) &&
       first_invalid(x, V) >= 0)
     return false;
   select_top_k(x, V, idx, k);
-  return x[Index(idx[0])] != -std::numeric_limits<T>::infinity();
+  return widen(x[Index(idx[0])]) != -std::numeric_limits<T>::infinity();
 }
 
 inline double log_add_exp(double a, double b) {
@@ -115,13 +126,13 @@ inline double log_add_exp(double a, double b) {
 }
 
 /// log sum exp of x = xs it over the row's K entries (any order).
-template <class T, class I>
-double lse_over(const T* xs, T it, const I* idx, Index k) {
+template <class S, class I, class T = compute_t<S>>
+double lse_over(const S* xs, T it, const I* idx, Index k) {
   double top = -std::numeric_limits<double>::infinity();
-  for (Index j = 0; j < k; ++j) top = std::max(top, double(xs[Index(idx[j])] * it));
+  for (Index j = 0; j < k; ++j) top = std::max(top, double(widen(xs[Index(idx[j])]) * it));
   if (top == -std::numeric_limits<double>::infinity()) return top;
   double s = 0;
-  for (Index j = 0; j < k; ++j) s += std::exp(double(xs[Index(idx[j])] * it) - top);
+  for (Index j = 0; j < k; ++j) s += std::exp(double(widen(xs[Index(idx[j])]) * it) - top);
   return top + std::log(s);
 }
 
@@ -130,9 +141,9 @@ double lse_over(const T* xs, T it, const I* idx, Index k) {
 /// digit when the top-k mass rounds to 1). The segments between K's entries are streamed
 /// with the online pass; idx is sorted by index for it and put back in top_k_order of
 /// `chooser` afterwards.
-template <class T, class I>
-std::pair<double, double> lse_outside(const T* xs, const T* ys, Index V, T it, I* idx, Index k,
-                                      const T* chooser) {
+template <class S, class I, class T = compute_t<S>>
+std::pair<double, double> lse_outside(const S* xs, const S* ys, Index V, T it, I* idx, Index k,
+                                      const S* chooser) {
   std::sort(idx, idx + k);
   double lx = -std::numeric_limits<double>::infinity(), ly = lx;
   Index start = 0;
@@ -145,7 +156,7 @@ std::pair<double, double> lse_outside(const T* xs, const T* ys, Index V, T it, I
     }
     start = end + 1;
   }
-  std::sort(idx, idx + k, top_k_order<T, I>{chooser});
+  std::sort(idx, idx + k, top_k_order<S, I>{chooser});
   return {lx, ly};
 }
 
@@ -155,8 +166,8 @@ inline constexpr double no_tail = -std::numeric_limits<double>::infinity();
 /// KL between two distributions on the bins {i} (i in K) and, when la_rest > -inf, the rest:
 ///   sum_K exp(la_i) (la_i - lb_i) + exp(la_rest) (la_rest - lb_rest),
 /// la_i = a_i it - lse_a, lb_i = b_i it - lse_b; empty bins of a add nothing.
-template <class T, class I>
-double binned_kl(const T* a, const T* b, T it, const I* idx, Index k, double lse_a,
+template <class S, class I, class T = compute_t<S>>
+double binned_kl(const S* a, const S* b, T it, const I* idx, Index k, double lse_a,
                  double lse_b, double la_rest, double lb_rest) {
   double value = 0;
   auto add = [&](double la, double lb) {
@@ -165,7 +176,7 @@ double binned_kl(const T* a, const T* b, T it, const I* idx, Index k, double lse
   };
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);
-    add(double(a[i] * it) - lse_a, double(b[i] * it) - lse_b);
+    add(double(widen(a[i]) * it) - lse_a, double(widen(b[i]) * it) - lse_b);
   }
   add(la_rest, lb_rest);
   return value;
@@ -173,8 +184,8 @@ double binned_kl(const T* a, const T* b, T it, const I* idx, Index k, double lse
 
 /// The log-sum-exp of a whole row (0 for normalised log-probabilities) with the shift and
 /// log-sum the packet paths take, or not finite for a bad row.
-template <class T>
-online_state<T> row_state(const T* x, Index V, T it, bool log_probs) {
+template <class S, class T = compute_t<S>>
+online_state<T> row_state(const S* x, Index V, T it, bool log_probs) {
   return first_pass<false, false>(x, x, V, it, log_probs);
 }
 
@@ -185,8 +196,8 @@ bool usable(const online_state<T>& s) {
 
 /// forward_kl: value = binned_kl(ref renormalised over K, pi), gradient
 ///   dFKL_k/dz_j = it (pi_j - rt_j [j in K])   (since sum_K rt = 1).
-template <class T, class I>
-row_result forward_top_k_row(const T* z, const T* zr, Index V, T it, bool log_probs,
+template <class S, class I, class T = compute_t<S>>
+row_result forward_top_k_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                              const I* idx, Index k, double scale, T* g) {
   const online_state<T> s = row_state(z, V, it, log_probs);
   if (!usable(s)) return {0, row_bad_z};
@@ -201,7 +212,7 @@ row_result forward_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
   });
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);
-    g[i] -= c * T(std::exp(double(zr[i] * it) - lsk));
+    g[i] -= c * T(std::exp(double(widen(zr[i]) * it) - lsk));
   }
   return {value, row_ok};
 }
@@ -209,8 +220,8 @@ row_result forward_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
 /// reverse_kl: value = binned_kl(pi renormalised over K, ref) = V_k; pt depends on z_K
 /// alone, so the gradient is 0 off K and on K the RKL gradient of pt against ref:
 ///   dV_k/dz_j = it pt_j (log pt_j - log ref_j - V_k)   (j in K).
-template <class T, class I>
-row_result reverse_top_k_row(const T* z, const T* zr, Index V, T it, bool log_probs,
+template <class S, class I, class T = compute_t<S>>
+row_result reverse_top_k_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                              const I* idx, Index k, double scale, T* g) {
   const online_state<T> s = row_state(zr, V, it, log_probs);
   if (!usable(s)) return {0, row_bad_ref};
@@ -223,8 +234,8 @@ row_result reverse_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
   const double c = scale * double(it);
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);
-    const double lp = double(z[i] * it) - lsk, p = std::exp(lp);
-    if (p > 0) g[i] = T(c * p * (lp - (double(zr[i] * it) - lse_r) - value));
+    const double lp = double(widen(z[i]) * it) - lsk, p = std::exp(lp);
+    if (p > 0) g[i] = T(c * p * (lp - (double(widen(zr[i]) * it) - lse_r) - value));
   }
   return {value, row_ok};
 }
@@ -236,8 +247,8 @@ row_result reverse_top_k_row(const T* z, const T* zr, Index V, T it, bool log_pr
 /// forward (h_b = -r_b / u_b): on K it (pi_j - ref_j), off K it (pi_j - R pi_j / P);
 /// reverse (h_b = log(u_b / r_b) + 1): it pi_j (log(u_b / r_b) - value), b = {j} on K and
 /// the tail off K.
-template <class T, class I>
-row_result tail_top_k_row(bool reverse, const T* z, const T* zr, Index V, T it, bool log_probs,
+template <class S, class I, class T = compute_t<S>>
+row_result tail_top_k_row(bool reverse, const S* z, const S* zr, Index V, T it, bool log_probs,
                           I* idx, Index k, double scale, T* g) {
   // One pass over both rows: the tails' log-sum-exps, and the whole rows' from them and K's
   // (a NaN / +inf or an all -inf row shows as a log-sum-exp that is not finite).
@@ -277,7 +288,7 @@ row_result tail_top_k_row(bool reverse, const T* z, const T* zr, Index V, T it, 
   const double cd = scale * double(it);
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);
-    const double lp = double(z[i] * it) - lse_z, lr = double(zr[i] * it) - lse_r;
+    const double lp = double(widen(z[i]) * it) - lse_z, lr = double(widen(zr[i]) * it) - lse_r;
     const double p = std::exp(lp);
     g[i] = T(reverse ? (p > 0 ? cd * p * (lp - lr - value) : 0.0) : cd * (p - std::exp(lr)));
   }
@@ -285,8 +296,8 @@ row_result tail_top_k_row(bool reverse, const T* z, const T* zr, Index V, T it, 
 }
 
 /// One row of a top-k form: K from the chooser row into idx, then the form's kernel.
-template <class T, class I>
-row_result top_k_form_row(top_k_form f, const T* z, const T* zr, Index V, T it, bool log_probs,
+template <class S, class I, class T = compute_t<S>>
+row_result top_k_form_row(top_k_form f, const S* z, const S* zr, Index V, T it, bool log_probs,
                           I* idx, Index k, double scale, T* g) {
   if (!choose_top_k(policy_chooses(f) ? z : zr, V, idx, k))
     return {0, policy_chooses(f) ? row_bad_z : row_bad_ref};
@@ -320,8 +331,9 @@ strided_rows<std::remove_const_t<typename D::Scalar>> index_output(const logit_b
 }
 
 /// Runs a top-k form over the batch: go = nullptr for values alone.
-template <class T, class M, class I>
-logits_summary run_top_k(top_k_form f, const logit_batch<T, M>& b, const strided_rows<I>& idx,
+/// Logits stored as S; values and gradients in T = compute_t<S>.
+template <class S, class M, class I, class T = compute_t<S>>
+logits_summary run_top_k(top_k_form f, const logit_batch<S, M>& b, const strided_rows<I>& idx,
                          T* out, const strided_rows<T>* go, const logits_options& opt) {
   check_options(b, opt);
   const Index V = b.vocabulary(), k = idx.cols;
@@ -346,8 +358,9 @@ logits_summary top_k_divergence(top_k_form f, const logit_batch<T, M>& batch,
                                 const Eigen::DenseBase<I>& indices,
                                 const Eigen::DenseBase<V>& value, const logits_options& opt = {}) {
   const auto idx = detail::index_output(batch, indices);
-  T* out = detail::value_output(batch, value);
-  return detail::run_top_k(f, batch, idx, out, static_cast<const detail::strided_rows<T>*>(nullptr),
+  auto* out = detail::value_output(batch, value);  // float for 16-bit z
+  return detail::run_top_k(f, batch, idx, out,
+                           static_cast<const detail::strided_rows<detail::compute_t<T>>*>(nullptr),
                            opt);
 }
 
@@ -360,7 +373,7 @@ logits_summary top_k_divergence(top_k_form f, const logit_batch<T, M>& batch,
                                 const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
                                 const logits_options& opt = {}) {
   const auto idx = detail::index_output(batch, indices);
-  T* out = detail::value_output(batch, value);
+  auto* out = detail::value_output(batch, value);
   const auto go = detail::grad_output(batch, grad);
   return detail::run_top_k(f, batch, idx, out, &go, opt);
 }
