@@ -1,8 +1,8 @@
 // Zero-copy views of a trainer's batch, the one layer every entry point reads through:
 // token layouts, padded (B x T row-major with an optional 0/1 mask) or packed (one token
 // array with sequence offsets); the log-prob batches of evaluate() built on them; the rows
-// of logits of the full-vocabulary calls; and the counts of valid tokens the aggregations
-// need. Over Eigen objects or raw buffers, never a copy.
+// of logits of the full-vocabulary and the sampled-token calls; and the counts of valid
+// tokens the aggregations need. Over Eigen objects or raw buffers, never a copy.
 #pragma once
 
 #include "errors.hpp"
@@ -555,5 +555,38 @@ auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
   if (b.positions == 0) b.positions = 1;
   return b;
 }
+
+namespace detail {
+
+/// Rows of logits with per-row ids and an optional mask, checked.
+template <class T, class Y, class K>
+struct sampled_rows {
+  strided_rows<const T> z;
+  const Y* ids;
+  const K* mask;  ///< N entries, or nullptr
+  Index positions;  ///< T of a B x T mask (0 without one), for messages
+  bool valid(Index r) const { return valid_at(mask, r); }
+};
+
+/// The sampled-token view of logits z (N x V), ids (N entries) and an optional mask (N
+/// entries, any shape), with the temperature checked.
+template <class K, class Z, class D, class M>
+auto sampled_view(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
+                  const Eigen::DenseBase<M>* mask, double temperature) {
+  using T = std::remove_const_t<typename Z::Scalar>;
+  using Y = std::remove_const_t<typename D::Scalar>;
+  static_assert(std::is_floating_point_v<T> || is_16bit_v<T>,
+                "klgrad: logits must be float, double, Eigen::bfloat16 or Eigen::half");
+  static_assert(std::is_integral_v<Y>, "klgrad: token ids must be integers");
+  check_temperature(temperature);
+  sampled_rows<T, Y, K> v;
+  v.z = rows_of(z, "z");
+  v.ids = flat_of(ids, "ids", v.z.rows, v.z.rows, v.z.cols);
+  v.mask = mask ? flat_of(*mask, "mask", v.z.rows, v.z.rows, v.z.cols) : nullptr;
+  v.positions = mask && mask->rows() > 1 ? mask->cols() : 0;
+  return v;
+}
+
+}  // namespace detail
 
 }  // namespace klgrad

@@ -17,33 +17,6 @@ namespace klgrad {
 
 namespace detail {
 
-/// Rows of logits with per-row ids and an optional mask, checked.
-template <class T, class Y, class K>
-struct sampled_rows {
-  strided_rows<const T> z;
-  const Y* ids;
-  const K* mask;  ///< N entries, or nullptr
-  Index positions;  ///< T of a B x T mask (0 without one), for messages
-  bool valid(Index r) const { return !mask || mask[r] != K(0); }
-};
-
-template <class K, class Z, class D, class M>
-auto sampled_view(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
-                  const Eigen::DenseBase<M>* mask, double temperature) {
-  using T = std::remove_const_t<typename Z::Scalar>;
-  using Y = std::remove_const_t<typename D::Scalar>;
-  static_assert(std::is_floating_point_v<T> || is_16bit_v<T>,
-                "klgrad: logits must be float, double, Eigen::bfloat16 or Eigen::half");
-  static_assert(std::is_integral_v<Y>, "klgrad: token ids must be integers");
-  check_temperature(temperature);
-  sampled_rows<T, Y, K> v;
-  v.z = rows_of(z, "z");
-  v.ids = flat_of(ids, "ids", v.z.rows, v.z.rows, v.z.cols);
-  v.mask = mask ? flat_of(*mask, "mask", v.z.rows, v.z.rows, v.z.cols) : nullptr;
-  v.positions = mask && mask->rows() > 1 ? mask->cols() : 0;
-  return v;
-}
-
 /// Raises for the first valid row whose id is outside [0, V).
 template <class T, class Y, class K>
 void check_ids(const sampled_rows<T, Y, K>& v) {
@@ -75,13 +48,13 @@ void selective_log_softmax(const sampled_rows<S, Y, K>& v, T* logp, T it) {
       continue;
     }
     const S* z = v.z.row(r);
-    const online_state<T> s = row_lse(z, V, it);
-    if (!std::isfinite(s.lse_x())) {
+    const online_state<T> state = row_lse(z, V, it);
+    if (!std::isfinite(state.lse_x())) {
       first_bad = std::min(first_bad, r);
       continue;
     }
     // (z_y it - c) - log s keeps the shift out of the rounding of the difference.
-    logp[r] = T((double(widen(z[Index(v.ids[r])]) * it) - double(s.cx)) - s.log_sx());
+    logp[r] = T((double(widen(z[Index(v.ids[r])]) * it) - double(state.cx)) - state.log_sx());
   }
   if (first_bad != std::numeric_limits<Index>::max())
     report_bad_row(v.z.row(first_bad), V, "z", first_bad, v.positions);
@@ -107,12 +80,12 @@ void sampled_gradient(const sampled_rows<S, Y, K>& v, const T* coef, const strid
       continue;
     }
     const S* z = v.z.row(r);
-    const online_state<T> s = row_lse(z, V, it);
-    if (!std::isfinite(s.lse_x())) {
+    const online_state<T> state = row_lse(z, V, it);
+    if (!std::isfinite(state.lse_x())) {
       first_bad = std::min(first_bad, r);
       continue;
     }
-    const T cx = s.cx, lsx = T(s.log_sx()), c = coef[r] * it;
+    const T cx = state.cx, lsx = T(state.log_sx()), c = coef[r] * it;
     write_row(g, V, [&](auto tag, Index i) {
       using P = decltype(tag);
       return ei::pmul(splat<P>(-c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));

@@ -309,7 +309,7 @@ online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, comput
   static_assert(HasY || !Keep, "online_pass keeps both rows' exponentials");
   using T = compute_t<S>;
   using P = packet_of<T>;
-  online_state<T> s;
+  online_state<T> state;
   constexpr Index B = stream_block<T>;
   constexpr Index L = ei::packet_traits<T>::size;
   const T slack = T(stream_slack), lowest = -std::numeric_limits<T>::infinity();
@@ -318,32 +318,33 @@ online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, comput
     const S* xb = xs + i0;
     const S* yb = HasY ? ys + i0 : nullptr;
     // Until a row has shown an entry that is not -inf, take the shift from the block.
-    T ncx = s.cx, ncy = s.cy;
-    if (!s.x_started) {
+    T ncx = state.cx, ncy = state.cy;
+    if (!state.x_started) {
       const T bx = max_of(xb, n) * it;
-      if (bx > lowest) ncx = bx, s.x_started = true;
+      if (bx > lowest) ncx = bx, state.x_started = true;
     }
     if constexpr (HasY) {
-      if (!s.y_started) {
+      if (!state.y_started) {
         const T by = max_of(yb, n) * it;
-        if (by > lowest) ncy = by, s.y_started = true;
+        if (by > lowest) ncy = by, state.y_started = true;
       }
     }
     for (;;) {
-      if (ncx != s.cx || ncy != s.cy) {
+      if (ncx != state.cx || ncy != state.cy) {
         // Re-express the sums relative to the new shifts; a sum still 0 stays 0.
-        const double fx = std::exp(double(s.cx) - double(ncx));
+        const double fx = std::exp(double(state.cx) - double(ncx));
         if constexpr (Weighted)
-          s.w = s.sx == 0 ? 0.0
-                          : fx * (s.w - s.sx * ((double(ncx) - double(s.cx)) -
-                                                (double(ncy) - double(s.cy))));
-        s.sx = s.sx == 0 ? 0.0 : s.sx * fx;
+          state.w = state.sx == 0
+                        ? 0.0
+                        : fx * (state.w - state.sx * ((double(ncx) - double(state.cx)) -
+                                                      (double(ncy) - double(state.cy))));
+        state.sx = state.sx == 0 ? 0.0 : state.sx * fx;
         if constexpr (HasY)
-          s.sy = s.sy == 0 ? 0.0 : s.sy * std::exp(double(s.cy) - double(ncy));
-        s.cx = ncx;
-        s.cy = ncy;
+          state.sy = state.sy == 0 ? 0.0 : state.sy * std::exp(double(state.cy) - double(ncy));
+        state.cx = ncx;
+        state.cy = ncy;
       }
-      const T cx = s.cx, cy = s.cy;
+      const T cx = state.cx, cy = state.cy;
       const P itp = splat<P>(it), ncxp = splat<P>(-cx), ncyp = splat<P>(-cy);
       P ax = splat<P>(T(0)), ay = ax, aw = ax, mx = splat<P>(lowest), my = mx;
       Index i = 0;
@@ -391,9 +392,9 @@ online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, comput
       if (bmx > cx + slack) ncx = bmx;
       if (HasY && bmy > cy + slack) ncy = bmy;
       if (ncx != cx || ncy != cy) continue;
-      s.sx += bsx;
-      s.sy += bsy;
-      s.w += bw;
+      state.sx += bsx;
+      state.sy += bsy;
+      state.w += bw;
       if constexpr (Keep) {
         kept[2 * V + 2 * (i0 / B)] = cx;
         kept[2 * V + 2 * (i0 / B) + 1] = cy;
@@ -401,7 +402,7 @@ online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, comput
       break;
     }
   }
-  return s;
+  return state;
 }
 
 /// Elements of T that online_pass() keeps for a row of V entries.
@@ -416,12 +417,12 @@ Index kept_size(Index V) {
 /// first finite entry kept zeros under the shift 0, whose factor may exceed 1 (or overflow):
 /// capped at 1, which those zeros do not see.
 template <class T>
-std::pair<T, T> kept_scale(const T* kept, Index V, Index b, const online_state<T>& s) {
+std::pair<T, T> kept_scale(const T* kept, Index V, Index b, const online_state<T>& state) {
   const T* shift = kept + 2 * V + 2 * b;
   auto factor = [](T at, T final_shift, double sum) {
     return T(std::min(std::exp(double(at) - double(final_shift)), 1.0) / sum);
   };
-  return {factor(shift[0], s.cx, s.sx), factor(shift[1], s.cy, s.sy)};
+  return {factor(shift[0], state.cx, state.sx), factor(shift[1], state.cy, state.sy)};
 }
 
 /// The same for rows that already hold normalised log-probabilities, taken as they are:
@@ -430,7 +431,7 @@ std::pair<T, T> kept_scale(const T* kept, Index V, Index b, const online_state<T
 template <bool Weighted, class S>
 online_state<compute_t<S>> normalized_pass(const S* xs, const S* ys, Index V) {
   using T = compute_t<S>;
-  online_state<T> s;
+  online_state<T> state;
   const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
     using P = std::remove_pointer_t<decltype(acc)>;
     const P X = load<P>(xs, i);
@@ -441,11 +442,11 @@ online_state<compute_t<S>> normalized_pass(const S* xs, const S* ys, Index V) {
   });
   // Trusted as normalised: no renormalisation (sx = 1), but an all -inf or NaN row still
   // shows as sx = 0.
-  s.sx = r[0] > 0 ? 1.0 : 0.0;
-  s.sy = 1.0;
-  s.w = r[1];
-  s.x_started = s.y_started = true;
-  return s;
+  state.sx = r[0] > 0 ? 1.0 : 0.0;
+  state.sy = 1.0;
+  state.w = r[1];
+  state.x_started = state.y_started = true;
+  return state;
 }
 
 /// The first pass over a row pair: online for logits, plain for log-probabilities.
@@ -453,9 +454,9 @@ template <bool HasY, bool Weighted, class S, class T = compute_t<S>>
 online_state<T> first_pass(const S* x, const S* y, Index V, T it, bool log_probs) {
   if (log_probs) {
     if constexpr (Weighted) return normalized_pass<true>(x, y, V);
-    online_state<T> s = normalized_pass<false>(x, y, V);
-    if constexpr (HasY) s.sy = normalized_pass<false>(y, y, V).sx;
-    return s;
+    online_state<T> state = normalized_pass<false>(x, y, V);
+    if constexpr (HasY) state.sy = normalized_pass<false>(y, y, V).sx;
+    return state;
   }
   return online_pass<HasY, Weighted>(x, y, V, it);
 }

@@ -18,8 +18,8 @@ namespace klgrad::detail {
 /// KL(softmax(x) || softmax(y)) of one row, x = xs * it, y = ys * it, from the first pass:
 /// w / sx - log sx + log sy.
 template <class T>
-double kl_of(const online_state<T>& s) {
-  return s.w / s.sx - s.log_sx() + s.log_sy();
+double kl_of(const online_state<T>& state) {
+  return state.w / state.sx - state.log_sx() + state.log_sy();
 }
 
 /// RKL of a row (pi = softmax(z it), ref = softmax(z_ref it)) and, with g, its gradient
@@ -29,14 +29,14 @@ double kl_of(const online_state<T>& s) {
 template <class S, class T = compute_t<S>>
 row_result reverse_row(const S* z, const S* zr, Index V, T it, bool log_probs, double scale,
                        T* g) {
-  const online_state<T> s = first_pass<true, true>(z, zr, V, it, log_probs);
-  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
-  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
-  const double value = kl_of(s);
+  const online_state<T> state = first_pass<true, true>(z, zr, V, it, log_probs);
+  if (!std::isfinite(state.lse_x()) || state.sx == 0) return {0, row_bad_z};
+  if (!std::isfinite(state.lse_y()) || state.sy == 0) return {0, row_bad_ref};
+  const double value = kl_of(state);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
   if (!std::isfinite(value)) return {value, row_infinite_rkl};
-  const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), K = T(s.w / s.sx);
+  const T cx = state.cx, cy = state.cy, lsx = T(state.log_sx()), K = T(state.w / state.sx);
   const T c = T(scale) * it;
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
@@ -54,13 +54,13 @@ row_result reverse_row(const S* z, const S* zr, Index V, T it, bool log_probs, d
 template <class S, class T = compute_t<S>>
 row_result forward_row(const S* z, const S* zr, Index V, T it, bool log_probs, double scale,
                        T* g) {
-  const online_state<T> s = first_pass<true, true>(zr, z, V, it, log_probs);
-  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_z};
-  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_ref};
-  const double value = kl_of(s);
+  const online_state<T> state = first_pass<true, true>(zr, z, V, it, log_probs);
+  if (!std::isfinite(state.lse_y()) || state.sy == 0) return {0, row_bad_z};
+  if (!std::isfinite(state.lse_x()) || state.sx == 0) return {0, row_bad_ref};
+  const double value = kl_of(state);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
-  const T cz = s.cy, cr = s.cx, lsz = T(s.log_sy()), lsr = T(s.log_sx());
+  const T cz = state.cy, cr = state.cx, lsz = T(state.log_sy()), lsr = T(state.log_sx());
   const T c = T(scale) * it;
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
@@ -91,11 +91,11 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   // later passes read pi and ref from it instead of computing them again: 2 V exponentials
   // per row instead of 4 V (5 V with the gradient).
   const bool keep = kept && !log_probs;
-  online_state<T> s = keep ? online_pass<true, false, true>(z, zr, V, it, kept)
+  online_state<T> state = keep ? online_pass<true, false, true>(z, zr, V, it, kept)
                            : first_pass<true, false>(z, zr, V, it, log_probs);
-  if (!std::isfinite(s.lse_x()) || s.sx == 0) return {0, row_bad_z};
-  if (!std::isfinite(s.lse_y()) || s.sy == 0) return {0, row_bad_ref};
-  const T cx = s.cx, cy = s.cy, lsx = T(s.log_sx()), lsy = T(s.log_sy());
+  if (!std::isfinite(state.lse_x()) || state.sx == 0) return {0, row_bad_z};
+  if (!std::isfinite(state.lse_y()) || state.sy == 0) return {0, row_bad_ref};
+  const T cx = state.cx, cy = state.cy, lsx = T(state.log_sx()), lsy = T(state.log_sy());
   const T lam = T(lambda), mu = T(1 - lambda), tiny = std::numeric_limits<T>::min();
   // The terms of entries i.. given pi and ref there (p, q): u = log pi - log M into g,
   // and p u, q v into the sums.
@@ -117,7 +117,7 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   if (keep) {
     for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
       // Plain copies, not structured bindings: C++17 lambdas cannot capture those.
-      const std::pair<T, T> factors = kept_scale(kept, V, b, s);
+      const std::pair<T, T> factors = kept_scale(kept, V, b, state);
       const T fx = factors.first, fy = factors.second;
       const auto r = reduce_row<T, 2>(std::min(stream_block<T>, V - b0), [&](auto* acc, Index j) {
         using P = std::remove_pointer_t<decltype(acc)>;
@@ -144,7 +144,7 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   const T c = T(scale * (1 - lambda)) * it, Ut = T(U);
   if (keep) {
     for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
-      const T fx = kept_scale(kept, V, b, s).first;
+      const T fx = kept_scale(kept, V, b, state).first;
       T* gb = g + b0;
       const T* pb = kept + b0;
       write_row(gb, std::min(stream_block<T>, V - b0), [&](auto tag, Index j) {

@@ -69,7 +69,7 @@ logits_summary run_rows(const logit_batch<S, M>& b, T* value, const strided_rows
                            "aggregation_constants.eps=", "aggregation_constants.seq_eps=",
                            "aggregation_constants.scale="});
   if (!why.empty()) raise<input_error>("logits_options: " + why);
-  const token_count counted = count_tokens(b.sequences, [&](Index s) { return b.valid_in(s); });
+  const token_count counted = count_tokens(b.sequences, [&](Index q) { return b.valid_in(q); });
   const Index tokens = counted.tokens, sequences = counted.sequences;
   check_counts(opt.counts, tokens, sequences);
   const Index n_tokens = opt.counts.tokens >= 0 ? opt.counts.tokens : tokens;
@@ -92,10 +92,9 @@ logits_summary run_rows(const logit_batch<S, M>& b, T* value, const strided_rows
   for (Index c0 = 0; c0 < N; c0 += chunk) {
     const Index n = std::min(chunk, N - c0);
     for (Index i = 0; i < n; ++i) {
-      const Index s = (c0 + i) / P;
-      if (s != seq) {
-        seq = s;
-        const Index n_b = b.valid_in(s);
+      if ((c0 + i) / P != seq) {
+        seq = (c0 + i) / P;
+        const Index n_b = b.valid_in(seq);
         // Saturated so that the kernels' T(scale) / temperature stays finite (an inf
         // factor times a gradient's 0 would be NaN): beta=1e308 with float logits.
         seq_scale = n_b > 0 ? std::min(opt.beta * aggregation_weight(opt.aggregation,

@@ -69,8 +69,8 @@ template <class S, class I>
 struct top_k_order {
   const S* x;
   bool operator()(I a, I b) const {
-    const auto va = widen(x[Index(a)]), vb = widen(x[Index(b)]);
-    return va > vb || (va == vb && a < b);
+    const auto xa = widen(x[Index(a)]), xb = widen(x[Index(b)]);
+    return xa > xb || (xa == xb && a < b);
   }
 };
 
@@ -131,9 +131,9 @@ double lse_over(const S* xs, T it, const I* idx, Index k) {
   double top = -std::numeric_limits<double>::infinity();
   for (Index j = 0; j < k; ++j) top = std::max(top, double(widen(xs[Index(idx[j])]) * it));
   if (top == -std::numeric_limits<double>::infinity()) return top;
-  double s = 0;
-  for (Index j = 0; j < k; ++j) s += std::exp(double(widen(xs[Index(idx[j])]) * it) - top);
-  return top + std::log(s);
+  double sum = 0;
+  for (Index j = 0; j < k; ++j) sum += std::exp(double(widen(xs[Index(idx[j])]) * it) - top);
+  return top + std::log(sum);
 }
 
 /// log sum exp of x = xs it and of y = ys it over the entries outside K: the log-masses of
@@ -150,9 +150,10 @@ std::pair<double, double> lse_outside(const S* xs, const S* ys, Index V, T it, I
   for (Index j = 0; j <= k; ++j) {
     const Index end = j < k ? Index(idx[j]) : V;
     if (end > start) {
-      const online_state<T> s = online_pass<true, false>(xs + start, ys + start, end - start, it);
-      lx = log_add_exp(lx, s.lse_x());
-      ly = log_add_exp(ly, s.lse_y());
+      const online_state<T> segment =
+          online_pass<true, false>(xs + start, ys + start, end - start, it);
+      lx = log_add_exp(lx, segment.lse_x());
+      ly = log_add_exp(ly, segment.lse_y());
     }
     start = end + 1;
   }
@@ -190,8 +191,8 @@ online_state<T> row_state(const S* x, Index V, T it, bool log_probs) {
 }
 
 template <class T>
-bool usable(const online_state<T>& s) {
-  return std::isfinite(s.lse_x()) && s.sx != 0;
+bool usable(const online_state<T>& state) {
+  return std::isfinite(state.lse_x()) && state.sx != 0;
 }
 
 /// forward_kl: value = binned_kl(ref renormalised over K, pi), gradient
@@ -199,13 +200,13 @@ bool usable(const online_state<T>& s) {
 template <class S, class I, class T = compute_t<S>>
 row_result forward_top_k_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                              const I* idx, Index k, double scale, T* g) {
-  const online_state<T> s = row_state(z, V, it, log_probs);
-  if (!usable(s)) return {0, row_bad_z};
-  const double lsk = lse_over(zr, it, idx, k), lse_z = s.lse_x();
+  const online_state<T> state = row_state(z, V, it, log_probs);
+  if (!usable(state)) return {0, row_bad_z};
+  const double lsk = lse_over(zr, it, idx, k), lse_z = state.lse_x();
   const double value = binned_kl(zr, z, it, idx, k, lsk, lse_z, no_tail, 0.0);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
-  const T c = T(scale) * it, cx = s.cx, lsx = T(s.log_sx());
+  const T c = T(scale) * it, cx = state.cx, lsx = T(state.log_sx());
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     return ei::pmul(splat<P>(c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));
@@ -223,9 +224,9 @@ row_result forward_top_k_row(const S* z, const S* zr, Index V, T it, bool log_pr
 template <class S, class I, class T = compute_t<S>>
 row_result reverse_top_k_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                              const I* idx, Index k, double scale, T* g) {
-  const online_state<T> s = row_state(zr, V, it, log_probs);
-  if (!usable(s)) return {0, row_bad_ref};
-  const double lsk = lse_over(z, it, idx, k), lse_r = s.lse_x();
+  const online_state<T> state = row_state(zr, V, it, log_probs);
+  if (!usable(state)) return {0, row_bad_ref};
+  const double lsk = lse_over(z, it, idx, k), lse_r = state.lse_x();
   const double value = binned_kl(z, zr, it, idx, k, lsk, lse_r, no_tail, 0.0);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
