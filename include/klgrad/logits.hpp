@@ -19,9 +19,11 @@ namespace klgrad {
 namespace detail {
 
 /// The rows of a full-vocabulary call through divergence d's row kernel: values into out,
-/// and with go (nullptr for values alone) the scaled gradients. Rows stored as S (16-bit
-/// too), computed and written in T = compute_t<S>.
-template <class S, class M, class T = compute_t<S>>
+/// and with Gradient the scaled gradients into go. Rows stored as S (16-bit too), computed
+/// and written in T = compute_t<S>. Each divergence gets its own run_rows, and the value
+/// path a gradient row that is nullptr at compile time: a switch inside one row function
+/// made the value path 20% slower (docs/performance.md, "Paired: stop 15").
+template <bool Gradient, class S, class M, class T = compute_t<S>>
 logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* out,
                                const strided_rows<T>* go, const logits_options& opt) {
   check_options(batch, opt);
@@ -34,17 +36,26 @@ logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* 
   const bool lp = opt.log_probs;
   T* const work = d == divergence::jensen_shannon ? jensen_shannon_workspace<T>(opt, V)
                                                   : static_cast<T*>(nullptr);
-  return run_rows(batch, out, go, opt, [&](Index r, double scale, T* g) {
-    const S *z = batch.z.row(r), *zr = batch.ref.row(r);
-    switch (d) {
-      case divergence::reverse_kl: return reverse_row(z, zr, V, it, lp, scale, g);
-      case divergence::forward_kl: return forward_row(z, zr, V, it, lp, scale, g);
-      case divergence::jensen_shannon:
-        return jensen_shannon_row(z, zr, V, it, lp, opt.lambda, scale, g,
-                                  thread_slice(work, V));
-    }
-    return row_result{0, row_ok};
-  });
+  auto rows = [&](auto kernel) {
+    return run_rows(batch, out, go, opt, [&](Index r, double scale, T* g) {
+      return kernel(batch.z.row(r), batch.ref.row(r), scale, Gradient ? g : nullptr);
+    });
+  };
+  switch (d) {
+    case divergence::reverse_kl:
+      return rows([&](const S* z, const S* zr, double scale, T* g) {
+        return reverse_row(z, zr, V, it, lp, scale, g);
+      });
+    case divergence::forward_kl:
+      return rows([&](const S* z, const S* zr, double scale, T* g) {
+        return forward_row(z, zr, V, it, lp, scale, g);
+      });
+    case divergence::jensen_shannon:
+      return rows([&](const S* z, const S* zr, double scale, T* g) {
+        return jensen_shannon_row(z, zr, V, it, lp, opt.lambda, scale, g, thread_slice(work, V));
+      });
+  }
+  return {};
 }
 
 }  // namespace detail
@@ -58,7 +69,7 @@ logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value,
                                  const logits_options& opt = {}) {
   using T = detail::compute_t<S>;  // 16-bit z: computed, and written, in float
-  return detail::divergence_rows(d, batch, detail::value_output(batch, value),
+  return detail::divergence_rows<false>(d, batch, detail::value_output(batch, value),
                                  static_cast<const detail::strided_rows<T>*>(nullptr), opt);
 }
 
@@ -74,7 +85,7 @@ logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
                                  const logits_options& opt = {}) {
   const auto go = detail::grad_output(batch, grad);
-  return detail::divergence_rows(d, batch, detail::value_output(batch, value), &go, opt);
+  return detail::divergence_rows<true>(d, batch, detail::value_output(batch, value), &go, opt);
 }
 
 }  // namespace klgrad

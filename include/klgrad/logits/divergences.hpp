@@ -145,12 +145,12 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   if (keep) {
     for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
       const T fx = kept_scale(kept, V, b, state).first;
-      T* gb = g + b0;
-      const T* pb = kept + b0;
-      write_row(gb, std::min(stream_block<T>, V - b0), [&](auto tag, Index j) {
+      T* g_block = g + b0;
+      const T* p_block = kept + b0;
+      write_row(g_block, std::min(stream_block<T>, V - b0), [&](auto tag, Index j) {
         using P = decltype(tag);
-        const P p = ei::pmul(load<P>(pb, j), splat<P>(fx));
-        return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(gb, j), splat<P>(Ut))));
+        const P p = ei::pmul(load<P>(p_block, j), splat<P>(fx));
+        return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g_block, j), splat<P>(Ut))));
       });
     }
     return {value, row_ok};
