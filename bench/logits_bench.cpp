@@ -95,9 +95,11 @@ constexpr kind kinds[] = {{klgrad::divergence::reverse_kl, "rkl", false},
                           {klgrad::divergence::jensen_shannon, "jsd", false},
                           {klgrad::divergence::jensen_shannon, "jsd_ws", true}};
 
-void kernel_once(kind k, bool gradient, Index v, Index n) {
+/// One call of divergence k over rows z and ref (float or 16-bit maps of n x v), into the
+/// float pool's value and gradient rows.
+template <class Z>
+void divergence_once(kind k, bool gradient, const Z& z, const Z& ref, Index v, Index n) {
   pool& p = data();
-  const RowsMap z(p.z.get(), n, v), ref(p.ref.get(), n, v);
   RowsMap grad(p.grad.get(), n, v);
   auto value = p.value.head(n);
   const auto batch = klgrad::logit_rows(z, ref);
@@ -110,6 +112,11 @@ void kernel_once(kind k, bool gradient, Index v, Index n) {
                           : klgrad::logits_divergence(k.d, batch, value, opt);
   benchmark::DoNotOptimize(s.loss);
   benchmark::ClobberMemory();
+}
+
+void kernel_once(kind k, bool gradient, Index v, Index n) {
+  pool& p = data();
+  divergence_once(k, gradient, RowsMap(p.z.get(), n, v), RowsMap(p.ref.get(), n, v), v, n);
 }
 void kernel(benchmark::State& state, kind k, bool gradient, Index v, Index n) {
   for (auto _ : state) kernel_once(k, gradient, v, n);
@@ -149,22 +156,10 @@ void read16_once(Index v, Index n) {
 
 template <class S>
 void kernel16_once(kind k, bool gradient, Index v, Index n) {
-  pool& p = data();
   pool16<S>& q = data16<S>();
   using Rows16 = Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const Eigen::Map<const Rows16> z(q.z.get(), n, v), ref(q.ref.get(), n, v);
-  RowsMap grad(p.grad.get(), n, v);
-  auto value = p.value.head(n);
-  const auto batch = klgrad::logit_rows(z, ref);
-  klgrad::logits_options opt;
-  if (k.workspace) {
-    opt.workspace = p.work.data();
-    opt.workspace_size = Index(p.work.size());
-  }
-  const auto s = gradient ? klgrad::logits_divergence(k.d, batch, value, grad, opt)
-                          : klgrad::logits_divergence(k.d, batch, value, opt);
-  benchmark::DoNotOptimize(s.loss);
-  benchmark::ClobberMemory();
+  using Map16 = Eigen::Map<const Rows16>;
+  divergence_once(k, gradient, Map16(q.z.get(), n, v), Map16(q.ref.get(), n, v), v, n);
 }
 
 /// 16-bit rows in quadruples: (a) the read of their bytes, (b) the exp-and-sum (the same

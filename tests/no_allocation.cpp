@@ -120,11 +120,15 @@ TEMPLATE_TEST_CASE("evaluate allocates nothing, for any spec, padded or packed",
   }
 }
 
-TEMPLATE_TEST_CASE("the full-vocabulary kernels allocate nothing", "[alloc]", float, double) {
-  using T = TestType;
-  // V = 5003: several online blocks and a packet tail.
+/// Every full-vocabulary path on logits stored as S (float, double, Eigen::bfloat16,
+/// Eigen::half), computed and written in T = compute_t<S>: no allocation. V = 5003: several
+/// online blocks and a packet tail.
+template <class S>
+void check_full_vocabulary_paths() {
+  using T = klgrad::detail::compute_t<S>;
   const Index N = 3, V = 5003, k = 20;
-  const rows<T> z = random_rows<T>(N, V, -3, 3, 5), zr = random_rows<T>(N, V, -3, 3, 6);
+  const rows<S> z = random_rows<T>(N, V, -3, 3, 5).template cast<S>(),
+                zr = random_rows<T>(N, V, -3, 3, 6).template cast<S>();
   Eigen::Array<T, Eigen::Dynamic, 1> value(N), logp(N), coef(N);
   coef << T(0.5), T(-1), T(2);
   rows<T> grad(N, V);
@@ -162,42 +166,13 @@ TEMPLATE_TEST_CASE("the full-vocabulary kernels allocate nothing", "[alloc]", fl
   CHECK(allocations_in([&] { klgrad::sampled_logits_gradient(z, ids, coef, grad, 0.7); }) == 0);
 }
 
+TEMPLATE_TEST_CASE("the full-vocabulary kernels allocate nothing", "[alloc]", float, double) {
+  check_full_vocabulary_paths<TestType>();
+}
+
 TEMPLATE_TEST_CASE("the full-vocabulary kernels on 16-bit logits allocate nothing", "[alloc][16bit]",
                    Eigen::bfloat16, Eigen::half) {
-  using S = TestType;
-  const Index N = 3, V = 5003;
-  const rows<S> z = random_rows<float>(N, V, -3, 3, 5).template cast<S>();
-  Eigen::ArrayXf logp(N), coef(N);
-  coef << 0.5f, -1.f, 2.f;
-  rows<float> grad(N, V);
-  const Eigen::Array<int, Eigen::Dynamic, 1> ids = (Eigen::Array<int, 3, 1>() << 0, 17, 5002).finished();
-  CHECK(allocations_in([&] { klgrad::selective_log_softmax(z, ids, logp, 0.7); }) == 0);
-  CHECK(allocations_in([&] { klgrad::sampled_logits_gradient(z, ids, coef, grad, 0.7); }) == 0);
-  const rows<S> zr = random_rows<float>(N, V, -3, 3, 6).template cast<S>();
-  const auto batch = klgrad::logit_rows(z, zr);
-  Eigen::ArrayXf value(N);
-  klgrad::logits_options opt;
-  opt.temperature = 0.7;
-  using klgrad::divergence;
-  for (divergence d :
-       {divergence::reverse_kl, divergence::forward_kl, divergence::jensen_shannon}) {
-    INFO(klgrad::to_string(d));
-    CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, opt); }) == 0);
-    CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, grad, opt); }) == 0);
-  }
-  std::vector<float> work(std::size_t(klgrad::jensen_shannon_workspace_size<float>(V)));
-  klgrad::logits_options with = opt;
-  with.workspace = work.data();
-  with.workspace_size = Index(work.size());
-  CHECK(allocations_in([&] {
-          klgrad::logits_divergence(divergence::jensen_shannon, batch, value, grad, with);
-        }) == 0);
-  Eigen::Array<int, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> top(N, 20);
-  for (klgrad::top_k_form f : klgrad::top_k_forms) {
-    INFO(klgrad::to_string(f));
-    CHECK(allocations_in([&] { klgrad::top_k_divergence(f, batch, top, value, opt); }) == 0);
-    CHECK(allocations_in([&] { klgrad::top_k_divergence(f, batch, top, value, grad, opt); }) == 0);
-  }
+  check_full_vocabulary_paths<TestType>();
 }
 
 TEST_CASE("the instruments see an allocation", "[alloc]") {
