@@ -6,8 +6,7 @@ set -euo pipefail
 
 packages=(build-essential cmake ninja-build clang-14 libclang-rt-14-dev libfuzzer-14-dev
   libeigen3-dev catch2 nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libbenchmark-dev gnuplot-nox locales
-  python3-numpy python3-torch python3-pytest python3-hypothesis python3-venv python3-setuptools
-  python3-skbuild pybind11-dev)
+  python3-venv python3-dev)
 
 missing=()
 for p in "${packages[@]}"; do
