@@ -1,5 +1,5 @@
-// The Python exceptions, the translation of the library's errors, and the checked views of
-// numpy arrays (binding.hpp).
+// The arrays that cross by DLPack, their checks, and the translation of errors into the
+// package's exceptions (binding.hpp).
 #include "binding.hpp"
 
 #include <string_view>
@@ -7,17 +7,167 @@
 
 namespace klgrad::python {
 
+element element_of(const array& a) {
+  using code = nb::dlpack::dtype_code;
+  const auto t = a.dtype();
+  if (t.lanes != 1) return element::other;
+  switch (code(t.code)) {
+    case code::Float:
+      return t.bits == 16 ? element::f16 : t.bits == 32 ? element::f32
+                                         : t.bits == 64 ? element::f64 : element::other;
+    case code::Bfloat: return t.bits == 16 ? element::bf16 : element::other;
+    case code::Int:
+      return t.bits == 8 ? element::i8 : t.bits == 16 ? element::i16 : t.bits == 32 ? element::i32
+                                       : t.bits == 64 ? element::i64 : element::other;
+    case code::UInt:
+      return t.bits == 8 ? element::u8 : t.bits == 16 ? element::u16 : t.bits == 32 ? element::u32
+                                       : t.bits == 64 ? element::u64 : element::other;
+    case code::Bool: return t.bits == 8 ? element::boolean : element::other;
+    default: return element::other;
+  }
+}
+
+std::string dtype_text(const array& a) {
+  using code = nb::dlpack::dtype_code;
+  const auto t = a.dtype();
+  std::string name;
+  switch (code(t.code)) {
+    case code::Float: name = "float"; break;
+    case code::Bfloat: name = "bfloat"; break;
+    case code::Int: name = "int"; break;
+    case code::UInt: name = "uint"; break;
+    case code::Complex: name = "complex"; break;
+    case code::Bool: return "bool";
+    default: name = "dtype code " + std::to_string(int(t.code)) + " of "; break;
+  }
+  name += std::to_string(int(t.bits));
+  if (t.lanes != 1) name += "x" + std::to_string(int(t.lanes));
+  return name;
+}
+
+std::string shape_text(const array& a) {
+  std::string out = "(";
+  for (std::size_t d = 0; d < a.ndim(); ++d)
+    out += (d ? ", " : "") + std::to_string(a.shape(d));
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+namespace {
+
+std::string class_name(nb::handle x) {
+  return nb::cast<std::string>(nb::handle(reinterpret_cast<PyObject*>(Py_TYPE(x.ptr())))
+                                   .attr("__name__"));
+}
+
+/// DLPack's device types by name, for a refusal.
+std::string device_text(int type, int id) {
+  const char* name = type == 2 ? "cuda" : type == 3 ? "cuda-host" : type == 4 ? "opencl"
+                   : type == 7 ? "vulkan" : type == 8 ? "metal" : type == 10 ? "rocm"
+                   : type == 14 ? "oneapi" : "non-CPU";
+  return std::string(name) + ":" + std::to_string(id) + " (DLPack device type " +
+         std::to_string(type) + ")";
+}
+
+void require_cpu(const array& a, const char* name) {
+  if (a.device_type() != nb::device::cpu::value)
+    throw argument_error{python_error::value,
+                         std::string(name) + "= is on device " +
+                             device_text(a.device_type(), a.device_id()) +
+                             "; klgrad's C++ kernel computes on the CPU (pass it with .cpu())"};
+}
+
+}  // namespace
+
+array array_argument(nb::handle x, const char* name) {
+  array a;
+  if (!nb::try_cast(x, a, false))
+    throw argument_error{python_error::type,
+                         std::string(name) + "= must be an array (a torch tensor, a numpy array "
+                                             "or any DLPack producer), got " + class_name(x)};
+  require_cpu(a, name);
+  return a;
+}
+
+writable_array output_argument(nb::handle x, const char* name) {
+  writable_array a;
+  if (!nb::try_cast(x, a, false)) {
+    array_argument(x, name);  // refuses what is no array at all, or not on the CPU
+    throw argument_error{python_error::value, std::string(name) +
+                                                  "= is read-only; klgrad writes its results "
+                                                  "into it"};
+  }
+  require_cpu(array(a), name);
+  return a;
+}
+
+namespace {
+
+/// The stride of dimension d, in elements, as klgrad can read it: non-negative.
+Index element_stride(const array& a, std::size_t d, const char* name) {
+  const std::int64_t s = a.stride(d);
+  if (s < 0)
+    throw argument_error{
+        python_error::shape,
+        std::string(name) + "= has a negative stride (" + std::to_string(s) +
+            " elements along dimension " + std::to_string(d) +
+            "); pass a contiguous array (numpy.ascontiguousarray / tensor.contiguous())"};
+  return Index(s);
+}
+
+}  // namespace
+
+Index row_stride(const array& a, const char* name, bool writable) {
+  const Index rows = Index(a.shape(0)), cols = Index(a.shape(1));
+  if (cols > 1 && element_stride(a, 1, name) != 1)
+    throw argument_error{python_error::shape,
+                         std::string(name) + "= has shape " + shape_text(a) +
+                             " with non-contiguous rows (element stride " +
+                             std::to_string(a.stride(1)) +
+                             "); klgrad reads each row in place: pass a row-contiguous array "
+                             "(numpy.ascontiguousarray / tensor.contiguous())"};
+  if (rows <= 1) return cols;
+  const Index stride = element_stride(a, 0, name);
+  if (writable && stride < cols)
+    throw argument_error{python_error::shape,
+                         std::string(name) + "= has shape " + shape_text(a) +
+                             " with overlapping rows (row stride " + std::to_string(stride) +
+                             " elements); klgrad cannot write its results into it"};
+  return stride;
+}
+
+void require_contiguous_vector(const array& a, const char* name, bool) {
+  if (a.shape(0) > 1 && element_stride(a, 0, name) != 1)
+    throw argument_error{python_error::shape,
+                         std::string(name) + "= has shape " + shape_text(a) +
+                             " but is not contiguous (element stride " +
+                             std::to_string(a.stride(0)) +
+                             "); pass a contiguous array (numpy.ascontiguousarray / "
+                             "tensor.contiguous())"};
+}
+
+void require_shape(const array& a, const char* name, const array& like, const char* like_name) {
+  bool same = a.ndim() == like.ndim();
+  for (std::size_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == like.shape(d);
+  if (!same)
+    throw argument_error{python_error::shape, std::string(name) + "= has shape " +
+                                                  shape_text(a) + " but " + like_name +
+                                                  "= has shape " + shape_text(like)};
+}
+
+namespace {
+
+/// The package's exception types (created once by bind_exceptions).
+struct exception_types {
+  PyObject* spec_error = nullptr;       ///< SpecError(ValueError)
+  PyObject* shape_error = nullptr;      ///< ShapeError(ValueError)
+  PyObject* input_error = nullptr;      ///< InputError(ValueError)
+  PyObject* nonfinite_error = nullptr;  ///< NonFiniteError(InputError, FloatingPointError)
+};
+
 exception_types& exceptions() {
   static exception_types types;
   return types;
 }
-
-void raise_python(PyObject* kind, const std::string& message) {
-  PyErr_SetString(kind, message.c_str());
-  throw py::error_already_set();
-}
-
-namespace {
 
 /// message with every `from` replaced by `to`.
 std::string replaced(std::string message, std::string_view from, std::string_view to) {
@@ -42,102 +192,75 @@ std::string python_words(std::string message) {
   return message;
 }
 
-/// The message of e in the words of the Python interface: from the fields of a structured
-/// input_error where its reason needs them, else python_words(what()).
-std::string python_message(const std::exception& e) {
-  const auto* input = dynamic_cast<const input_error*>(&e);
-  if (input && input->reason == input_reason::bad_count) {
-    const std::string name = input->argument == "counts.tokens" ? "tokens" : "sequences";
-    return detail::cat(name, "=", input->value, " is below this batch's own count, ",
-                       input->limit, ": a global count covers every shard, this one included "
-                       "(None counts the local batch)");
+/// An input_error in the words of the Python interface: from its fields where its reason
+/// needs them, else python_words(what()).
+std::string python_message(const input_error& e) {
+  if (e.reason == input_reason::bad_count) {
+    const std::string name = e.argument == "counts.tokens" ? "tokens" : "sequences";
+    return detail::cat(name, "=", e.value, " is below this batch's own count, ", e.limit,
+                       ": a global count covers every shard, this one included (None counts "
+                       "the local batch)");
   }
   return python_words(e.what());
 }
 
-}  // namespace
-
-void raise_translated(const std::exception& e) {
-  const exception_types& types = exceptions();
-  const std::string message = python_message(e);
-  if (dynamic_cast<const spec_error*>(&e)) raise_python(types.spec_error, message);
-  if (dynamic_cast<const shape_error*>(&e)) raise_python(types.shape_error, message);
-  const auto* input = dynamic_cast<const input_error*>(&e);
-  if ((input && input->reason == input_reason::nonfinite) ||
-      message.find("not finite") != std::string::npos ||
-      message.find("must be finite") != std::string::npos)
-    raise_python(types.nonfinite_error, message);
-  raise_python(types.input_error, message);
+PyObject* python_type(python_error kind) {
+  const exception_types& t = exceptions();
+  switch (kind) {
+    case python_error::type: return PyExc_TypeError;
+    case python_error::value: return PyExc_ValueError;
+    case python_error::shape: return t.shape_error;
+    case python_error::input: break;
+  }
+  return t.input_error;
 }
 
-std::string shape_text(const py::array& a) {
-  std::string out = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d)
-    out += (d ? ", " : "") + std::to_string(a.shape(d));
-  return out + (a.ndim() == 1 ? ",)" : ")");
+/// Sets the Python error for the C++ exception p, chosen by its type (and, for an
+/// input_error, its reason).
+void translate(const std::exception_ptr& p, void*) {
+  const exception_types& t = exceptions();
+  try {
+    std::rethrow_exception(p);
+  } catch (const argument_error& e) {
+    PyErr_SetString(python_type(e.kind), e.message.c_str());
+  } catch (const spec_error& e) {
+    PyErr_SetString(t.spec_error, python_words(e.what()).c_str());
+  } catch (const shape_error& e) {
+    PyErr_SetString(t.shape_error, python_words(e.what()).c_str());
+  } catch (const input_error& e) {
+    PyErr_SetString(e.reason == input_reason::nonfinite ? t.nonfinite_error : t.input_error,
+                    python_message(e).c_str());
+  } catch (const error& e) {
+    PyErr_SetString(t.input_error, python_words(e.what()).c_str());
+  }
 }
 
-std::string dtype_text(const py::array& a) { return py::str(a.dtype()); }
-
-py::array array_argument(py::handle x, const char* name) {
-  if (!py::isinstance<py::array>(x))
-    throw argument_error{PyExc_TypeError,
-                         std::string(name) + "= must be a numpy array or a torch CPU tensor, got " +
-                             std::string(py::str(py::type::handle_of(x).attr("__name__")))};
-  return py::reinterpret_borrow<py::array>(x);
-}
-
-namespace {
-
-void require_writable(const py::array& a, const char* name, bool writable) {
-  if (writable && !a.writeable())
-    throw argument_error{PyExc_ValueError, std::string(name) + "= is read-only; klgrad writes "
-                                                               "its results into it"};
-}
-
-/// The byte stride of dimension d as a whole number of elements, or a refusal.
-Index element_stride(const py::array& a, py::ssize_t d, const char* name) {
-  const py::ssize_t bytes = a.strides(d), item = a.itemsize();
-  if (bytes < 0 || bytes % item != 0)
-    throw argument_error{
-        exceptions().shape_error,
-        std::string(name) + "= has strides (in bytes) that klgrad cannot read in place (" +
-            std::to_string(bytes) + " along dimension " + std::to_string(d) +
-            "); pass a row-contiguous array (numpy.ascontiguousarray / tensor.contiguous())"};
-  return Index(bytes / item);
+PyObject* new_exception(nb::module_& m, const char* name, PyObject* bases, const char* doc) {
+  const std::string qualified = std::string("klgrad.") + name;
+  PyObject* type = PyErr_NewExceptionWithDoc(qualified.c_str(), doc, bases, nullptr);
+  if (!type) throw nb::python_error();
+  m.attr(name) = nb::handle(type);
+  return type;
 }
 
 }  // namespace
 
-Index row_stride(const py::array& a, const char* name, bool writable) {
-  require_writable(a, name, writable);
-  const Index rows = Index(a.shape(0)), cols = Index(a.shape(1));
-  if (cols > 1 && element_stride(a, 1, name) != 1)
-    throw argument_error{exceptions().shape_error,
-                         std::string(name) + "= has shape " + shape_text(a) +
-                             " with non-contiguous rows (element stride " +
-                             std::to_string(a.strides(1) / a.itemsize()) +
-                             "); klgrad reads each row in place: pass a row-contiguous array "
-                             "(numpy.ascontiguousarray / tensor.contiguous())"};
-  if (rows <= 1) return cols;
-  const Index stride = element_stride(a, 0, name);
-  if (writable && stride < cols)
-    throw argument_error{exceptions().shape_error,
-                         std::string(name) + "= has shape " + shape_text(a) +
-                             " with overlapping rows (row stride " + std::to_string(stride) +
-                             " elements); klgrad cannot write its results into it"};
-  return stride;
-}
-
-void require_contiguous_vector(const py::array& a, const char* name, bool writable) {
-  require_writable(a, name, writable);
-  if (a.shape(0) > 1 && element_stride(a, 0, name) != 1)
-    throw argument_error{exceptions().shape_error,
-                         std::string(name) + "= has shape " + shape_text(a) +
-                             " but is not contiguous (element stride " +
-                             std::to_string(a.strides(0) / a.itemsize()) +
-                             "); pass a contiguous array (numpy.ascontiguousarray / "
-                             "tensor.contiguous())"};
+void bind_exceptions(nb::module_& m) {
+  exception_types& t = exceptions();
+  t.spec_error = new_exception(m, "SpecError", PyExc_ValueError,
+                               "A spec string that does not parse; the message names the wrong "
+                               "word and lists what is allowed.");
+  t.shape_error = new_exception(m, "ShapeError", PyExc_ValueError,
+                                "Arrays whose shapes or layouts do not fit together; the message "
+                                "names the arguments and their shapes.");
+  t.input_error = new_exception(m, "InputError", PyExc_ValueError,
+                                "A value outside its domain; the message names the argument, "
+                                "the index and the value.");
+  const nb::tuple bases = nb::make_tuple(nb::handle(t.input_error),
+                                         nb::handle(PyExc_FloatingPointError));
+  t.nonfinite_error = new_exception(m, "NonFiniteError", bases.ptr(),
+                                    "A NaN or infinite input in a valid (unmasked) token or row.");
+  nb::register_exception_translator(translate);
 }
 
 }  // namespace klgrad::python

@@ -1,72 +1,59 @@
-// What the extension's source files share: the Python exception types, the one function that
-// turns a C++ error into a Python exception, and the checked views of numpy arrays.
+// What the extension's source files share: the arrays that cross by DLPack (torch tensors,
+// numpy arrays, any DLPack producer), their checks in the words of the Python interface, the
+// error that names a Python argument, and the row views the kernels read.
 #pragma once
 
 #include <klgrad/errors.hpp>
 
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 
 #include <Eigen/Core>
+#include <cstdint>
 #include <string>
 
 namespace klgrad::python {
 
-namespace py = pybind11;
+namespace nb = nanobind;
 using Eigen::Index;
 
-/// The Python exception types (created once by the module, see module.cpp).
-struct exception_types {
-  PyObject* spec_error = nullptr;       ///< SpecError(ValueError)
-  PyObject* shape_error = nullptr;      ///< ShapeError(ValueError)
-  PyObject* input_error = nullptr;      ///< InputError(ValueError)
-  PyObject* nonfinite_error = nullptr;  ///< NonFiniteError(InputError, FloatingPointError)
-};
-exception_types& exceptions();
+/// An array read in place: whatever crossed by DLPack or the buffer protocol, any dtype,
+/// device and layout until the checks below accept it.
+using array = nb::ndarray<nb::ro>;
+/// An array the binding writes into (an output the caller allocated).
+using writable_array = nb::ndarray<>;
 
-/// An error in an argument that the binding itself checks (type, dtype, ndim, strides),
-/// raised as `kind` with a message that names the Python argument.
+/// The Python exception an argument_error becomes.
+enum class python_error { type, value, shape, input };
+
+/// An argument the binding itself refuses (type, dtype, device, ndim, strides), with a
+/// message that names the Python argument.
 struct argument_error {
-  PyObject* kind;
+  python_error kind;
   std::string message;
 };
 
-[[noreturn]] void raise_python(PyObject* kind, const std::string& message);
-
-/// A C++ error of the library as the Python exception a caller of this package expects, its
-/// message in the words of the Python interface (keyword arguments, not C++ calls). The one
-/// place where library errors are translated.
-[[noreturn]] void raise_translated(const std::exception& e);
-
-/// Runs f (usually with the GIL released inside it) and raises what it throws as Python
-/// exceptions.
-template <class F>
-auto translated(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const argument_error& e) {
-    raise_python(e.kind, e.message);
-  } catch (const py::error_already_set&) {
-    throw;
-  } catch (const klgrad::error& e) {
-    raise_translated(e);
-  }
-}
-
+/// The element types the kernels read, as DLPack describes them.
+enum class element { f16, bf16, f32, f64, i8, i16, i32, i64, u8, u16, u32, u64, boolean, other };
+element element_of(const array& a);
+/// "float32", "bfloat16", "int64", "bool", ...: the dtype in numpy's and torch's words.
+std::string dtype_text(const array& a);
 /// "(2, 3)", a Python shape.
-std::string shape_text(const py::array& a);
-/// "float32", a numpy dtype name.
-std::string dtype_text(const py::array& a);
+std::string shape_text(const array& a);
 
-/// A numpy array argument, or a refusal naming it ("logp= must be a numpy array ...").
-py::array array_argument(py::handle x, const char* name);
+/// The array argument `name` read in place, on the CPU, or a refusal naming it: TypeError
+/// for what is not an array, ValueError for another device.
+array array_argument(nb::handle x, const char* name);
+/// The same for an output: also refuses a read-only array.
+writable_array output_argument(nb::handle x, const char* name);
 
 /// Rows of a 2-D array (B x T) with contiguous rows, as klgrad's row views take them: the
 /// row stride in elements. Refuses other layouts naming the argument.
-Index row_stride(const py::array& a, const char* name, bool writable);
-
-/// Checks that a 1-D array is contiguous (stride of one element), naming the argument.
-void require_contiguous_vector(const py::array& a, const char* name, bool writable);
+Index row_stride(const array& a, const char* name, bool writable = false);
+/// Checks that a 1-D array is contiguous, naming the argument.
+void require_contiguous_vector(const array& a, const char* name, bool writable = false);
+/// Checks that a has exactly `shape`'s dimensions, naming both arguments.
+void require_shape(const array& a, const char* name, const array& like, const char* like_name);
 
 template <class S>
 using rows_map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
@@ -74,19 +61,33 @@ using rows_map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic
 template <class S>
 using vector_map = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
 
+template <class S>
+const S* data_of(const array& a) {
+  return static_cast<const S*>(a.data());
+}
+template <class S>
+S* mutable_data_of(const array& a) {
+  return const_cast<S*>(static_cast<const S*>(a.data()));
+}
+
 /// A row-major view of a checked 2-D array whose scalar is S (any dtype of S's size).
 template <class S>
-rows_map<S> rows_view(const py::array& a, const char* name, bool writable = false) {
+rows_map<S> rows_view(const array& a, const char* name, bool writable = false) {
   const Index stride = row_stride(a, name, writable);
-  return rows_map<S>(static_cast<const S*>(a.data()), Index(a.shape(0)), Index(a.shape(1)),
+  return rows_map<S>(data_of<S>(a), Index(a.shape(0)), Index(a.shape(1)),
                      Eigen::OuterStride<>(stride));
 }
 
 /// A view of a checked contiguous 1-D array whose scalar is S.
 template <class S>
-vector_map<S> vector_view(const py::array& a, const char* name, bool writable = false) {
+vector_map<S> vector_view(const array& a, const char* name, bool writable = false) {
   require_contiguous_vector(a, name, writable);
-  return vector_map<S>(static_cast<const S*>(a.data()), Index(a.shape(0)));
+  return vector_map<S>(data_of<S>(a), Index(a.shape(0)));
 }
+
+/// Registers the translation of argument_error and the library's errors into the package's
+/// exceptions (SpecError, ShapeError, InputError, NonFiniteError), chosen by the C++ error's
+/// type and reason, never by its text.
+void bind_exceptions(nb::module_& m);
 
 }  // namespace klgrad::python

@@ -4,105 +4,96 @@
 
 #include <algorithm>
 #include <chrono>
-#include <vector>
 
 namespace klgrad::python {
 namespace {
 
-std::string accepted_floats(const char* name, const py::array& a) {
-  return std::string(name) + "= has dtype " + dtype_text(a) +
-         "; klgrad computes in float32 or float64 (cast bfloat16/float16 log-probs with "
-         ".float() first)";
-}
-
 /// A float array of logp's dtype and ndim, or a refusal naming both.
-void require_like_logp(const py::array& a, const char* name, const py::array& logp) {
-  if (!a.dtype().equal(logp.dtype()))
-    throw argument_error{PyExc_TypeError, std::string(name) + "= has dtype " + dtype_text(a) +
-                                              " but logp= has dtype " + dtype_text(logp) +
-                                              "; pass them in one dtype (float32 or float64)"};
+void require_like_logp(const array& a, const char* name, const array& logp) {
+  if (a.dtype() != logp.dtype())
+    throw argument_error{python_error::type, std::string(name) + "= has dtype " + dtype_text(a) +
+                                                 " but logp= has dtype " + dtype_text(logp) +
+                                                 "; pass them in one dtype (float32 or float64)"};
   if (a.ndim() != logp.ndim())
-    throw argument_error{exceptions().shape_error, std::string(name) + "= has shape " +
-                                                       shape_text(a) + " but logp= has shape " +
-                                                       shape_text(logp)};
+    throw argument_error{python_error::shape, std::string(name) + "= has shape " +
+                                                  shape_text(a) + " but logp= has shape " +
+                                                  shape_text(logp)};
 }
 
-mask_kind mask_type_of(py::array& mask, const py::array& logp) {
+mask_kind mask_type_of(const array& mask, const array& logp) {
   if (mask.ndim() != logp.ndim())
-    throw argument_error{exceptions().shape_error, "mask= has shape " + shape_text(mask) +
-                                                       " but logp= has shape " + shape_text(logp)};
-  const char kind = mask.dtype().kind();
-  const py::ssize_t size = mask.itemsize();
-  if (kind == 'b' || ((kind == 'i' || kind == 'u') && size == 1)) return mask_kind::u8;
-  if ((kind == 'i' || kind == 'u') && size == 4) return mask_kind::i32;
-  if ((kind == 'i' || kind == 'u') && size == 8) return mask_kind::i64;
-  if (kind == 'f' && size == 4) return mask_kind::f32;
-  if (kind == 'f' && size == 8) return mask_kind::f64;
-  if (kind == 'i' || kind == 'u' || kind == 'f') {  // int16, float16: read as mask != 0 (a copy)
-    mask = py::array(mask.attr("__ne__")(0));
-    return mask_kind::u8;
+    throw argument_error{python_error::shape, "mask= has shape " + shape_text(mask) +
+                                                  " but logp= has shape " + shape_text(logp)};
+  switch (element_of(mask)) {
+    case element::boolean: case element::u8: case element::i8: return mask_kind::u8;
+    case element::i32: case element::u32: return mask_kind::i32;
+    case element::i64: case element::u64: return mask_kind::i64;
+    case element::f32: return mask_kind::f32;
+    case element::f64: return mask_kind::f64;
+    default: break;
   }
-  throw argument_error{PyExc_TypeError,
+  throw argument_error{python_error::type,
                        "mask= has dtype " + dtype_text(mask) +
-                           "; a mask is bool, an integer or a float type (nonzero = valid)"};
+                           "; the kernel reads bool, 8-, 32- or 64-bit integer, float32 or "
+                           "float64 masks (nonzero = valid; klgrad.evaluate converts others)"};
 }
 
-/// offsets as contiguous int64 (B + 1 entries, copied: they are few).
-py::array offsets_of(py::handle x) {
-  py::array a = array_argument(x, "offsets");
+/// offsets: contiguous int64, 1-D (B + 1 entries; klgrad.evaluate converts other integers).
+array offsets_of(nb::handle x) {
+  array a = array_argument(x, "offsets");
   if (a.ndim() != 1)
-    throw argument_error{exceptions().shape_error,
+    throw argument_error{python_error::shape,
                          "offsets= has shape " + shape_text(a) +
                              "; offsets of a packed batch are 1-D (B + 1 entries)"};
-  const char kind = a.dtype().kind();
-  if (kind != 'i' && kind != 'u')
-    throw argument_error{PyExc_TypeError,
-                         "offsets= has dtype " + dtype_text(a) + "; offsets are integers"};
-  return py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-}
-
-/// A global count (tokens=, sequences=): None (count the local batch) or a positive int.
-Index count_of(const py::object& x, const char* name) {
-  if (x.is_none()) return -1;
-  if (!py::isinstance<py::int_>(x) || x.get_type().is(py::type::of(py::bool_())) ||
-      x.cast<long long>() < 1)
-    throw argument_error{PyExc_ValueError,
-                         std::string(name) + "= must be a positive int (the count over every "
-                                             "shard of a data-parallel batch) or None, got " +
-                             std::string(py::repr(x))};
-  return Index(x.cast<long long>());
-}
-
-/// An output array: the caller's (checked: logp's dtype and shape) or a new one.
-py::array output_of(py::handle x, const char* name, const py::array& logp) {
-  if (x.is_none()) {
-    std::vector<py::ssize_t> shape(logp.shape(), logp.shape() + logp.ndim());
-    return py::array(logp.dtype(), shape);
-  }
-  py::array a = array_argument(x, name);
-  require_like_logp(a, name, logp);
-  for (py::ssize_t d = 0; d < a.ndim(); ++d)
-    if (a.shape(d) != logp.shape(d))
-      throw argument_error{exceptions().shape_error, std::string(name) + "= has shape " +
-                                                         shape_text(a) + " but logp= has shape " +
-                                                         shape_text(logp)};
+  if (element_of(a) != element::i64)
+    throw argument_error{python_error::type, "offsets= has dtype " + dtype_text(a) +
+                                                 "; offsets are int64"};
   return a;
 }
 
-evaluate_call checked_call(const spec& s, py::handle logp, py::handle ref, py::handle behavior,
-                           py::handle mask, py::handle offsets, const py::object& tokens,
-                           const py::object& sequences, const std::string& nonfinite,
-                           py::handle value, py::handle coef) {
+/// A global count (tokens=, sequences=): None (count the local batch) or a positive int.
+Index count_of(nb::handle x, const char* name) {
+  if (x.is_none()) return -1;
+  const bool is_int = PyLong_Check(x.ptr()) && !PyBool_Check(x.ptr());
+  long long n = 0;
+  if (is_int) {
+    int overflow = 0;
+    n = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);
+    if (overflow) n = 0;
+  }
+  if (n < 1)
+    throw argument_error{python_error::value,
+                         std::string(name) + "= must be a positive int (the count over every "
+                                             "shard of a data-parallel batch) or None, got " +
+                             nb::cast<std::string>(nb::repr(x))};
+  return Index(n);
+}
+
+/// An output array: logp's dtype and shape, writable.
+array output_of(nb::handle x, const char* name, const array& logp) {
+  const array a(output_argument(x, name));
+  require_like_logp(a, name, logp);
+  require_shape(a, name, logp, "logp");
+  return a;
+}
+
+evaluate_call checked_call(const spec& s, nb::handle logp, nb::handle ref, nb::handle behavior,
+                           nb::handle mask, nb::handle offsets, nb::handle tokens,
+                           nb::handle sequences, const std::string& nonfinite, nb::handle value,
+                           nb::handle coef) {
   evaluate_call c;
   c.s = &s;
   c.logp = array_argument(logp, "logp");
-  const char kind = c.logp.dtype().kind();
-  if (kind != 'f' || (c.logp.itemsize() != 4 && c.logp.itemsize() != 8))
-    throw argument_error{PyExc_TypeError, accepted_floats("logp", c.logp)};
+  const element e = element_of(c.logp);
+  if (e != element::f32 && e != element::f64)
+    throw argument_error{python_error::type,
+                         "logp= has dtype " + dtype_text(c.logp) +
+                             "; klgrad computes in float32 or float64 (cast bfloat16/float16 "
+                             "log-probs with .float() first)"};
   const bool is_packed = !offsets.is_none();
-  if (c.logp.ndim() != (is_packed ? 1 : 2))
+  if (c.logp.ndim() != (is_packed ? 1u : 2u))
     throw argument_error{
-        exceptions().shape_error,
+        python_error::shape,
         "logp= has shape " + shape_text(c.logp) +
             (is_packed ? "; a packed batch (offsets= given) takes 1-D arrays of N tokens"
                        : "; a padded batch takes B x T arrays (pass offsets= for a packed "
@@ -123,7 +114,7 @@ evaluate_call checked_call(const spec& s, py::handle logp, py::handle ref, py::h
   c.opt.counts.tokens = count_of(tokens, "tokens");
   c.opt.counts.sequences = count_of(sequences, "sequences");
   if (nonfinite != "raise" && nonfinite != "propagate")
-    throw argument_error{PyExc_ValueError,
+    throw argument_error{python_error::value,
                          "nonfinite= must be \"raise\" or \"propagate\", got \"" + nonfinite + "\""};
   c.opt.nonfinite = nonfinite == "raise" ? nonfinite_policy::raise : nonfinite_policy::propagate;
   c.value = output_of(value, "value", c.logp);
@@ -132,53 +123,50 @@ evaluate_call checked_call(const spec& s, py::handle logp, py::handle ref, py::h
 }
 
 summary run_checked(const evaluate_call& c) {
-  const bool single = c.logp.itemsize() == 4;
+  const bool single = element_of(c.logp) == element::f32;
   return c.packed ? (single ? evaluate_packed<float>(c) : evaluate_packed<double>(c))
                   : (single ? evaluate_padded<float>(c) : evaluate_padded<double>(c));
 }
 
-/// (value, coef, loss, kl, kl_sequence, tokens, sequences, guarded, dropped)
-py::tuple evaluate_binding(const spec& s, py::handle logp, py::handle ref, py::handle behavior,
-                           py::handle mask, py::handle offsets, const py::object& tokens,
-                           const py::object& sequences, const std::string& nonfinite,
-                           py::handle value, py::handle coef) {
-  return translated([&] {
-    const evaluate_call c = checked_call(s, logp, ref, behavior, mask, offsets, tokens,
-                                         sequences, nonfinite, value, coef);
-    const summary r = run_checked(c);
-    return py::make_tuple(c.value, c.coef, r.loss, r.kl, r.kl_sequence, r.tokens, r.sequences,
-                          r.guarded, r.dropped);
-  });
+/// (loss, kl, kl_sequence, tokens, sequences, guarded, dropped); value and coef written.
+nb::tuple evaluate_binding(const spec& s, nb::handle logp, nb::handle ref, nb::handle behavior,
+                           nb::handle mask, nb::handle offsets, nb::handle tokens,
+                           nb::handle sequences, const std::string& nonfinite, nb::handle value,
+                           nb::handle coef) {
+  const evaluate_call c = checked_call(s, logp, ref, behavior, mask, offsets, tokens, sequences,
+                                       nonfinite, value, coef);
+  const summary r = run_checked(c);
+  return nb::make_tuple(r.loss, r.kl, r.kl_sequence, r.tokens, r.sequences, r.guarded,
+                        r.dropped);
 }
 
 /// The kernel's own time for a batch, for the benchmark (bench/python_bench.py): the least
 /// wall time in seconds over `repeats` calls from C++, arguments checked once.
-double kernel_seconds(const spec& s, py::handle logp, py::handle ref, py::handle mask,
-                      int repeats) {
-  return translated([&] {
-    const py::object none = py::none();
-    const evaluate_call c =
-        checked_call(s, logp, ref, none, mask, none, none, none, "raise", none, none);
-    double best = 1e300;
-    for (int i = 0; i < repeats; ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      run_checked(c);
-      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                          start).count());
-    }
-    return best;
-  });
+double kernel_seconds(const spec& s, nb::handle logp, nb::handle ref, nb::handle mask,
+                      nb::handle value, nb::handle coef, int repeats) {
+  const nb::handle none = nb::none();
+  const evaluate_call c =
+      checked_call(s, logp, ref, none, mask, none, none, none, "raise", value, coef);
+  double best = 1e300;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    run_checked(c);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                        start).count());
+  }
+  return best;
 }
 
 }  // namespace
 
-void bind_evaluate(py::module_& m) {
-  m.def("evaluate", &evaluate_binding, py::arg("spec"), py::arg("logp"), py::arg("ref"),
-        py::arg("behavior"), py::arg("mask"), py::arg("offsets"), py::arg("tokens"),
-        py::arg("sequences"), py::arg("nonfinite"), py::arg("value"), py::arg("coef"),
-        "The kernel behind klgrad.evaluate (see klgrad/__init__.py).");
-  m.def("kernel_seconds", &kernel_seconds, py::arg("spec"), py::arg("logp"), py::arg("ref"),
-        py::arg("mask"), py::arg("repeats"));
+void bind_evaluate(nb::module_& m) {
+  m.def("evaluate", &evaluate_binding, nb::arg("spec"), nb::arg("logp"), nb::arg("ref"),
+        nb::arg("behavior").none(), nb::arg("mask").none(), nb::arg("offsets").none(),
+        nb::arg("tokens").none(), nb::arg("sequences").none(), nb::arg("nonfinite"),
+        nb::arg("value"), nb::arg("coef"),
+        "The kernel behind klgrad.evaluate (see klgrad/__init__.py): writes value and coef.");
+  m.def("kernel_seconds", &kernel_seconds, nb::arg("spec"), nb::arg("logp"), nb::arg("ref"),
+        nb::arg("mask").none(), nb::arg("value"), nb::arg("coef"), nb::arg("repeats"));
 }
 
 }  // namespace klgrad::python

@@ -18,7 +18,7 @@ enum class mask_kind { none, u8, i32, i64, f32, f64 };
 /// of that dtype, offsets as contiguous int64.
 struct evaluate_call {
   const spec* s = nullptr;
-  py::array logp, ref, behavior, mask, offsets, value, coef;
+  array logp, ref, behavior, mask, offsets, value, coef;
   bool has_behavior = false;
   bool packed = false;  ///< offsets given: 1-D arrays of N tokens
   mask_kind mask_type = mask_kind::none;
@@ -36,10 +36,10 @@ summary run_batch(const evaluate_call& c, const Batch& batch, const View& behavi
                   const C& coef) {
   if (c.has_behavior) {
     const auto weighted = batch.with_behavior(behavior);
-    py::gil_scoped_release unlocked;
+    nb::gil_scoped_release unlocked;
     return evaluate(*c.s, weighted, value, coef, c.opt);
   }
-  py::gil_scoped_release unlocked;
+  nb::gil_scoped_release unlocked;
   return evaluate(*c.s, batch, value, coef, c.opt);
 }
 

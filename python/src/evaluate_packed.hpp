@@ -8,7 +8,7 @@ namespace klgrad::python {
 
 template <class S>
 struct packed_view : vector_map<S> {
-  packed_view(const py::array& a, const char* name) : vector_map<S>(vector_view<S>(a, name)) {}
+  packed_view(const array& a, const char* name) : vector_map<S>(vector_view<S>(a, name)) {}
 };
 
 template <class T>

@@ -8,7 +8,7 @@ namespace klgrad::python {
 
 template <class S>
 struct padded_view : rows_map<S> {
-  padded_view(const py::array& a, const char* name) : rows_map<S>(rows_view<S>(a, name)) {}
+  padded_view(const array& a, const char* name) : rows_map<S>(rows_view<S>(a, name)) {}
 };
 
 template <class T>

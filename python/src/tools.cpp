@@ -7,78 +7,75 @@
 #include "explain_json.hpp"
 #include "trainer_config.hpp"
 
+#include <nanobind/stl/string.h>
+
 namespace klgrad::python {
 namespace {
 
-std::string explain_text(const spec& s) {
-  return translated([&] { return cli::to_json(explain(s)).dump(); });
-}
+std::string explain_text(const spec& s) { return cli::to_json(explain(s)).dump(); }
 
 std::string audit_text(const std::string& policy, const spec& s, const std::string& sampling,
                        Index mc, std::uint64_t seed, std::uint64_t max_memory) {
-  return translated([&] {
-    if (sampling != "policy" && sampling != "behavior")
-      throw argument_error{PyExc_ValueError, "sampling= must be \"policy\" or \"behavior\", got \"" +
-                                                 sampling + "\""};
-    if (mc < 0 || mc == 1)
-      throw argument_error{PyExc_ValueError, "mc= must be None or at least 2 (Monte Carlo "
-                                             "samples; a standard error needs 2), got " +
-                                                 std::to_string(mc)};
-    try {
-      cli::audit_input::settings cfg;
-      cfg.sampling = sampling;
-      cfg.mc = mc;
-      cfg.seed = seed;
-      cfg.max_memory = max_memory;
-      cfg.memory_option = "max_memory=";
-      nlohmann::json doc;
-      cli::parse_json(policy, "policy", doc);
-      return cli::audit_input::audit(s, doc, cfg).dump();
-    } catch (const cli::usage_error& e) {
-      throw argument_error{exceptions().input_error, std::string("policy: ") + e.what()};
-    } catch (const nlohmann::json::exception& e) {
-      throw argument_error{exceptions().input_error, std::string("policy: ") + e.what()};
-    }
-  });
+  if (sampling != "policy" && sampling != "behavior")
+    throw argument_error{python_error::value,
+                         "sampling= must be \"policy\" or \"behavior\", got \"" + sampling + "\""};
+  if (mc < 0 || mc == 1)
+    throw argument_error{python_error::value, "mc= must be None or at least 2 (Monte Carlo "
+                                              "samples; a standard error needs 2), got " +
+                                                  std::to_string(mc)};
+  try {
+    cli::audit_input::settings cfg;
+    cfg.sampling = sampling;
+    cfg.mc = mc;
+    cfg.seed = seed;
+    cfg.max_memory = max_memory;
+    cfg.memory_option = "max_memory=";
+    nlohmann::json doc;
+    cli::parse_json(policy, "policy", doc);
+    return cli::audit_input::audit(s, doc, cfg).dump();
+  } catch (const cli::usage_error& e) {
+    throw argument_error{python_error::input, std::string("policy: ") + e.what()};
+  } catch (const nlohmann::json::exception& e) {
+    throw argument_error{python_error::input, std::string("policy: ") + e.what()};
+  }
 }
 
 /// klgrad.from_trainer_config: `form` says what `text` holds: "mapping" (the JSON of a
 /// nested dict), "argv" (the JSON of a list of words) or "command_line" (a str).
 std::string trainer_config_text(const std::string& name, const std::string& form,
                                 const std::string& text) {
-  return translated([&] {
-    try {
-      const cli::trainer_info& info = cli::find_trainer(name);
-      std::vector<std::string> notes;
-      cli::config_map keys;
-      if (form == "mapping") {
-        if (info.command_line)
-          throw cli::trainer_error(name + " is configured by a command line: pass mapping= as "
-                                          "a list of its words or a str");
-        cli::flatten(nlohmann::json::parse(text), "", keys);
-      } else {
-        if (!info.command_line)
-          throw cli::trainer_error(name + " is configured by a mapping: pass mapping= as a dict "
-                                          "(its YAML or JSON as loaded)");
-        const auto words = form == "argv" ? nlohmann::json::parse(text).get<std::vector<std::string>>()
-                                          : cli::split_command_line(text);
-        keys = cli::read_command_line(words, notes);
-      }
-      return cli::to_json(cli::read_trainer_config(name, keys, {}, notes)).dump();
-    } catch (const cli::trainer_error& e) {
-      throw argument_error{PyExc_ValueError, std::string("from_trainer_config: ") + e.what()};
+  try {
+    const cli::trainer_info& info = cli::find_trainer(name);
+    std::vector<std::string> notes;
+    cli::config_map keys;
+    if (form == "mapping") {
+      if (info.command_line)
+        throw cli::trainer_error(name + " is configured by a command line: pass mapping= as "
+                                        "a list of its words or a str");
+      cli::flatten(nlohmann::json::parse(text), "", keys);
+    } else {
+      if (!info.command_line)
+        throw cli::trainer_error(name + " is configured by a mapping: pass mapping= as a dict "
+                                        "(its YAML or JSON as loaded)");
+      const auto words = form == "argv"
+                             ? nlohmann::json::parse(text).get<std::vector<std::string>>()
+                             : cli::split_command_line(text);
+      keys = cli::read_command_line(words, notes);
     }
-  });
+    return cli::to_json(cli::read_trainer_config(name, keys, {}, notes)).dump();
+  } catch (const cli::trainer_error& e) {
+    throw argument_error{python_error::value, std::string("from_trainer_config: ") + e.what()};
+  }
 }
 
 }  // namespace
 
-void bind_tools(py::module_& m) {
-  m.def("explain", &explain_text, py::arg("spec"));
-  m.def("from_trainer_config", &trainer_config_text, py::arg("name"), py::arg("form"),
-        py::arg("text"));
-  m.def("audit", &audit_text, py::arg("policy"), py::arg("spec"), py::arg("sampling"),
-        py::arg("mc"), py::arg("seed"), py::arg("max_memory"));
+void bind_tools(nb::module_& m) {
+  m.def("explain", &explain_text, nb::arg("spec"));
+  m.def("from_trainer_config", &trainer_config_text, nb::arg("name"), nb::arg("form"),
+        nb::arg("text"));
+  m.def("audit", &audit_text, nb::arg("policy"), nb::arg("spec"), nb::arg("sampling"),
+        nb::arg("mc"), nb::arg("seed"), nb::arg("max_memory"));
 }
 
 }  // namespace klgrad::python
