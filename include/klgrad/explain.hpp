@@ -2,12 +2,12 @@
 // sequences, on-policy and from a behaviour policy, derived from the theory (SPEC 3-5).
 #pragma once
 
-#include "estimators.hpp"
-#include "importance.hpp"
-#include "level.hpp"
-#include "placement.hpp"
-#include "score_function.hpp"
-#include "spec.hpp"
+#include "core/adapter.hpp"
+#include "core/estimators.hpp"
+#include "core/importance.hpp"
+#include "core/level.hpp"
+#include "core/terms.hpp"
+#include "spec/spec.hpp"
 
 #include <algorithm>
 #include <array>

@@ -2,15 +2,16 @@
 // (reverse KL, forward KL, generalised Jensen-Shannon) and their exact gradients with
 // respect to the policy logits, streamed one row at a time: the public entry points. The
 // settings are in logits/options.hpp, the row driver in logits/driver.hpp, the row kernels
-// in logits/divergences.hpp, the top-k forms in logits/top_k.hpp (included at the end), and
-// the batch of logit rows in batch.hpp.
+// in logits/divergences.hpp, the top-k forms in logits/top_k.hpp, and
+// the batch of logit rows in views/batch.hpp.
 #pragma once
 
-#include "batch.hpp"
-#include "errors.hpp"
 #include "logits/divergences.hpp"
 #include "logits/driver.hpp"
 #include "logits/options.hpp"
+#include "logits/top_k.hpp"
+#include "support/errors.hpp"
+#include "views/batch.hpp"
 
 #include <Eigen/Core>
 
@@ -89,5 +90,3 @@ logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
 }
 
 }  // namespace klgrad
-
-#include "logits/top_k.hpp"

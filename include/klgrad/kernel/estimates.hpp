@@ -2,7 +2,7 @@
 // spec's clamp, and the weights, in the chunk's buffers for the level passes.
 #pragma once
 
-#include "../clamp.hpp"
+#include "../core/clamp.hpp"
 #include "chunk.hpp"
 #include "weights.hpp"
 

@@ -2,9 +2,9 @@
 // writes the sequence's values and coefficients and returns its summed value.
 #pragma once
 
-#include "../level.hpp"
 #include "coefficient.hpp"
 #include "estimates.hpp"
+#include "sum_to_go.hpp"
 
 #include <algorithm>
 #include <limits>

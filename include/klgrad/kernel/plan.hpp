@@ -2,11 +2,11 @@
 // kernel's passes read the plan, never the spec.
 #pragma once
 
-#include "../clamp.hpp"
-#include "../errors.hpp"
-#include "../estimators.hpp"
-#include "../evaluate_options.hpp"
-#include "../spec.hpp"
+#include "../core/clamp.hpp"
+#include "../core/estimators.hpp"
+#include "../spec/spec.hpp"
+#include "../support/errors.hpp"
+#include "evaluate_options.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -3,7 +3,7 @@
 // arguments.
 #pragma once
 
-#include "../batch.hpp"
+#include "../views/batch.hpp"
 #include "passes.hpp"
 #include "plan.hpp"
 

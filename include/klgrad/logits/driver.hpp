@@ -3,11 +3,11 @@
 // aggregates their values into the loss and raises for the first bad row.
 #pragma once
 
-#include "../aggregation.hpp"
-#include "../batch.hpp"
-#include "../errors.hpp"
-#include "../streaming.hpp"
+#include "../core/aggregation.hpp"
+#include "../support/errors.hpp"
+#include "../views/batch.hpp"
 #include "options.hpp"
+#include "streaming.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>

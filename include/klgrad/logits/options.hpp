@@ -2,9 +2,9 @@
 // the size of the Jensen-Shannon workspace a caller may lend it.
 #pragma once
 
-#include "../aggregation.hpp"
-#include "../batch.hpp"
-#include "../streaming.hpp"
+#include "../core/aggregation.hpp"
+#include "../views/batch.hpp"
+#include "streaming.hpp"
 
 #include <string_view>
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
@@ -43,7 +43,7 @@ struct logits_options {
   bool log_probs = false;
   klgrad::aggregation aggregation = aggregation::token_mean;
   /// L of the -norm modes, the epsilons added to the counts, the scale: as the spec keys
-  /// agg-norm, agg-eps, agg-seq-eps and agg-scale (aggregation.hpp).
+  /// agg-norm, agg-eps, agg-seq-eps and agg-scale (core/aggregation.hpp).
   klgrad::aggregation_constants aggregation_constants;
   double beta = 1.0;
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)

@@ -3,8 +3,8 @@
 // a tail bin (k + 1 bins), each with its exact gradient with respect to the policy logits.
 #pragma once
 
-#include "../streaming.hpp"
 #include "driver.hpp"
+#include "streaming.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>

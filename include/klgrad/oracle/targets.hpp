@@ -6,7 +6,7 @@
 #include "categorical.hpp"
 #include "tabular.hpp"
 
-#include <klgrad/errors.hpp>
+#include <klgrad/support/errors.hpp>
 
 #include <algorithm>
 #include <limits>

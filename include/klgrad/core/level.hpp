@@ -1,0 +1,27 @@
+// The level of a coefficient: the token alone, the reward-to-go of the tokens after it, or
+// the whole sequence (the enum and its names; the discounted sum is kernel/sum_to_go.hpp).
+#pragma once
+
+#include <string_view>
+
+namespace klgrad {
+
+/// token:    c_t from token t alone (the per-state, "part 1" gradient);
+/// to_go:    in-reward penalties summed as a reward-to-go, R_t = sum_{t'>=t} gamma^(t'-t) k_t';
+/// sequence: in-reward penalties summed over the sequence and broadcast to every token;
+///           an as-loss term is applied to the sequence log-ratio S = sum_t s_t.
+/// gamma discounts by valid (unmasked) tokens.
+enum class level { token, to_go, sequence };
+
+inline constexpr level all_levels[] = {level::token, level::to_go, level::sequence};
+
+inline constexpr std::string_view to_string(level l) {
+  switch (l) {
+    case level::token: return "token";
+    case level::to_go: return "to-go";
+    case level::sequence: return "sequence";
+  }
+  return "?";
+}
+
+}  // namespace klgrad
