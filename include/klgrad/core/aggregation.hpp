@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../support/errors.hpp"
+#include "../support/names.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -25,21 +26,19 @@ enum class aggregation {
   token_sum_norm            ///< 1 / L, L a fixed constant (ROLL's seq-mean-token-sum-norm)
 };
 
-inline constexpr aggregation all_aggregations[] = {
-    aggregation::token_mean,          aggregation::token_sum,
-    aggregation::token_sum_norm,      aggregation::seq_mean_token_sum,
-    aggregation::seq_mean_token_mean, aggregation::seq_mean_token_sum_norm};
+/// Each aggregation's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<aggregation> aggregation_names[] = {
+    {aggregation::token_mean, "token-mean"},
+    {aggregation::token_sum, "token-sum"},
+    {aggregation::token_sum_norm, "token-sum-norm"},
+    {aggregation::seq_mean_token_sum, "seq-mean-token-sum"},
+    {aggregation::seq_mean_token_mean, "seq-mean-token-mean"},
+    {aggregation::seq_mean_token_sum_norm, "seq-mean-token-sum-norm"}};
 
-inline constexpr std::string_view to_string(aggregation a) {
-  switch (a) {
-    case aggregation::token_mean: return "token-mean";
-    case aggregation::token_sum: return "token-sum";
-    case aggregation::seq_mean_token_sum: return "seq-mean-token-sum";
-    case aggregation::seq_mean_token_mean: return "seq-mean-token-mean";
-    case aggregation::seq_mean_token_sum_norm: return "seq-mean-token-sum-norm";
-    case aggregation::token_sum_norm: return "token-sum-norm";
-  }
-  return "?";
+inline constexpr auto all_aggregations = detail::values_in(aggregation_names);
+
+inline constexpr std::string_view to_string(aggregation x) {
+  return detail::name_in(aggregation_names, x);
 }
 
 /// Whether the mode divides by the fixed length L (spec key agg-norm).

@@ -2,6 +2,8 @@
 // as scalar reference functions and as Eigen array expressions.
 #pragma once
 
+#include "../support/names.hpp"
+
 #include <Eigen/Core>
 #include <cmath>
 #include <limits>
@@ -13,17 +15,17 @@ namespace klgrad {
 /// Runtime name of an estimator (the spec grammar's EST).
 enum class estimator { k1, k2, k3, abs };
 
-inline constexpr estimator all_estimators[] = {estimator::k1, estimator::k2, estimator::k3,
-                                               estimator::abs};
+/// Each estimator's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<estimator> estimator_names[] = {
+    {estimator::k1, "k1"},
+    {estimator::k2, "k2"},
+    {estimator::k3, "k3"},
+    {estimator::abs, "abs"}};
 
-inline constexpr std::string_view to_string(estimator e) {
-  switch (e) {
-    case estimator::k1: return "k1";
-    case estimator::k2: return "k2";
-    case estimator::k3: return "k3";
-    case estimator::abs: return "abs";
-  }
-  return "?";
+inline constexpr auto all_estimators = detail::values_in(estimator_names);
+
+inline constexpr std::string_view to_string(estimator x) {
+  return detail::name_in(estimator_names, x);
 }
 
 /// T for a floating-point T, no overload otherwise: an estimator's scalar value(T) and

@@ -3,6 +3,8 @@
 // masking. The kernel computes them in kernel/weights.hpp, in log space.
 #pragma once
 
+#include "../support/names.hpp"
+
 #include <limits>
 #include <string_view>
 
@@ -15,16 +17,16 @@ namespace klgrad {
 /// where R is the in-reward penalty and A the as-loss term.
 enum class weighting { none, detached, differentiable };
 
-inline constexpr weighting all_weightings[] = {weighting::none, weighting::detached,
-                                               weighting::differentiable};
+/// Each weighting's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<weighting> weighting_names[] = {
+    {weighting::none, "none"},
+    {weighting::detached, "detached"},
+    {weighting::differentiable, "differentiable"}};
 
-inline constexpr std::string_view to_string(weighting w) {
-  switch (w) {
-    case weighting::none: return "none";
-    case weighting::detached: return "detached";
-    case weighting::differentiable: return "differentiable";
-  }
-  return "?";
+inline constexpr auto all_weightings = detail::values_in(weighting_names);
+
+inline constexpr std::string_view to_string(weighting x) {
+  return detail::name_in(weighting_names, x);
 }
 
 /// Which product of token ratios w_t = exp(lp_t - lb_t) weighs token t (spec key is-level).
@@ -50,18 +52,17 @@ inline constexpr std::string_view to_string(weighting w) {
 /// sequences are heavy-tailed; clip them (docs/importance.md).
 enum class weight_level { token, prefix, per_decision, sequence_mean };
 
-inline constexpr weight_level all_weight_levels[] = {weight_level::token, weight_level::prefix,
-                                                     weight_level::per_decision,
-                                                     weight_level::sequence_mean};
+/// Each weight level's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<weight_level> weight_level_names[] = {
+    {weight_level::token, "token"},
+    {weight_level::prefix, "prefix"},
+    {weight_level::per_decision, "per-decision"},
+    {weight_level::sequence_mean, "sequence-mean"}};
 
-inline constexpr std::string_view to_string(weight_level l) {
-  switch (l) {
-    case weight_level::token: return "token";
-    case weight_level::prefix: return "prefix";
-    case weight_level::per_decision: return "per-decision";
-    case weight_level::sequence_mean: return "sequence-mean";
-  }
-  return "?";
+inline constexpr auto all_weight_levels = detail::values_in(weight_level_names);
+
+inline constexpr std::string_view to_string(weight_level x) {
+  return detail::name_in(weight_level_names, x);
 }
 
 /// The importance-weighting settings of a spec.

@@ -2,6 +2,8 @@
 // the whole sequence (the enum and its names; the discounted sum is kernel/sum_to_go.hpp).
 #pragma once
 
+#include "../support/names.hpp"
+
 #include <string_view>
 
 namespace klgrad {
@@ -13,15 +15,16 @@ namespace klgrad {
 /// gamma discounts by valid (unmasked) tokens.
 enum class level { token, to_go, sequence };
 
-inline constexpr level all_levels[] = {level::token, level::to_go, level::sequence};
+/// Each level's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<level> level_names[] = {
+    {level::token, "token"},
+    {level::to_go, "to-go"},
+    {level::sequence, "sequence"}};
 
-inline constexpr std::string_view to_string(level l) {
-  switch (l) {
-    case level::token: return "token";
-    case level::to_go: return "to-go";
-    case level::sequence: return "sequence";
-  }
-  return "?";
+inline constexpr auto all_levels = detail::values_in(level_names);
+
+inline constexpr std::string_view to_string(level x) {
+  return detail::name_in(level_names, x);
 }
 
 }  // namespace klgrad

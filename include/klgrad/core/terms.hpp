@@ -2,6 +2,7 @@
 // estimators give its value and its gradient.
 #pragma once
 
+#include "../support/names.hpp"
 #include "estimators.hpp"
 
 #include <string_view>
@@ -13,16 +14,16 @@ namespace klgrad {
 /// both: sg(k) * lp + k, coefficient k + k'.
 enum class placement { in_reward, as_loss, both };
 
-inline constexpr placement all_placements[] = {placement::in_reward, placement::as_loss,
-                                               placement::both};
+/// Each placement's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<placement> placement_names[] = {
+    {placement::in_reward, "in-reward"},
+    {placement::as_loss, "as-loss"},
+    {placement::both, "both"}};
 
-inline constexpr std::string_view to_string(placement p) {
-  switch (p) {
-    case placement::in_reward: return "in-reward";
-    case placement::as_loss: return "as-loss";
-    case placement::both: return "both";
-  }
-  return "?";
+inline constexpr auto all_placements = detail::values_in(placement_names);
+
+inline constexpr std::string_view to_string(placement x) {
+  return detail::name_in(placement_names, x);
 }
 
 inline constexpr bool has_reward_part(placement p) { return p != placement::as_loss; }

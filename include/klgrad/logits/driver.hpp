@@ -190,6 +190,20 @@ T* value_output(const logit_batch<S, M>& b, const Eigen::DenseBase<D>& value) {
   return const_cast<T*>(flat_of(value, "value", b.rows(), b.z.rows, b.z.cols));
 }
 
+/// The gradient argument of a call that writes values alone: the kernels then get a gradient
+/// row pointer that is nullptr at compile time (a value-only row function).
+struct values_only {};
+
+/// The gradient rows a kernel writes: none for values_only, else the caller's rows.
+template <class T>
+constexpr const strided_rows<T>* gradient_rows(values_only) {
+  return nullptr;
+}
+template <class T>
+const strided_rows<T>* gradient_rows(const strided_rows<T>& go) {
+  return &go;
+}
+
 template <class S, class M, class D, class T = compute_t<S>>
 strided_rows<T> grad_output(const logit_batch<S, M>& b, const Eigen::DenseBase<D>& grad) {
   static_assert(std::is_same_v<typename D::Scalar, T>,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../core/aggregation.hpp"
+#include "../support/names.hpp"
 #include "../views/batch.hpp"
 #include "streaming.hpp"
 
@@ -21,13 +22,16 @@ enum class divergence {
                   ///< M = lambda ref + (1 - lambda) pi
 };
 
-inline constexpr std::string_view to_string(divergence d) {
-  switch (d) {
-    case divergence::reverse_kl: return "reverse-kl";
-    case divergence::forward_kl: return "forward-kl";
-    case divergence::jensen_shannon: return "jensen-shannon";
-  }
-  return "?";
+/// Each divergence's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<divergence> divergence_names[] = {
+    {divergence::reverse_kl, "reverse-kl"},
+    {divergence::forward_kl, "forward-kl"},
+    {divergence::jensen_shannon, "jensen-shannon"}};
+
+inline constexpr auto all_divergences = detail::values_in(divergence_names);
+
+inline constexpr std::string_view to_string(divergence x) {
+  return detail::name_in(divergence_names, x);
 }
 
 /// Settings of a full-vocabulary call.

@@ -103,6 +103,35 @@ T* writable_flat(const Eigen::DenseBase<D>& x, const char* name, Index n, Index 
   return const_cast<T*>(flat_of(x, name, n, rows, cols));
 }
 
+/// The public selective_log_softmax with a mask or no_mask: both overloads' checks, once.
+template <class Z, class D, class L, class Mask>
+void selective_log_softmax_call(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
+                                const Eigen::DenseBase<L>& logp, const Mask& mask,
+                                double temperature) {
+  using T = compute_t<std::remove_const_t<typename Z::Scalar>>;
+  const auto v = sampled_view(z, ids, mask, temperature);
+  T* out = writable_flat<T>(logp, "logp", v.z.rows, v.z.rows, v.z.cols);
+  selective_log_softmax(v, out, T(1.0 / temperature));
+}
+
+/// The public sampled_logits_gradient with a mask or no_mask: both overloads' checks, once.
+template <class Z, class D, class C, class G, class Mask>
+void sampled_logits_gradient_call(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
+                                  const Eigen::DenseBase<C>& coef, const Eigen::DenseBase<G>& grad,
+                                  const Mask& mask, double temperature) {
+  using T = compute_t<std::remove_const_t<typename Z::Scalar>>;
+  const auto v = sampled_view(z, ids, mask, temperature);
+  static_assert(std::is_same_v<std::remove_const_t<typename C::Scalar>, T>,
+                "klgrad: coef must have the logits' scalar type (float for 16-bit logits)");
+  const T* c = flat_of(coef, "coef", v.z.rows, v.z.rows, v.z.cols);
+  const auto gv = rows_of(grad, "grad");
+  require_same_shape(v.z, "z", gv, "grad");
+  static_assert(std::is_same_v<std::remove_const_t<typename G::Scalar>, T>,
+                "klgrad: grad must have the logits' scalar type (float for 16-bit logits)");
+  sampled_gradient(v, c, strided_rows<T>{const_cast<T*>(gv.data), gv.rows, gv.cols, gv.stride},
+                   T(1.0 / temperature));
+}
+
 }  // namespace detail
 
 /// Selective log-softmax: logp_r = log softmax(z_r / tau)[ids_r] = z_{r,y} / tau - LSE(z_r / tau)
@@ -115,11 +144,7 @@ T* writable_flat(const Eigen::DenseBase<D>& x, const char* name, Index n, Index 
 template <class Z, class D, class L>
 void selective_log_softmax(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                            const Eigen::DenseBase<L>& logp, double temperature = 1.0) {
-  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
-  const auto v = detail::sampled_view<T>(z, ids, static_cast<const Eigen::DenseBase<L>*>(nullptr),
-                                         temperature);
-  T* out = detail::writable_flat<T>(logp, "logp", v.z.rows, v.z.rows, v.z.cols);
-  detail::selective_log_softmax(v, out, T(1.0 / temperature));
+  detail::selective_log_softmax_call(z, ids, logp, detail::no_mask{}, temperature);
 }
 
 /// The same with a mask of N entries (B x T for a padded batch; nonzero = valid): masked
@@ -128,12 +153,7 @@ template <class Z, class D, class L, class K>
 void selective_log_softmax(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                            const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<K>& mask,
                            double temperature = 1.0) {
-  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
-  using M = std::remove_const_t<typename K::Scalar>;
-  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
-  const auto v = detail::sampled_view<M>(z, ids, &mask, temperature);
-  T* out = detail::writable_flat<T>(logp, "logp", v.z.rows, v.z.rows, v.z.cols);
-  detail::selective_log_softmax(v, out, T(1.0 / temperature));
+  detail::selective_log_softmax_call(z, ids, logp, mask, temperature);
 }
 
 /// Back-propagates per-token coefficients c_r = d(loss)/d(log pi(y_r)) (klgrad's coef, or any
@@ -146,18 +166,7 @@ template <class Z, class D, class C, class G>
 void sampled_logits_gradient(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                              const Eigen::DenseBase<C>& coef, const Eigen::DenseBase<G>& grad,
                              double temperature = 1.0) {
-  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
-  const auto v = detail::sampled_view<T>(z, ids, static_cast<const Eigen::DenseBase<C>*>(nullptr),
-                                         temperature);
-  static_assert(std::is_same_v<std::remove_const_t<typename C::Scalar>, T>,
-                "klgrad: coef must have the logits' scalar type (float for 16-bit logits)");
-  const T* c = detail::flat_of(coef, "coef", v.z.rows, v.z.rows, v.z.cols);
-  const auto gv = detail::rows_of(grad, "grad");
-  detail::require_same_shape(v.z, "z", gv, "grad");
-  static_assert(std::is_same_v<std::remove_const_t<typename G::Scalar>, T>,
-                "klgrad: grad must have the logits' scalar type (float for 16-bit logits)");
-  detail::sampled_gradient(v, c, detail::strided_rows<T>{const_cast<T*>(gv.data), gv.rows, gv.cols, gv.stride},
-                           T(1.0 / temperature));
+  detail::sampled_logits_gradient_call(z, ids, coef, grad, detail::no_mask{}, temperature);
 }
 
 /// The same with a mask of N entries: masked rows are never read (coef and z included) and
@@ -166,19 +175,7 @@ template <class Z, class D, class C, class G, class K>
 void sampled_logits_gradient(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
                              const Eigen::DenseBase<C>& coef, const Eigen::DenseBase<G>& grad,
                              const Eigen::DenseBase<K>& mask, double temperature = 1.0) {
-  using T = detail::compute_t<std::remove_const_t<typename Z::Scalar>>;
-  using M = std::remove_const_t<typename K::Scalar>;
-  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
-  const auto v = detail::sampled_view<M>(z, ids, &mask, temperature);
-  static_assert(std::is_same_v<std::remove_const_t<typename C::Scalar>, T>,
-                "klgrad: coef must have the logits' scalar type (float for 16-bit logits)");
-  const T* c = detail::flat_of(coef, "coef", v.z.rows, v.z.rows, v.z.cols);
-  const auto gv = detail::rows_of(grad, "grad");
-  detail::require_same_shape(v.z, "z", gv, "grad");
-  static_assert(std::is_same_v<std::remove_const_t<typename G::Scalar>, T>,
-                "klgrad: grad must have the logits' scalar type (float for 16-bit logits)");
-  detail::sampled_gradient(v, c, detail::strided_rows<T>{const_cast<T*>(gv.data), gv.rows, gv.cols, gv.stride},
-                           T(1.0 / temperature));
+  detail::sampled_logits_gradient_call(z, ids, coef, grad, mask, temperature);
 }
 
 }  // namespace klgrad

@@ -7,6 +7,7 @@
 #include "../core/clamp.hpp"
 #include "../core/importance.hpp"
 #include "../core/terms.hpp"
+#include "../support/names.hpp"
 
 #include <string>
 #include <string_view>
@@ -17,23 +18,23 @@ namespace klgrad {
 /// The trainer whose conventions a spec takes (spec key preset=).
 enum class preset { none, verl, openrlhf, nemo_rl, trl, slime, open_instruct, roll, easyr1 };
 
-inline constexpr preset all_presets[] = {preset::verl,  preset::openrlhf,      preset::nemo_rl,
-                                         preset::trl,   preset::slime,         preset::open_instruct,
-                                         preset::roll,  preset::easyr1};
+/// Each preset's name: the one table to_string, the spec's parser and the bindings read
+/// (all_presets: every row but none, which names no trainer).
+inline constexpr enum_name<preset> preset_names[] = {
+    {preset::none, "none"},
+    {preset::verl, "verl"},
+    {preset::openrlhf, "openrlhf"},
+    {preset::nemo_rl, "nemo-rl"},
+    {preset::trl, "trl"},
+    {preset::slime, "slime"},
+    {preset::open_instruct, "open-instruct"},
+    {preset::roll, "roll"},
+    {preset::easyr1, "easyr1"}};
 
-inline constexpr std::string_view to_string(preset p) {
-  switch (p) {
-    case preset::none: return "none";
-    case preset::verl: return "verl";
-    case preset::openrlhf: return "openrlhf";
-    case preset::nemo_rl: return "nemo-rl";
-    case preset::trl: return "trl";
-    case preset::slime: return "slime";
-    case preset::open_instruct: return "open-instruct";
-    case preset::roll: return "roll";
-    case preset::easyr1: return "easyr1";
-  }
-  return "?";
+inline constexpr auto all_presets = detail::values_in<1>(preset_names);
+
+inline constexpr std::string_view to_string(preset x) {
+  return detail::name_in(preset_names, x);
 }
 
 /// What a preset sets for a term; every field can be overridden by an explicit spec key.
@@ -53,36 +54,6 @@ struct preset_capabilities {
   std::string_view names;        ///< the trainer's own estimator names
 };
 
-inline preset_capabilities capabilities(preset p) {
-  const unsigned k1 = estimator_bit(estimator::k1), k2 = estimator_bit(estimator::k2),
-                 k3 = estimator_bit(estimator::k3), ab = estimator_bit(estimator::abs);
-  switch (p) {
-    case preset::none: break;
-    case preset::verl:
-      return {k1 | k2 | k3 | ab, true, true, true, true, k1 | k2 | k3 | ab,
-              "kl/k1, abs, mse/k2, low_var_kl/k3, and NAME+ (value of NAME, k2 gradient)"};
-    case preset::openrlhf:
-      return {k1 | k2 | k3, true, true, false, false, k1 | k2 | k3, "k1, k2, k3"};
-    case preset::nemo_rl:
-      return {k1 | k2 | k3, true, true, false, false, k1 | k2 | k3, "k1, k2, k3"};
-    case preset::trl:
-      return {k3, false, true, false, false, k3, "k3 only (per_token_kl), as a loss only"};
-    case preset::slime:
-      return {k1 | k2 | k3, true, true, false, false, k1 | k2 | k3,
-              "k1, k2, k3, low_var_kl (k3 with clamp=value:-10:10/after-weight)"};
-    case preset::open_instruct:
-      return {k1 | k2 | k3, false, true, false, false, k1 | k2 | k3,
-              "kl_estimator 0 (k1), 1 (k2), 2 (k3), 3 (k1 with is=differentiable), as a loss only"};
-    case preset::roll:
-      return {k1 | k2 | k3 | ab, true, true, true, false, k3,
-              "kl, abs, mse, k3 in the reward; the KL loss is hard-coded k3"};
-    case preset::easyr1:
-      return {k1 | k2 | k3 | ab, true, true, false, false, k1 | k2 | k3 | ab,
-              "kl, abs, mse, low_var_kl"};
-  }
-  return {0xFu, true, true, true, true, 0xFu, ""};
-}
-
 /// One of a trainer's own estimator names, as the spec's term accepts it under preset=P
 /// ("low_var_kl-as-loss,preset=verl"): the klgrad estimators it stands for and the spec keys
 /// it adds (as a loss, in the reward), which explicit keys override.
@@ -92,27 +63,114 @@ struct estimator_alias {
   std::string_view loss_keys = "", reward_keys = "";
 };
 
+/// The epsilons a trainer's own aggregation adds to its denominators in a mode (0 where it
+/// adds none, and in modes the trainer does not have): the spec keys agg-eps and
+/// agg-seq-eps that preset=P gives unless they are written out.
+struct preset_denominators {
+  double eps = 0.0;      ///< added to N_tokens or B
+  double seq_eps = 0.0;  ///< added to n_b
+};
+
+namespace detail {
+
+/// A mode whose denominators a trainer's aggregation pads (denominators()).
+struct padded_mode {
+  bool pads = false;
+  aggregation mode = aggregation::token_mean;
+  double eps = 0.0, seq_eps = 0.0;
+};
+
+/// Everything a preset stands for, as one row of data: what the trainer can express and how
+/// it names its estimators (capabilities, estimator_aliases), the clamp, weight and
+/// aggregation it gives a term (conventions) and the epsilons of its denominators
+/// (denominators). The functions below only read the rows; docs/presets.md has the source
+/// reading behind every entry.
+struct preset_row {
+  preset which;
+  preset_capabilities can;
+  double log_bound = clamp_policy::inf;    ///< log-ratio clamp [-b, b] (inf: none)
+  double value_bound = clamp_policy::inf;  ///< value clamp [-b, b] (inf: none)
+  unsigned clamped = clamp_policy::all_estimators_mask;  ///< estimators the clamp acts on
+  aggregation agg = aggregation::token_mean;
+  /// NeMo-RL: an as-loss term gets the weight exp(lp - lb) with gradient, and its clamp acts
+  /// after the weight and detaches it where the log-ratio bound is active.
+  bool weighted_loss = false;
+  padded_mode padded[2] = {};
+  estimator_alias aliases[4] = {};  ///< the trainer's own names; an empty name ends the list
+};
+
+inline constexpr unsigned k3_bit = estimator_bit(estimator::k3),
+                          k1_to_k3 = estimator_bit(estimator::k1) | estimator_bit(estimator::k2) |
+                                     k3_bit,
+                          every_estimator = k1_to_k3 | estimator_bit(estimator::abs);
+inline constexpr double no_bound = clamp_policy::inf, denominator_eps = 1e-8;
+
+inline constexpr preset_row preset_rows[] = {
+    {preset::none, {every_estimator, true, true, true, true, every_estimator, ""}},
+    {preset::verl,
+     {every_estimator, true, true, true, true, every_estimator,
+      "kl/k1, abs, mse/k2, low_var_kl/k3, and NAME+ (value of NAME, k2 gradient)"},
+     20, 10, k3_bit, aggregation::token_mean, false,
+     {{true, aggregation::seq_mean_token_mean, 0.0, denominator_eps}},
+     {{"kl", estimator::k1, estimator::k1}, {"mse", estimator::k2, estimator::k2},
+      {"low_var_kl", estimator::k3, estimator::k3}}},
+    {preset::openrlhf,
+     {k1_to_k3, true, true, false, false, k1_to_k3, "k1, k2, k3"},
+     no_bound, 10, every_estimator, aggregation::token_mean, false,
+     {{true, aggregation::seq_mean_token_mean, 0.0, denominator_eps}}},
+    {preset::nemo_rl,
+     {k1_to_k3, true, true, false, false, k1_to_k3, "k1, k2, k3"},
+     20, 10, every_estimator, aggregation::token_mean, true,
+     {{true, aggregation::token_mean, denominator_eps, 0.0},
+      {true, aggregation::seq_mean_token_mean, denominator_eps, denominator_eps}}},
+    {preset::trl,
+     {k3_bit, false, true, false, false, k3_bit, "k3 only (per_token_kl), as a loss only"}},
+    {preset::slime,
+     {k1_to_k3, true, true, false, false, k1_to_k3,
+      "k1, k2, k3, low_var_kl (k3 with clamp=value:-10:10/after-weight)"},
+     no_bound, no_bound, every_estimator, aggregation::seq_mean_token_mean, false, {},
+     {{"low_var_kl", estimator::k3, estimator::k3, "clamp=value:-10:10/after-weight",
+       "clamp=value:-10:10"}}},
+    {preset::open_instruct,
+     {k1_to_k3, false, true, false, false, k1_to_k3,
+      "kl_estimator 0 (k1), 1 (k2), 2 (k3), 3 (k1 with is=differentiable), as a loss only"},
+     40, no_bound, every_estimator, aggregation::token_mean, false, {},
+     {{"0", estimator::k1, estimator::k1}, {"1", estimator::k2, estimator::k2},
+      {"2", estimator::k3, estimator::k3},
+      {"3", estimator::k1, estimator::k1, "is=differentiable"}}},
+    {preset::roll,
+     {every_estimator, true, true, true, false, k3_bit,
+      "kl, abs, mse, k3 in the reward; the KL loss is hard-coded k3"},
+     no_bound, 10, k3_bit, aggregation::seq_mean_token_mean, false,
+     {{true, aggregation::seq_mean_token_sum, denominator_eps, 0.0},
+      {true, aggregation::seq_mean_token_mean, denominator_eps, denominator_eps}},
+     {{"kl", estimator::k1, estimator::k1}, {"mse", estimator::k2, estimator::k2}}},
+    {preset::easyr1,
+     {every_estimator, true, true, false, false, every_estimator,
+      "kl, abs, mse, low_var_kl"},
+     20, 10, k3_bit, aggregation::token_mean, false, {},
+     {{"kl", estimator::k1, estimator::k1}, {"mse", estimator::k2, estimator::k2},
+      {"low_var_kl", estimator::k3, estimator::k3}}},
+};
+
+/// The row of preset p (every preset has one).
+inline const preset_row& preset_row_of(preset p) {
+  for (const preset_row& row : preset_rows)
+    if (row.which == p) return row;
+  return preset_rows[0];
+}
+
+}  // namespace detail
+
+inline preset_capabilities capabilities(preset p) { return detail::preset_row_of(p).can; }
+
 /// Each trainer's own estimator names (docs/presets.md). klgrad's k1, k2, k3, abs stay valid
 /// under every preset; verl's NAME+ (value of NAME, k2 gradient) is built from these names.
 inline std::vector<estimator_alias> estimator_aliases(preset p) {
-  using e = estimator;
-  switch (p) {
-    case preset::verl:
-      return {{"kl", e::k1, e::k1}, {"mse", e::k2, e::k2}, {"low_var_kl", e::k3, e::k3}};
-    case preset::easyr1:
-      return {{"kl", e::k1, e::k1}, {"mse", e::k2, e::k2}, {"low_var_kl", e::k3, e::k3}};
-    case preset::roll: return {{"kl", e::k1, e::k1}, {"mse", e::k2, e::k2}};
-    case preset::slime:
-      return {{"low_var_kl", e::k3, e::k3, "clamp=value:-10:10/after-weight", "clamp=value:-10:10"}};
-    case preset::open_instruct:
-      return {{"0", e::k1, e::k1}, {"1", e::k2, e::k2}, {"2", e::k3, e::k3},
-              {"3", e::k1, e::k1, "is=differentiable"}};
-    case preset::none:
-    case preset::openrlhf:
-    case preset::nemo_rl:
-    case preset::trl: break;
-  }
-  return {};
+  std::vector<estimator_alias> out;
+  for (const estimator_alias& a : detail::preset_row_of(p).aliases)
+    if (!a.name.empty()) out.push_back(a);
+  return out;
 }
 
 /// Why a trainer cannot express a term ("" when it can).
@@ -161,56 +219,21 @@ inline std::string preset_mismatch(preset p, const term& t) {
 ///  roll:           k3's value clamped to [-10, 10], no log-ratio clamp; no weight;
 ///                  seq-mean-token-mean (with the denominators' 1e-8: see denominators()).
 inline preset_conventions conventions(preset p, const term& t) {
+  const detail::preset_row& row = detail::preset_row_of(p);
   preset_conventions out;
-  const unsigned k3 = estimator_bit(estimator::k3);
-  switch (p) {
-    case preset::none: break;
-    case preset::verl:
-    case preset::easyr1:
-      out.clamp.log_lo = -20;
-      out.clamp.log_hi = 20;
-      out.clamp.value_lo = -10;
-      out.clamp.value_hi = 10;
-      out.clamp.estimators = k3;
-      break;
-    case preset::openrlhf:
-      out.clamp.value_lo = -10;
-      out.clamp.value_hi = 10;
-      break;
-    case preset::nemo_rl:
-      out.clamp.log_lo = -20;
-      out.clamp.log_hi = 20;
-      out.clamp.value_lo = -10;
-      out.clamp.value_hi = 10;
-      if (t.where == placement::as_loss) {
-        out.clamp.after_weight = true;
-        out.clamp.detach_weight = true;
-        out.weight = weighting::differentiable;
-      }
-      break;
-    case preset::trl: break;
-    case preset::slime: out.agg = aggregation::seq_mean_token_mean; break;
-    case preset::open_instruct:
-      out.clamp.log_lo = -40;
-      out.clamp.log_hi = 40;
-      break;
-    case preset::roll:
-      out.clamp.value_lo = -10;
-      out.clamp.value_hi = 10;
-      out.clamp.estimators = k3;
-      out.agg = aggregation::seq_mean_token_mean;
-      break;
+  out.clamp.log_lo = -row.log_bound;
+  out.clamp.log_hi = row.log_bound;
+  out.clamp.value_lo = -row.value_bound;
+  out.clamp.value_hi = row.value_bound;
+  out.clamp.estimators = row.clamped;
+  out.agg = row.agg;
+  if (row.weighted_loss && t.where == placement::as_loss) {
+    out.clamp.after_weight = true;
+    out.clamp.detach_weight = true;
+    out.weight = weighting::differentiable;
   }
   return out;
 }
-
-/// The epsilons a trainer's own aggregation adds to its denominators in a mode (0 where it
-/// adds none, and in modes the trainer does not have): the spec keys agg-eps and
-/// agg-seq-eps that preset=P gives unless they are written out.
-struct preset_denominators {
-  double eps = 0.0;      ///< added to N_tokens or B
-  double seq_eps = 0.0;  ///< added to n_b
-};
 
 ///  verl:      seq-mean-token-mean divides each sequence's sum by n_b + 1e-8 (B exact).
 ///  openrlhf:  its per-sample mode (seq-mean-token-mean) likewise n_b + 1e-8; the KL loss
@@ -223,28 +246,9 @@ struct preset_denominators {
 ///  batch with a valid token; open-instruct and easyr1 add none klgrad can express
 ///  (docs/presets.md).
 inline preset_denominators denominators(preset p, aggregation mode) {
-  preset_denominators out;
-  constexpr double eps = 1e-8;
-  switch (p) {
-    case preset::verl:
-    case preset::openrlhf:
-      if (mode == aggregation::seq_mean_token_mean) out.seq_eps = eps;
-      break;
-    case preset::nemo_rl:
-      if (mode == aggregation::token_mean) out.eps = eps;
-      if (mode == aggregation::seq_mean_token_mean) out.eps = out.seq_eps = eps;
-      break;
-    case preset::roll:
-      if (mode == aggregation::seq_mean_token_sum) out.eps = eps;
-      if (mode == aggregation::seq_mean_token_mean) out.eps = out.seq_eps = eps;
-      break;
-    case preset::none:
-    case preset::trl:
-    case preset::slime:
-    case preset::open_instruct:
-    case preset::easyr1: break;
-  }
-  return out;
+  for (const detail::padded_mode& m : detail::preset_row_of(p).padded)
+    if (m.pads && m.mode == mode) return {m.eps, m.seq_eps};
+  return {};
 }
 
 /// Why a trainer's aggregation of the same name is another one in klgrad ("" when it is

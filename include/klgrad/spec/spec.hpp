@@ -83,9 +83,9 @@ struct spec {
 
 namespace detail {
 
-/// "a|b|c" from a list of names.
-template <class Enum, std::size_t N>
-std::string alternatives(const Enum (&all)[N]) {
+/// "a|b|c" from a list of values (an all_* list, read from its enum's names table).
+template <class List>
+std::string alternatives(const List& all) {
   std::string out;
   for (auto e : all) {
     if (!out.empty()) out += '|';
@@ -94,8 +94,9 @@ std::string alternatives(const Enum (&all)[N]) {
   return out;
 }
 
-template <class Enum, std::size_t N>
-Enum parse_word(std::string_view word, const Enum (&all)[N], std::string_view what,
+/// The value of `all` named `word`, or spec_error listing the allowed words.
+template <class List>
+auto parse_word(std::string_view word, const List& all, std::string_view what,
                 std::string_view whole) {
   for (auto e : all)
     if (to_string(e) == word) return e;

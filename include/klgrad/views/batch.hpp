@@ -268,7 +268,7 @@ inline padded_tokens<unsigned char> padded_layout(Index sequences, Index length)
 }
 
 /// A padded layout whose B x T shape and valid tokens are given by a 0/1 mask (any
-/// arithmetic type, row-major).
+/// arithmetic type, row-major). padded(logp, ref, mask) takes its mask from here.
 template <class K>
 auto padded_layout(const Eigen::DenseBase<K>& mask) {
   using M = std::remove_const_t<typename K::Scalar>;
@@ -280,37 +280,60 @@ auto padded_layout(const Eigen::DenseBase<K>& mask) {
   return out;
 }
 
-/// A packed layout from B+1 offsets (any integer type), every token valid.
+namespace detail {
+
+/// The packed layout of B+1 offsets (any integer type), checked: at least one entry, from 0,
+/// non-decreasing, ending at `tokens`, the length of the arrays the offsets cut (a layout
+/// without arrays passes no_length: the offsets' own end). Every packed layout and packed
+/// batch is built on it.
+inline constexpr Index no_length = -1;
 template <class F>
-auto packed_layout(const Eigen::DenseBase<F>& offsets) {
+auto offsets_layout(const Eigen::DenseBase<F>& offsets, Index tokens) {
   using O = std::remove_const_t<typename F::Scalar>;
   static_assert(std::is_integral_v<O>, "klgrad: offsets must be integers");
-  const auto off = detail::vector_of(offsets, "offsets");
-  if (off.cols < 1) detail::raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
+  const auto off = vector_of(offsets, "offsets");
+  if (off.cols < 1) raise<shape_error>("offsets must have at least one entry (B + 1 entries)");
   packed_tokens<unsigned char, O> out;
   out.offsets = off.data;
   out.count = off.cols - 1;
-  out.tokens = Index(off.data[out.count]);
-  detail::check_offsets(out.offsets, out.count, out.tokens);
+  out.tokens = tokens == no_length ? Index(off.data[out.count]) : tokens;
+  check_offsets(out.offsets, out.count, out.tokens);
   return out;
 }
 
-/// A packed layout from B+1 offsets and a per-token mask of length N = offsets[B].
-template <class F, class K>
-auto packed_layout(const Eigen::DenseBase<F>& offsets, const Eigen::DenseBase<K>& mask) {
+/// The layout with a per-token mask of its N tokens (any arithmetic type; nonzero = valid).
+/// `data` names the arrays the layout cuts, for the message (nullptr: a layout alone).
+template <class M0, class O, class K>
+auto with_token_mask(const packed_tokens<M0, O>& base, const Eigen::DenseBase<K>& mask,
+                     const char* data) {
   using M = std::remove_const_t<typename K::Scalar>;
   static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
-  const auto base = packed_layout(offsets);
-  const auto m = detail::vector_of(mask, "mask");
+  const auto m = vector_of(mask, "mask");
   if (m.cols != base.tokens)
-    detail::raise<shape_error>(detail::cat("shape mismatch: mask has ", m.cols,
-                                           " tokens but the offsets end at ", base.tokens));
-  packed_tokens<M, std::remove_const_t<typename F::Scalar>> out;
+    raise<shape_error>(data ? cat("shape mismatch: ", data, " has ", base.tokens,
+                                  " tokens but mask has ", m.cols)
+                            : cat("shape mismatch: mask has ", m.cols,
+                                  " tokens but the offsets end at ", base.tokens));
+  packed_tokens<M, O> out;
   out.offsets = base.offsets;
   out.count = base.count;
   out.tokens = base.tokens;
   out.mask = m.data;
   return out;
+}
+
+}  // namespace detail
+
+/// A packed layout from B+1 offsets (any integer type), every token valid.
+template <class F>
+auto packed_layout(const Eigen::DenseBase<F>& offsets) {
+  return detail::offsets_layout(offsets, detail::no_length);
+}
+
+/// A packed layout from B+1 offsets and a per-token mask of length N = offsets[B].
+template <class F, class K>
+auto packed_layout(const Eigen::DenseBase<F>& offsets, const Eigen::DenseBase<K>& mask) {
+  return detail::with_token_mask(packed_layout(offsets), mask, nullptr);
 }
 
 /// Padded batch: B sequences of T positions, row-major; token (b, t) is valid where
@@ -429,13 +452,12 @@ template <class L, class R, class K>
 auto padded(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
             const Eigen::DenseBase<K>& mask) {
   using T = std::remove_const_t<typename L::Scalar>;
-  using M = std::remove_const_t<typename K::Scalar>;
-  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
   auto unmasked = padded(logp, ref);
-  padded_batch<T, M> b;
+  const auto tokens = padded_layout(mask);
+  padded_batch<T, typename decltype(tokens)::mask_scalar> b;
   b.logp = unmasked.logp;
   b.ref = unmasked.ref;
-  b.mask = detail::rows_of(mask, "mask");
+  b.mask = tokens.mask;
   detail::require_same_shape(b.logp, "logp", b.mask, "mask");
   return b;
 }
@@ -445,20 +467,17 @@ template <class L, class R, class F>
 auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
             const Eigen::DenseBase<F>& offsets) {
   using T = std::remove_const_t<typename L::Scalar>;
-  using O = std::remove_const_t<typename F::Scalar>;
   static_assert(std::is_same_v<T, typename R::Scalar>, "klgrad: logp and ref differ in type");
   static_assert(std::is_floating_point_v<T>, "klgrad: log-probabilities must be float or double");
-  static_assert(std::is_integral_v<O>, "klgrad: offsets must be integers");
   auto lp = detail::vector_of(logp, "logp"), lr = detail::vector_of(ref, "ref");
-  auto off = detail::vector_of(offsets, "offsets");
   detail::require_same_shape(lp, "logp", lr, "ref");
-  packed_batch<T, T, O> b;
+  const auto tokens = detail::offsets_layout(offsets, lp.cols);
+  packed_batch<T, T, std::remove_const_t<typename F::Scalar>> b;
   b.logp = lp.data;
   b.ref = lr.data;
-  b.offsets = off.data;
-  b.tokens = lp.cols;
-  b.count = off.cols - 1;
-  detail::check_offsets(b.offsets, b.count, b.tokens);
+  b.offsets = tokens.offsets;
+  b.tokens = tokens.tokens;
+  b.count = tokens.count;
   return b;
 }
 
@@ -468,19 +487,15 @@ auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
             const Eigen::DenseBase<F>& offsets, const Eigen::DenseBase<K>& mask) {
   auto base = packed(logp, ref, offsets);
   using T = typename decltype(base)::scalar;
-  using M = std::remove_const_t<typename K::Scalar>;
-  static_assert(std::is_arithmetic_v<M>, "klgrad: the mask must be of arithmetic type");
-  auto m = detail::vector_of(mask, "mask");
-  if (m.cols != base.tokens)
-    detail::raise<shape_error>(detail::cat("shape mismatch: logp has ", base.tokens,
-                                           " tokens but mask has ", m.cols));
+  const auto tokens = detail::with_token_mask(base.layout(), mask, "logp");
+  using M = typename decltype(tokens)::mask_scalar;
   packed_batch<T, M, std::remove_const_t<typename F::Scalar>> b;
   b.logp = base.logp;
   b.ref = base.ref;
   b.offsets = base.offsets;
   b.tokens = base.tokens;
   b.count = base.count;
-  b.mask = m.data;
+  b.mask = tokens.mask;
   return b;
 }
 
@@ -568,22 +583,44 @@ struct sampled_rows {
   bool valid(Index r) const { return valid_at(mask, r); }
 };
 
-/// The sampled-token view of logits z (N x V), ids (N entries) and an optional mask (N
-/// entries, any shape), with the temperature checked.
-template <class K, class Z, class D, class M>
+/// The mask argument of a call without one: every row is valid.
+struct no_mask {};
+
+/// The scalar a mask is read as: the mask's own, or T (with a null pointer) for no_mask.
+template <class Mask, class T>
+struct mask_scalar {
+  using type = std::remove_const_t<typename Mask::Scalar>;
+};
+template <class T>
+struct mask_scalar<no_mask, T> {
+  using type = T;
+};
+
+/// The sampled-token view of logits z (N x V), ids (N entries) and a mask (N entries, any
+/// shape; nonzero = valid) or no_mask, with the temperature checked. Without a mask the
+/// view's mask pointer is a null pointer to the compute type.
+template <class Z, class D, class Mask>
 auto sampled_view(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<D>& ids,
-                  const Eigen::DenseBase<M>* mask, double temperature) {
+                  const Mask& mask, double temperature) {
   using T = std::remove_const_t<typename Z::Scalar>;
   using Y = std::remove_const_t<typename D::Scalar>;
+  constexpr bool masked = !std::is_same_v<Mask, no_mask>;
+  using K = typename mask_scalar<Mask, compute_t<T>>::type;
   static_assert(std::is_floating_point_v<T> || is_16bit_v<T>,
                 "klgrad: logits must be float, double, Eigen::bfloat16 or Eigen::half");
   static_assert(std::is_integral_v<Y>, "klgrad: token ids must be integers");
+  static_assert(std::is_arithmetic_v<K>, "klgrad: the mask must be of arithmetic type");
   check_temperature(temperature);
   sampled_rows<T, Y, K> v;
   v.z = rows_of(z, "z");
   v.ids = flat_of(ids, "ids", v.z.rows, v.z.rows, v.z.cols);
-  v.mask = mask ? flat_of(*mask, "mask", v.z.rows, v.z.rows, v.z.cols) : nullptr;
-  v.positions = mask && mask->rows() > 1 ? mask->cols() : 0;
+  if constexpr (masked) {
+    v.mask = flat_of(mask, "mask", v.z.rows, v.z.rows, v.z.cols);
+    v.positions = mask.rows() > 1 ? mask.cols() : 0;
+  } else {
+    v.mask = nullptr;
+    v.positions = 0;
+  }
   return v;
 }
 
