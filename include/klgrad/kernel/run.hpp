@@ -58,8 +58,9 @@ summary run(const spec& config, const Batch& batch, const strided_rows<T>& value
   // An empty batch has nothing to weight (and its empty arrays no data to tell whether
   // behaviour log-probs were given).
   if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0) {
-    // NeMo-RL's default weight, exp(lp - sg(lp)), needs none: lb = logp.
-    if (config.preset == preset::nemo_rl)
+    // A preset whose default weight is exp(lp - sg(lp)) (spec/presets.hpp's data) needs
+    // none: lb = logp.
+    if (behavior_defaults_to_logp(config.preset))
       return run<Ev, Eg>(config, batch.with_logp_as_behavior(), value, coef, opt);
     raise(input_error(cat("spec '", to_string(config), "' weights tokens by pi/mu (is=",
                           to_string(is.mode), ") but the batch has no behavior log-probs; "

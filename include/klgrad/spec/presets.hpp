@@ -97,6 +97,9 @@ struct preset_row {
   bool weighted_loss = false;
   padded_mode padded[2] = {};
   estimator_alias aliases[4] = {};  ///< the trainer's own names; an empty name ends the list
+  /// NeMo-RL: without behaviour log-probs a weighted term takes lb = logp (the weight
+  /// exp(lp - sg(lp)): value 1, derivative 1) instead of refusing the batch.
+  bool behavior_is_logp = false;
 };
 
 inline constexpr unsigned k3_bit = estimator_bit(estimator::k3),
@@ -122,7 +125,8 @@ inline constexpr preset_row preset_rows[] = {
      {k1_to_k3, true, true, false, false, k1_to_k3, "k1, k2, k3"},
      20, 10, every_estimator, aggregation::token_mean, true,
      {{true, aggregation::token_mean, denominator_eps, 0.0},
-      {true, aggregation::seq_mean_token_mean, denominator_eps, denominator_eps}}},
+      {true, aggregation::seq_mean_token_mean, denominator_eps, denominator_eps}},
+     {}, true},
     {preset::trl,
      {k3_bit, false, true, false, false, k3_bit, "k3 only (per_token_kl), as a loss only"}},
     {preset::slime,
@@ -163,6 +167,12 @@ inline const preset_row& preset_row_of(preset p) {
 }  // namespace detail
 
 inline preset_capabilities capabilities(preset p) { return detail::preset_row_of(p).can; }
+
+/// Whether a weighted term under preset p takes lb = logp when the batch has no behaviour
+/// log-probs (NeMo-RL's default weight exp(lp - sg(lp))); the kernel asks this, not the name.
+inline bool behavior_defaults_to_logp(preset p) {
+  return detail::preset_row_of(p).behavior_is_logp;
+}
 
 /// Each trainer's own estimator names (docs/presets.md). klgrad's k1, k2, k3, abs stay valid
 /// under every preset; verl's NAME+ (value of NAME, k2 gradient) is built from these names.
