@@ -5,7 +5,7 @@
 // k(0) = 0 and k'(0) = 0. Used by examples/user_estimator.cpp and tests/test_user_estimator.cpp.
 #pragma once
 
-#include <klgrad/estimators.hpp>
+#include <klgrad/core/estimators.hpp>
 
 #include <Eigen/Core>
 #include <cmath>

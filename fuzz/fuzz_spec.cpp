@@ -3,7 +3,7 @@
 // string that reads back as the same spec (also with its preset expanded) and prints again
 // as the same string. The corpus is fuzz/corpus/fuzz_spec/, the dictionary fuzz/spec.dict.
 #include <klgrad/explain.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <cstddef>
 #include <cstdint>

@@ -8,7 +8,7 @@
 #include "spec_strings.hpp"
 
 #include <klgrad/controllers.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <catch2/catch.hpp>
 

@@ -2,7 +2,7 @@
 // differences, random rows and a relative comparison against long-double oracles.
 #pragma once
 
-#include <klgrad/batch.hpp>
+#include <klgrad/views/batch.hpp>
 
 #include <Eigen/Core>
 #include <algorithm>

@@ -6,7 +6,7 @@
 #include <klgrad/oracle/finite_difference.hpp>
 #include <klgrad/oracle/monte_carlo.hpp>
 #include <klgrad/oracle/targets.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <catch2/catch.hpp>
 

@@ -3,9 +3,9 @@
 // loops. The kernel tests compare against it.
 #pragma once
 
-#include <klgrad/estimators.hpp>
-#include <klgrad/importance.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/core/estimators.hpp>
+#include <klgrad/core/importance.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <algorithm>
 #include <cmath>

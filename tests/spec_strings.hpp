@@ -1,7 +1,7 @@
 // The specs the tests sweep: every valid combination of the grammar's choices.
 #pragma once
 
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <string>
 #include <vector>

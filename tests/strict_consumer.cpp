@@ -3,27 +3,44 @@
 // instantiates, for float and double, padded and packed. Compiled, never run: a warning
 // any of these instantiations gives in a header fails the build.
 #include <klgrad/klgrad.hpp>
-// Each header again, so that one the umbrella forgets is still checked.
-#include <klgrad/aggregation.hpp>
-#include <klgrad/batch.hpp>
-#include <klgrad/clamp.hpp>
+// Each header again, so that one the umbrella forgets is still checked (the deprecated
+// forwarding headers at the old paths are checked by the self-containment test).
 #include <klgrad/controllers.hpp>
-#include <klgrad/errors.hpp>
-#include <klgrad/estimators.hpp>
+#include <klgrad/core/adapter.hpp>
+#include <klgrad/core/aggregation.hpp>
+#include <klgrad/core/clamp.hpp>
+#include <klgrad/core/estimators.hpp>
+#include <klgrad/core/importance.hpp>
+#include <klgrad/core/level.hpp>
+#include <klgrad/core/terms.hpp>
 #include <klgrad/evaluate.hpp>
 #include <klgrad/explain.hpp>
-#include <klgrad/importance.hpp>
-#include <klgrad/level.hpp>
+#include <klgrad/instances.hpp>
+#include <klgrad/kernel/chunk.hpp>
+#include <klgrad/kernel/coefficient.hpp>
+#include <klgrad/kernel/estimates.hpp>
+#include <klgrad/kernel/evaluate_options.hpp>
+#include <klgrad/kernel/passes.hpp>
+#include <klgrad/kernel/plan.hpp>
+#include <klgrad/kernel/run.hpp>
+#include <klgrad/kernel/sum_to_go.hpp>
+#include <klgrad/kernel/weights.hpp>
 #include <klgrad/logits.hpp>
-#include <klgrad/normal_log.hpp>
-#include <klgrad/number_text.hpp>
-#include <klgrad/placement.hpp>
-#include <klgrad/presets.hpp>
+#include <klgrad/logits/divergences.hpp>
+#include <klgrad/logits/driver.hpp>
+#include <klgrad/logits/normal_log.hpp>
+#include <klgrad/logits/options.hpp>
+#include <klgrad/logits/sampled.hpp>
+#include <klgrad/logits/streaming.hpp>
+#include <klgrad/logits/top_k.hpp>
 #include <klgrad/returns.hpp>
-#include <klgrad/sampled.hpp>
-#include <klgrad/spec.hpp>
-#include <klgrad/streaming.hpp>
+#include <klgrad/spec/presets.hpp>
+#include <klgrad/spec/spec.hpp>
+#include <klgrad/support/errors.hpp>
+#include <klgrad/support/number_text.hpp>
+#include <klgrad/support/scalars.hpp>
 #include <klgrad/version.hpp>
+#include <klgrad/views/batch.hpp>
 
 #include <cstdint>
 #include <string>

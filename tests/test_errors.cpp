@@ -4,10 +4,10 @@
 // values at; expected byte counts are enumeration_bytes' formula worked by hand.
 #include <klgrad/evaluate.hpp>
 #include <klgrad/logits.hpp>
+#include <klgrad/logits/sampled.hpp>
 #include <klgrad/oracle/enumeration.hpp>
 #include <klgrad/oracle/monte_carlo.hpp>
-#include <klgrad/sampled.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <catch2/catch.hpp>
 

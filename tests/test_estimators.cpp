@@ -1,6 +1,6 @@
 // Tests of estimators.hpp: derivatives against central differences, array forms against the
 // scalar reference, the expm1 form of k3 near 0, and the guard bounds.
-#include <klgrad/estimators.hpp>
+#include <klgrad/core/estimators.hpp>
 
 #include <catch2/catch.hpp>
 

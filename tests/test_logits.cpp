@@ -2,7 +2,7 @@
 // direct two-pass long-double oracle and central differences, extreme logits, temperature,
 // top-k, the fused sampled-token paths, shape errors and masked rows.
 #include <klgrad/logits.hpp>
-#include <klgrad/sampled.hpp>
+#include <klgrad/logits/sampled.hpp>
 
 #include <catch2/catch.hpp>
 

@@ -4,8 +4,8 @@
 // the results are the same bit for bit), with -inf masked entries, rows at the edges of
 // bf16's and fp16's ranges, and the refusals of NaN / +inf naming argument, row and value.
 #include <klgrad/logits.hpp>
-#include <klgrad/sampled.hpp>
-#include <klgrad/streaming.hpp>
+#include <klgrad/logits/sampled.hpp>
+#include <klgrad/logits/streaming.hpp>
 
 #include <catch2/catch.hpp>
 

@@ -3,7 +3,7 @@
 // m in [sqrt(1/2), sqrt(2)) and the polynomial are exercised for every mantissa, and a
 // stride through every binade of the normal range (each from its power of two on), where
 // k ln 2 adds its rounding.
-#include <klgrad/normal_log.hpp>
+#include <klgrad/logits/normal_log.hpp>
 
 #include <catch2/catch.hpp>
 

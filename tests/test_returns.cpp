@@ -3,7 +3,7 @@
 // the exact oracle (GAE(1, lambda) with an exact critic is unbiased for every lambda).
 #include <klgrad/evaluate.hpp>
 #include <klgrad/returns.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include "oracle_cases.hpp"
 

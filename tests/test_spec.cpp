@@ -1,5 +1,5 @@
 // Tests of spec.hpp: parsing, canonical printing, round trips and every error.
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <catch2/catch.hpp>
 

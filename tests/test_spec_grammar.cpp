@@ -4,7 +4,7 @@
 // compiler's own reading of the same decimal literals (an independent conversion).
 #include "spec_strings.hpp"
 
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <catch2/catch.hpp>
 

@@ -2,7 +2,7 @@
 // controller as PPO trainers (verl, OpenRLHF, ROLL, TRL) use it.
 #pragma once
 
-#include "errors.hpp"
+#include "support/errors.hpp"
 
 #include <algorithm>
 #include <cmath>

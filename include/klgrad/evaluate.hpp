@@ -2,14 +2,19 @@
 // spec logs and the coefficient d(loss)/d(log pi) a trainer back-propagates, plus a summary.
 // The layers below it live in kernel/: spec -> dispatch and plan (plan.hpp, run.hpp) ->
 // passes over each sequence's chunks (passes.hpp, estimates.hpp, weights.hpp, chunk.hpp) ->
-// the adapter (coefficient.hpp, score_function.hpp) -> the caller's arrays.
+// the adapter (coefficient.hpp, core/adapter.hpp) -> the caller's arrays.
 #pragma once
 
-#include "batch.hpp"
-#include "estimators.hpp"
-#include "evaluate_options.hpp"
+#include "core/estimators.hpp"
+#include "kernel/evaluate_options.hpp"
 #include "kernel/run.hpp"
-#include "spec.hpp"
+#include "spec/spec.hpp"
+#include "views/batch.hpp"
+
+// The kernels compiled once (instances.hpp), declared extern where the program asks for it.
+#ifdef KLGRAD_EXTERN_TEMPLATES
+#include "instances.hpp"
+#endif
 
 #include <Eigen/Core>
 #include <type_traits>
@@ -30,7 +35,7 @@ summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& v
                           detail::output_view(batch, coef, "coef"), opt);
 }
 
-/// evaluate() with estimator types of your own (the estimator concept, estimators.hpp): Ev
+/// evaluate() with estimator types of your own (the estimator concept, core/estimators.hpp): Ev
 /// gives the value (and the in-reward penalty), Eg the derivative the as-loss part
 /// back-propagates. The spec gives everything else (placement, weights, clamps, level,
 /// aggregation, beta); its estimator names are not used. The runtime path runs the same
@@ -47,7 +52,3 @@ summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& v
 }
 
 }  // namespace klgrad
-
-#ifdef KLGRAD_EXTERN_TEMPLATES
-#include "instances.hpp"
-#endif

@@ -2,16 +2,17 @@
 // sequences, on-policy and from a behaviour policy, derived from the theory (SPEC 3-5).
 #pragma once
 
-#include "estimators.hpp"
-#include "importance.hpp"
-#include "level.hpp"
-#include "placement.hpp"
-#include "score_function.hpp"
-#include "spec.hpp"
+#include "core/adapter.hpp"
+#include "core/estimators.hpp"
+#include "core/importance.hpp"
+#include "core/level.hpp"
+#include "core/terms.hpp"
+#include "spec/spec.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,25 +33,33 @@ enum class gradient_of {
   abs_of_sum,  ///< grad E_pi|S|
 };
 
-inline constexpr gradient_of all_gradients[] = {
-    gradient_of::rkl,       gradient_of::fkl,    gradient_of::rkl_token,
-    gradient_of::fkl_token, gradient_of::k2_token, gradient_of::abs_token,
-    gradient_of::k2_sum,    gradient_of::k2_of_sum, gradient_of::abs_of_sum};
+/// Each gradient's names as the verdicts print them: on a sequence, and on one state, where
+/// the sequence and per-state gradients coincide and only rkl, fkl, E[k2] and E[|s|] occur.
+struct gradient_name {
+  gradient_of value;
+  std::string_view name, one_state;
+};
+inline constexpr gradient_name gradient_names[] = {
+    {gradient_of::rkl, "rkl", "rkl"},
+    {gradient_of::fkl, "fkl", "fkl"},
+    {gradient_of::rkl_token, "rkl_token", "rkl"},
+    {gradient_of::fkl_token, "fkl_token", "fkl"},
+    {gradient_of::k2_token, "E[k2]_token", "E[k2]"},
+    {gradient_of::abs_token, "E[|s|]_token", "E[|s|]"},
+    {gradient_of::k2_sum, "E[sum k2]", "E[sum k2]"},
+    {gradient_of::k2_of_sum, "E[k2(S)]", "E[k2(S)]"},
+    {gradient_of::abs_of_sum, "E[|S|]", "E[|S|]"}};
 
-/// Names as the verdicts print them. On one state the sequence and per-state gradients
-/// coincide, and only rkl, fkl, E[k2] and E[|s|] occur.
-inline std::string_view to_string(gradient_of g, bool one_state = false) {
-  switch (g) {
-    case gradient_of::rkl: return "rkl";
-    case gradient_of::fkl: return "fkl";
-    case gradient_of::rkl_token: return one_state ? "rkl" : "rkl_token";
-    case gradient_of::fkl_token: return one_state ? "fkl" : "fkl_token";
-    case gradient_of::k2_token: return one_state ? "E[k2]" : "E[k2]_token";
-    case gradient_of::abs_token: return one_state ? "E[|s|]" : "E[|s|]_token";
-    case gradient_of::k2_sum: return "E[sum k2]";
-    case gradient_of::k2_of_sum: return "E[k2(S)]";
-    case gradient_of::abs_of_sum: return "E[|S|]";
-  }
+inline constexpr auto all_gradients = [] {
+  std::array<gradient_of, std::size(gradient_names)> out{};
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = gradient_names[i].value;
+  return out;
+}();
+
+/// A gradient's name in the verdicts (one_state: the name on a single state).
+inline constexpr std::string_view to_string(gradient_of g, bool one_state = false) {
+  for (const gradient_name& row : gradient_names)
+    if (row.value == g) return one_state ? row.one_state : row.name;
   return "?";
 }
 

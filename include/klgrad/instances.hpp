@@ -16,8 +16,9 @@
 // library stays header-only: nothing changes unless KLGRAD_EXTERN_TEMPLATES is defined.
 #pragma once
 
-#include "batch.hpp"
 #include "evaluate.hpp"
+#include "kernel/run.hpp"
+#include "views/batch.hpp"
 
 #include <Eigen/Core>
 

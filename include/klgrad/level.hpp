@@ -1,47 +1,4 @@
-// The level of a coefficient: the token alone, the reward-to-go of the tokens after it,
-// or the whole sequence; and the discounted sum over valid tokens that the to-go level,
-// the per-decision weights and discounted returns share.
+// Deprecated forwarding header (kept for one release): use <klgrad/core/level.hpp>.
 #pragma once
 
-#include "batch.hpp"
-
-#include <string_view>
-
-namespace klgrad {
-
-/// token:    c_t from token t alone (the per-state, "part 1" gradient);
-/// to_go:    in-reward penalties summed as a reward-to-go, R_t = sum_{t'>=t} gamma^(t'-t) k_t';
-/// sequence: in-reward penalties summed over the sequence and broadcast to every token;
-///           an as-loss term is applied to the sequence log-ratio S = sum_t s_t.
-/// gamma discounts by valid (unmasked) tokens.
-enum class level { token, to_go, sequence };
-
-inline constexpr level all_levels[] = {level::token, level::to_go, level::sequence};
-
-inline constexpr std::string_view to_string(level l) {
-  switch (l) {
-    case level::token: return "token";
-    case level::to_go: return "to-go";
-    case level::sequence: return "sequence";
-  }
-  return "?";
-}
-
-namespace detail {
-
-/// The sum of level::to_go over the valid tokens of one sequence (mask nullptr: every token
-/// valid): x_t <- sum_{t'>=t} gamma^(t'-t) x_t', gamma counting valid tokens, saturated to
-/// stay finite. Masked entries are left as they are.
-template <class T, class M>
-void sum_to_go(const M* mask, Index size, T* x, T gamma) {
-  T running = 0;
-  for (Index t = size - 1; t >= 0; --t) {
-    if (!valid_at(mask, t)) continue;
-    running = saturated(x[t] + gamma * running);
-    x[t] = running;
-  }
-}
-
-}  // namespace detail
-
-}  // namespace klgrad
+#include "core/level.hpp"

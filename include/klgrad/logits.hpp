@@ -2,17 +2,19 @@
 // (reverse KL, forward KL, generalised Jensen-Shannon) and their exact gradients with
 // respect to the policy logits, streamed one row at a time: the public entry points. The
 // settings are in logits/options.hpp, the row driver in logits/driver.hpp, the row kernels
-// in logits/divergences.hpp, the top-k forms in logits/top_k.hpp (included at the end), and
-// the batch of logit rows in batch.hpp.
+// in logits/divergences.hpp, the top-k forms in logits/top_k.hpp, and
+// the batch of logit rows in views/batch.hpp.
 #pragma once
 
-#include "batch.hpp"
-#include "errors.hpp"
 #include "logits/divergences.hpp"
 #include "logits/driver.hpp"
 #include "logits/options.hpp"
+#include "logits/top_k.hpp"
+#include "support/errors.hpp"
+#include "views/batch.hpp"
 
 #include <Eigen/Core>
+#include <type_traits>
 
 namespace klgrad {
 
@@ -20,12 +22,15 @@ namespace detail {
 
 /// The rows of a full-vocabulary call through divergence d's row kernel: values into out,
 /// and with Gradient the scaled gradients into go. Rows stored as S (16-bit too), computed
-/// and written in T = compute_t<S>. Each divergence gets its own run_rows, and the value
-/// path a gradient row that is nullptr at compile time: a switch inside one row function
-/// made the value path 20% slower (docs/performance.md, "Paired: stop 15").
-template <bool Gradient, class S, class M, class T = compute_t<S>>
+/// and written in T = compute_t<S>; grad is values_only or the gradient rows. Each
+/// divergence gets its own run_rows, and the value path a gradient row that is nullptr at
+/// compile time: a switch inside one row function made the value path 20% slower
+/// (docs/performance.md, "Paired: stop 15").
+template <class S, class M, class G, class T = compute_t<S>>
 logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* out,
-                               const strided_rows<T>* go, const logits_options& opt) {
+                               const G& grad, const logits_options& opt) {
+  constexpr bool Gradient = !std::is_same_v<G, values_only>;
+  const strided_rows<T>* go = gradient_rows<T>(grad);
   check_options(batch, opt);
   if (d == divergence::jensen_shannon && !(opt.lambda > 0 && opt.lambda < 1))
     raise<input_error>(cat("jensen-shannon needs 0 < lambda < 1, got ", opt.lambda,
@@ -34,8 +39,7 @@ logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* 
   const Index V = batch.vocabulary();
   const T it = T(1.0 / opt.temperature);
   const bool lp = opt.log_probs;
-  T* const work = d == divergence::jensen_shannon ? jensen_shannon_workspace<T>(opt, V)
-                                                  : static_cast<T*>(nullptr);
+  T* const work = d == divergence::jensen_shannon ? jensen_shannon_workspace<T>(opt, V) : nullptr;
   auto rows = [&](auto kernel) {
     return run_rows(batch, out, go, opt, [&](Index r, double scale, T* g) {
       return kernel(batch.z.row(r), batch.ref.row(r), scale, Gradient ? g : nullptr);
@@ -68,9 +72,9 @@ template <class S, class M, class V>
 logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value,
                                  const logits_options& opt = {}) {
-  using T = detail::compute_t<S>;  // 16-bit z: computed, and written, in float
-  return detail::divergence_rows<false>(d, batch, detail::value_output(batch, value),
-                                 static_cast<const detail::strided_rows<T>*>(nullptr), opt);
+  // 16-bit z: computed, and written, in float
+  return detail::divergence_rows(d, batch, detail::value_output(batch, value),
+                                 detail::values_only{}, opt);
 }
 
 /// The same, and the exact gradient of the batch loss with respect to z:
@@ -85,9 +89,7 @@ logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,
                                  const logits_options& opt = {}) {
   const auto go = detail::grad_output(batch, grad);
-  return detail::divergence_rows<true>(d, batch, detail::value_output(batch, value), &go, opt);
+  return detail::divergence_rows(d, batch, detail::value_output(batch, value), go, opt);
 }
 
 }  // namespace klgrad
-
-#include "logits/top_k.hpp"

@@ -1,11 +1,11 @@
 // Per-token KL reward shaping, discounted returns and GAE advantages over padded (B x T with
-// a mask) and packed (offsets) token layouts (batch.hpp), for trainers that put the KL into
+// a mask) and packed (offsets) token layouts (views/batch.hpp), for trainers that put the KL into
 // the reward.
 #pragma once
 
-#include "batch.hpp"
-#include "errors.hpp"
-#include "level.hpp"
+#include "kernel/sum_to_go.hpp"
+#include "support/errors.hpp"
+#include "views/batch.hpp"
 
 #include <Eigen/Core>
 #include <cmath>
@@ -81,7 +81,7 @@ void shape_rewards(const Layout& layout, const Eigen::DenseBase<R>& task_reward,
 
 /// Discounted returns G_t = r_t + gamma * G_{t'} with t' the next valid token of the same
 /// sequence (G = 0 after the last valid token). Masked tokens are skipped: gamma discounts
-/// by valid tokens with the sum of level=to-go (level.hpp), saturated to stay finite, and
+/// by valid tokens with the sum of level=to-go (kernel/sum_to_go.hpp), saturated to stay finite, and
 /// masked tokens get 0. returns may be the same array as rewards.
 template <class Layout, class R, class Out>
 void discounted_returns(const Layout& layout, const Eigen::DenseBase<R>& rewards, double gamma,

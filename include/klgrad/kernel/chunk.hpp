@@ -2,8 +2,8 @@
 // over the inputs that every path starts with, saturating sums, and the checks of the inputs.
 #pragma once
 
-#include "../batch.hpp"
-#include "../errors.hpp"
+#include "../support/errors.hpp"
+#include "../views/batch.hpp"
 #include "plan.hpp"
 
 #include <Eigen/Core>

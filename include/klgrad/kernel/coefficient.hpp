@@ -1,8 +1,8 @@
-// The coefficient a kernel pass writes: the adapter (score_function.hpp) applied to a chunk's
+// The coefficient a kernel pass writes: the adapter (core/adapter.hpp) applied to a chunk's
 // parts and weights, scaled by beta * a_{b,t} and saturated.
 #pragma once
 
-#include "../score_function.hpp"
+#include "../core/adapter.hpp"
 #include "chunk.hpp"
 
 #include <Eigen/Core>
@@ -26,7 +26,7 @@ void store_scaled(T* coef, Index n, const X& x, T scale, bool sums) {
   if (sums || scale > T(1)) saturate(coef, n);
 }
 
-/// Writes coef = scale * valid * C, C the spec's adapt() (score_function.hpp) of R, the
+/// Writes coef = scale * valid * C, C the spec's adapt() (core/adapter.hpp) of R, the
 /// in-reward penalty at the level, and A, D, the as-loss term's value and derivative at the
 /// level (arrays over the chunk or constants broadcast over it), with the chunk's weights.
 template <class T, class R, class A, class D>

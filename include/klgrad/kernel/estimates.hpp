@@ -2,7 +2,7 @@
 // spec's clamp, and the weights, in the chunk's buffers for the level passes.
 #pragma once
 
-#include "../clamp.hpp"
+#include "../core/clamp.hpp"
 #include "chunk.hpp"
 #include "weights.hpp"
 
@@ -12,49 +12,49 @@ namespace klgrad::detail {
 
 /// k_a(s) and k_b'(s) of a packet; one shared evaluation when a and b are the same
 /// estimator (k3's argument reduction serves both).
-template <class Ea, class Eb, class P>
+template <class Ev, class Eg, class P>
 void value_and_gradient(const P& s, P& value, P& gradient) {
-  if constexpr (std::is_same_v<Ea, Eb>) {
-    Ea::packet_both(s, value, gradient);
+  if constexpr (std::is_same_v<Ev, Eg>) {
+    Ev::packet_both(s, value, gradient);
   } else {
-    value = Ea::packet_value(s);
-    gradient = Eb::packet_derivative(s);
+    value = Ev::packet_value(s);
+    gradient = Eg::packet_derivative(s);
   }
 }
 
 /// value_and_gradient() under the spec's clamp: each estimator the policy acts on is clamped
 /// (clamp_packet); `inside` gets all bits where the log-ratio bound let s through (every
 /// lane when the policy acts on neither estimator).
-template <class Ea, class Eb, class T, class P>
+template <class Ev, class Eg, class T, class P>
 EIGEN_ALWAYS_INLINE void clamped_value_and_gradient(const plan<T>& p, const packet_bounds<T>& b,
                                                     const P& s, P& value, P& gradient,
                                                     P& inside) {
   using namespace Eigen::internal;
-  if (!p.clamp_a && !p.clamp_b) {
-    value_and_gradient<Ea, Eb>(s, value, gradient);
+  if (!p.clamp_value && !p.clamp_gradient) {
+    value_and_gradient<Ev, Eg>(s, value, gradient);
     inside = ptrue(s);
     return;
   }
-  if constexpr (std::is_same_v<Ea, Eb>) {  // then clamp_a == clamp_b
-    clamp_packet<Ea>(b, s, value, gradient, inside);
+  if constexpr (std::is_same_v<Ev, Eg>) {  // then clamp_value == clamp_gradient
+    clamp_packet<Ev>(b, s, value, gradient, inside);
   } else {
-    P unused, inside_a = ptrue(s), inside_b = ptrue(s);
-    if (p.clamp_a)
-      clamp_packet<Ea>(b, s, value, unused, inside_a);
+    P unused, inside_value = ptrue(s), inside_gradient = ptrue(s);
+    if (p.clamp_value)
+      clamp_packet<Ev>(b, s, value, unused, inside_value);
     else
-      value = Ea::packet_value(s);
-    if (p.clamp_b)
-      clamp_packet<Eb>(b, s, unused, gradient, inside_b);
+      value = Ev::packet_value(s);
+    if (p.clamp_gradient)
+      clamp_packet<Eg>(b, s, unused, gradient, inside_gradient);
     else
-      gradient = Eb::packet_derivative(s);
-    inside = pand(inside_a, inside_b);
+      gradient = Eg::packet_derivative(s);
+    inside = pand(inside_value, inside_gradient);
   }
 }
 
 /// Fills the chunk for positions i0 .. i0+n-1 of a sequence: mask, guarded log-ratio,
 /// estimator value and derivative, weights. Returns how many tokens a guard clamped and
 /// adds the band-dropped tokens to `dropped`.
-template <class Ea, class Eb, class T, class M>
+template <class Ev, class Eg, class T, class M>
 Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const plan<T>& p,
            Index& dropped, weight_state<T>& ws) {
   using namespace Eigen::internal;
@@ -65,7 +65,7 @@ Index fill(chunk<T>& c, const sequence_view<T, M>& q, Index i0, Index n, const p
     pstore(c.valid + k, pand(valid, one));
     pstore(c.s + k, s);
     P v, g, inside;
-    clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
+    clamped_value_and_gradient<Ev, Eg>(p, bounds, s, v, g, inside);
     pstore(c.inside + k, pand(inside, one));
     pstore(c.estimate + k, v);
     pstore(c.derivative + k, g);

@@ -2,9 +2,9 @@
 // writes the sequence's values and coefficients and returns its summed value.
 #pragma once
 
-#include "../level.hpp"
 #include "coefficient.hpp"
 #include "estimates.hpp"
+#include "sum_to_go.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -18,13 +18,13 @@ namespace klgrad::detail {
 /// (each clamped where the policy acts on it) stored straight into the caller's arrays
 /// (write_coefficient() with weight 1, without the chunk buffers in between). Returns the
 /// summed value; adds the guarded tokens to `guarded` and the valid ones to `valid_tokens`.
-template <class Ea, class Eb, class T, class M>
+template <class Ev, class Eg, class T, class M>
 double fused_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
                   chunk<T>& c, T scale, Index& guarded, Index& valid_tokens) {
   using namespace Eigen::internal;
   using P = packet<T>;
   // Masked lanes have s = 0, where every value is 0 and so is every derivative but k1's.
-  constexpr bool mask_gradient = !Eb::derivative_zero_at_zero;
+  constexpr bool mask_gradient = !Eg::derivative_zero_at_zero;
   const packet_bounds<T> bounds(p.clamp);
   auto pass = [&](auto coefficient) {
     double total = 0.0;
@@ -36,7 +36,7 @@ double fused_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
       const auto checks =
           log_ratio_packets(c, q, i0, n, p, [&](Index k, const P& s, const P& valid, auto whole) {
             P v, g, inside;
-            clamped_value_and_gradient<Ea, Eb>(p, bounds, s, v, g, inside);
+            clamped_value_and_gradient<Ev, Eg>(p, bounds, s, v, g, inside);
             P out = coefficient(v, g);
             if constexpr (mask_gradient) out = pand(out, valid);
             if constexpr (decltype(whole)::value) {
@@ -69,7 +69,7 @@ double fused_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
 /// The multi-pass paths of a sequence with n_b > 0 valid tokens, each a sweep (or several)
 /// over its chunks: fill() computes a chunk's log-ratios, estimates and weights, then the
 /// path writes value and coef. Each returns the sequence's summed value.
-template <class Ea, class Eb, class T, class M>
+template <class Ev, class Eg, class T, class M>
 struct sequence_passes {
   using map = typename chunk<T>::map;
   const sequence_view<T, M>& q;
@@ -90,7 +90,7 @@ struct sequence_passes {
     Index ignored = 0;
     for (Index i0 = 0; i0 < q.size; i0 += chunk_size) {
       const Index n = std::min(chunk_size, q.size - i0);
-      const Index guarded = fill<Ea, Eb>(c, q, i0, n, p, count ? out.dropped : ignored, ws);
+      const Index guarded = fill<Ev, Eg>(c, q, i0, n, p, count ? out.dropped : ignored, ws);
       if (count) out.guarded += guarded;
       f(i0, n);
     }
@@ -221,8 +221,8 @@ struct sequence_passes {
     }
     const T top = std::numeric_limits<T>::max();
     const T K = T(std::clamp(penalty, -double(top), double(top)));
-    const T A = p.clamp_a ? clamp_estimate<Ea>(p.clamp, S).value : Ea::value(S);
-    const T D = p.clamp_b ? clamp_estimate<Eb>(p.clamp, S).derivative : Eb::derivative(S);
+    const T A = p.clamp_value ? clamp_estimate<Ev>(p.clamp, S).value : Ev::value(S);
+    const T D = p.clamp_gradient ? clamp_estimate<Eg>(p.clamp, S).derivative : Eg::derivative(S);
     const T share = A / T(n_b);
     double total = 0.0;
     sweep(false, [&](Index i0, Index n) {
@@ -253,7 +253,7 @@ double account(summary& out, Index n_b, T scale, double total) {
 
 /// Runs one sequence through the plan's pass: writes its values and coefficients, adds it
 /// to the summary, returns its summed value.
-template <class Ea, class Eb, class T, class M>
+template <class Ev, class Eg, class T, class M>
 double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>& p,
                     chunk<T>& c, summary& out) {
   if (p.pass == sequence_pass::fused) {
@@ -261,7 +261,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
     // sequence gets zeros: masked tokens have s = 0 and coefficient 0).
     const T scale = token_scale(p, 0);
     Index n_b = 0;
-    const double total = fused_pass<Ea, Eb>(q, value, coef, p, c, scale, out.guarded, n_b);
+    const double total = fused_pass<Ev, Eg>(q, value, coef, p, c, scale, out.guarded, n_b);
     return account(out, n_b, scale, total);
   }
   const Index n_b = count_valid(q.mask, q.size);
@@ -271,7 +271,7 @@ double run_sequence(const sequence_view<T, M>& q, T* value, T* coef, const plan<
     return 0.0;
   }
   const T scale = token_scale(p, n_b);
-  sequence_passes<Ea, Eb, T, M> passes{q, value, coef, p, c, out, n_b, scale, {}};
+  sequence_passes<Ev, Eg, T, M> passes{q, value, coef, p, c, out, n_b, scale, {}};
   if (p.weights == weight_level::sequence_mean)
     passes.ws.sequence = sequence_log_weight(q, n_b, p, out.guarded);
   double total = 0.0;

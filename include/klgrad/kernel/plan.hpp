@@ -2,11 +2,11 @@
 // kernel's passes read the plan, never the spec.
 #pragma once
 
-#include "../clamp.hpp"
-#include "../errors.hpp"
-#include "../estimators.hpp"
-#include "../evaluate_options.hpp"
-#include "../spec.hpp"
+#include "../core/clamp.hpp"
+#include "../core/estimators.hpp"
+#include "../spec/spec.hpp"
+#include "../support/errors.hpp"
+#include "evaluate_options.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -27,7 +27,7 @@ enum class sequence_pass {
   sequence,       ///< the sequence's sums, broadcast to its tokens
 };
 
-/// An evaluate() call's settings, resolved for the estimators Ea (value) and Eb (gradient).
+/// An evaluate() call's settings, resolved for the estimators Ev (value) and Eg (gradient).
 template <class T>
 struct plan {
   // The term and its weights.
@@ -42,7 +42,7 @@ struct plan {
   nonfinite_policy nonfinite = nonfinite_policy::raise;
   T lowest = 0, highest = 0;  ///< guard on the log-ratio for the estimators in use
   clamp_policy clamp;
-  bool clamp_a = false, clamp_b = false;  ///< the clamp acts on Ea / Eb
+  bool clamp_value = false, clamp_gradient = false;  ///< the clamp acts on Ev / Eg
   bool detach = false;   ///< detach the weight where the log-ratio bound is active
   T log_bound = 0;       ///< guard on log weights
   T log_clip = 0, clip = 0;  ///< truncation (log C = +inf when off)
@@ -78,10 +78,10 @@ sequence_pass pass_for(const plan<T>& p) {
     case level::token: break;
   }
   const bool differentiable = p.mode == weighting::differentiable;
-  if (!p.weighted && !(p.clamp.after_weight && (p.clamp_a || p.clamp_b)) &&
+  if (!p.weighted && !(p.clamp.after_weight && (p.clamp_value || p.clamp_gradient)) &&
       !uses_sequence_count(p.aggregation_mode))
     return sequence_pass::fused;
-  if (p.clamp.after_weight && p.clamp_a) return sequence_pass::after_weight;
+  if (p.clamp.after_weight && p.clamp_value) return sequence_pass::after_weight;
   if (p.weights == weight_level::per_decision) return sequence_pass::per_decision;
   if (differentiable && p.weights == weight_level::prefix) return sequence_pass::prefix;
   if (differentiable && p.weights == weight_level::sequence_mean)
@@ -91,9 +91,9 @@ sequence_pass pass_for(const plan<T>& p) {
   return sequence_pass::token;
 }
 
-/// The plan of a spec for estimators Ea and Eb, with the caller's options. Counts the batch
+/// The plan of a spec for estimators Ev and Eg, with the caller's options. Counts the batch
 /// does not give (tokens, sequences) stay -1 until run() has counted them.
-template <class Ea, class Eb, class T>
+template <class Ev, class Eg, class T>
 plan<T> make_plan(const spec& config, const options& opt) {
   const clamp_policy& cp = config.clamp;
   // parse_spec refuses such a band; a spec assembled in C++ comes here unchecked, and the
@@ -111,13 +111,13 @@ plan<T> make_plan(const spec& config, const options& opt) {
   p.gamma = T(config.gamma);
   p.nonfinite = opt.nonfinite;
   p.clamp = cp;
-  p.clamp_a = cp.active() && clamps<Ea>(cp);
-  p.clamp_b = cp.active() && clamps<Eb>(cp);
-  p.detach = cp.detach_weight && cp.log_bounded() && (p.clamp_a || p.clamp_b) &&
+  p.clamp_value = cp.active() && clamps<Ev>(cp);
+  p.clamp_gradient = cp.active() && clamps<Eg>(cp);
+  p.detach = cp.detach_weight && cp.log_bounded() && (p.clamp_value || p.clamp_gradient) &&
              is.mode == weighting::differentiable;
   // The guard keeps s where each estimator in use stays finite.
-  p.lowest = std::max(lowest_for<Ea, T>(cp, p.clamp_a), lowest_for<Eb, T>(cp, p.clamp_b));
-  p.highest = std::min(highest_for<Ea, T>(cp, p.clamp_a), highest_for<Eb, T>(cp, p.clamp_b));
+  p.lowest = std::max(lowest_for<Ev, T>(cp, p.clamp_value), lowest_for<Eg, T>(cp, p.clamp_gradient));
+  p.highest = std::min(highest_for<Ev, T>(cp, p.clamp_value), highest_for<Eg, T>(cp, p.clamp_gradient));
   p.log_bound = exp_bound<T>();
   p.clip = is.truncated() ? T(is.clip) : inf;
   p.log_clip = is.truncated() ? std::log(T(is.clip)) : inf;

@@ -3,7 +3,7 @@
 // arguments.
 #pragma once
 
-#include "../batch.hpp"
+#include "../views/batch.hpp"
 #include "passes.hpp"
 #include "plan.hpp"
 
@@ -48,25 +48,26 @@ void count_batch(const Batch& batch, plan<T>& p) {
   if (sequences) p.sequences = n.sequences;
 }
 
-/// The kernel for estimators Ea (value) and Eb (gradient): plan, count, then each sequence
+/// The kernel for estimators Ev (value) and Eg (gradient): plan, count, then each sequence
 /// through its pass.
-template <class Ea, class Eb, class Batch, class T>
+template <class Ev, class Eg, class Batch, class T>
 summary run(const spec& config, const Batch& batch, const strided_rows<T>& value,
             const strided_rows<T>& coef, const options& opt) {
-  static_assert(require_estimator<Ea>() && require_estimator<Eb>());
+  static_assert(require_estimator<Ev>() && require_estimator<Eg>());
   const importance& is = config.importance;
   // An empty batch has nothing to weight (and its empty arrays no data to tell whether
   // behaviour log-probs were given).
   if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0) {
-    // NeMo-RL's default weight, exp(lp - sg(lp)), needs none: lb = logp.
-    if (config.preset == preset::nemo_rl)
-      return run<Ea, Eb>(config, batch.with_logp_as_behavior(), value, coef, opt);
+    // A preset whose default weight is exp(lp - sg(lp)) (spec/presets.hpp's data) needs
+    // none: lb = logp.
+    if (behavior_defaults_to_logp(config.preset))
+      return run<Ev, Eg>(config, batch.with_logp_as_behavior(), value, coef, opt);
     raise(input_error(cat("spec '", to_string(config), "' weights tokens by pi/mu (is=",
                           to_string(is.mode), ") but the batch has no behavior log-probs; "
                           "add them with .with_behavior(lb)"),
                       input_reason::missing_behavior, "behavior"));
   }
-  plan<T> p = make_plan<Ea, Eb, T>(config, opt);
+  plan<T> p = make_plan<Ev, Eg, T>(config, opt);
   count_batch(batch, p);
   summary out;
   chunk<T> c;
@@ -77,7 +78,7 @@ summary run(const spec& config, const Batch& batch, const strided_rows<T>& value
   double total = 0.0;
   const auto layout = batch.layout();
   for (Index b = 0; b < batch.sequences(); ++b) {
-    total = saturated(total + run_sequence<Ea, Eb>(batch.sequence(b), layout.row(value, b),
+    total = saturated(total + run_sequence<Ev, Eg>(batch.sequence(b), layout.row(value, b),
                                                    layout.row(coef, b), p, c, out));
   }
   check_counts(opt.counts, out.tokens, out.sequences);

@@ -3,9 +3,9 @@
 // the policy logits, streamed over the row with Eigen's packets.
 #pragma once
 
-#include "../normal_log.hpp"
-#include "../streaming.hpp"
 #include "driver.hpp"
+#include "normal_log.hpp"
+#include "streaming.hpp"
 
 #include <algorithm>
 #include <cmath>

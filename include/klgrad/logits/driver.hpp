@@ -3,11 +3,11 @@
 // aggregates their values into the loss and raises for the first bad row.
 #pragma once
 
-#include "../aggregation.hpp"
-#include "../batch.hpp"
-#include "../errors.hpp"
-#include "../streaming.hpp"
+#include "../core/aggregation.hpp"
+#include "../support/errors.hpp"
+#include "../views/batch.hpp"
 #include "options.hpp"
+#include "streaming.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -188,6 +188,20 @@ T* value_output(const logit_batch<S, M>& b, const Eigen::DenseBase<D>& value) {
   static_assert(std::is_same_v<typename D::Scalar, T>,
                 "klgrad: value must have z's type (float for 16-bit z)");
   return const_cast<T*>(flat_of(value, "value", b.rows(), b.z.rows, b.z.cols));
+}
+
+/// The gradient argument of a call that writes values alone: the kernels then get a gradient
+/// row pointer that is nullptr at compile time (a value-only row function).
+struct values_only {};
+
+/// The gradient rows a kernel writes: none for values_only, else the caller's rows.
+template <class T>
+constexpr const strided_rows<T>* gradient_rows(values_only) {
+  return nullptr;
+}
+template <class T>
+const strided_rows<T>* gradient_rows(const strided_rows<T>& go) {
+  return &go;
 }
 
 template <class S, class M, class D, class T = compute_t<S>>

@@ -2,9 +2,10 @@
 // the size of the Jensen-Shannon workspace a caller may lend it.
 #pragma once
 
-#include "../aggregation.hpp"
-#include "../batch.hpp"
-#include "../streaming.hpp"
+#include "../core/aggregation.hpp"
+#include "../support/names.hpp"
+#include "../views/batch.hpp"
+#include "streaming.hpp"
 
 #include <string_view>
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
@@ -21,13 +22,16 @@ enum class divergence {
                   ///< M = lambda ref + (1 - lambda) pi
 };
 
-inline constexpr std::string_view to_string(divergence d) {
-  switch (d) {
-    case divergence::reverse_kl: return "reverse-kl";
-    case divergence::forward_kl: return "forward-kl";
-    case divergence::jensen_shannon: return "jensen-shannon";
-  }
-  return "?";
+/// Each divergence's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<divergence> divergence_names[] = {
+    {divergence::reverse_kl, "reverse-kl"},
+    {divergence::forward_kl, "forward-kl"},
+    {divergence::jensen_shannon, "jensen-shannon"}};
+
+inline constexpr auto all_divergences = detail::values_in(divergence_names);
+
+inline constexpr std::string_view to_string(divergence x) {
+  return detail::name_in(divergence_names, x);
 }
 
 /// Settings of a full-vocabulary call.
@@ -43,7 +47,7 @@ struct logits_options {
   bool log_probs = false;
   klgrad::aggregation aggregation = aggregation::token_mean;
   /// L of the -norm modes, the epsilons added to the counts, the scale: as the spec keys
-  /// agg-norm, agg-eps, agg-seq-eps and agg-scale (aggregation.hpp).
+  /// agg-norm, agg-eps, agg-seq-eps and agg-scale (core/aggregation.hpp).
   klgrad::aggregation_constants aggregation_constants;
   double beta = 1.0;
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)

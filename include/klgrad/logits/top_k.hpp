@@ -3,8 +3,9 @@
 // a tail bin (k + 1 bins), each with its exact gradient with respect to the policy logits.
 #pragma once
 
-#include "../streaming.hpp"
+#include "../support/names.hpp"
 #include "driver.hpp"
+#include "streaming.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -35,25 +36,22 @@ enum class top_k_form {
   reverse_kl_tail,
 };
 
-inline constexpr top_k_form top_k_forms[] = {top_k_form::forward_kl, top_k_form::reverse_kl,
-                                             top_k_form::forward_kl_tail,
-                                             top_k_form::reverse_kl_tail};
+/// Each top k form's name: the one table to_string, the spec's parser and the bindings read.
+inline constexpr enum_name<top_k_form> top_k_form_names[] = {
+    {top_k_form::forward_kl, "forward-kl-top-k"},
+    {top_k_form::reverse_kl, "reverse-kl-top-k"},
+    {top_k_form::forward_kl_tail, "forward-kl-top-k-tail"},
+    {top_k_form::reverse_kl_tail, "reverse-kl-top-k-tail"}};
 
-inline constexpr std::string_view to_string(top_k_form f) {
-  switch (f) {
-    case top_k_form::forward_kl: return "forward-kl-top-k";
-    case top_k_form::reverse_kl: return "reverse-kl-top-k";
-    case top_k_form::forward_kl_tail: return "forward-kl-top-k-tail";
-    case top_k_form::reverse_kl_tail: return "reverse-kl-top-k-tail";
-  }
-  return "?";
+inline constexpr auto top_k_forms = detail::values_in(top_k_form_names);
+
+inline constexpr std::string_view to_string(top_k_form x) {
+  return detail::name_in(top_k_form_names, x);
 }
 
 /// The form named by to_string, or nothing.
 inline std::optional<top_k_form> top_k_form_named(std::string_view name) {
-  for (const top_k_form f : top_k_forms)
-    if (to_string(f) == name) return f;
-  return std::nullopt;
+  return detail::value_in(top_k_form_names, name);
 }
 
 /// True where K is the policy's top k (the reverse forms), false where it is the reference's.
@@ -331,11 +329,12 @@ strided_rows<std::remove_const_t<typename D::Scalar>> index_output(const logit_b
   return {const_cast<I*>(v.data), v.rows, v.cols, v.stride};
 }
 
-/// Runs a top-k form over the batch: go = nullptr for values alone.
+/// Runs a top-k form over the batch: grad is values_only or the gradient rows.
 /// Logits stored as S; values and gradients in T = compute_t<S>.
-template <class S, class M, class I, class T = compute_t<S>>
+template <class S, class M, class I, class G, class T = compute_t<S>>
 logits_summary run_top_k(top_k_form f, const logit_batch<S, M>& b, const strided_rows<I>& idx,
-                         T* out, const strided_rows<T>* go, const logits_options& opt) {
+                         T* out, const G& grad, const logits_options& opt) {
+  const strided_rows<T>* go = gradient_rows<T>(grad);
   check_options(b, opt);
   const Index V = b.vocabulary(), k = idx.cols;
   const T it = T(1.0 / opt.temperature);
@@ -360,9 +359,7 @@ logits_summary top_k_divergence(top_k_form f, const logit_batch<T, M>& batch,
                                 const Eigen::DenseBase<V>& value, const logits_options& opt = {}) {
   const auto idx = detail::index_output(batch, indices);
   auto* out = detail::value_output(batch, value);  // float for 16-bit z
-  return detail::run_top_k(f, batch, idx, out,
-                           static_cast<const detail::strided_rows<detail::compute_t<T>>*>(nullptr),
-                           opt);
+  return detail::run_top_k(f, batch, idx, out, detail::values_only{}, opt);
 }
 
 /// The same, and grad = beta * a_{b,t} * d value / d z (N x V; zero in masked rows), with K
@@ -376,7 +373,7 @@ logits_summary top_k_divergence(top_k_form f, const logit_batch<T, M>& batch,
   const auto idx = detail::index_output(batch, indices);
   auto* out = detail::value_output(batch, value);
   const auto go = detail::grad_output(batch, grad);
-  return detail::run_top_k(f, batch, idx, out, &go, opt);
+  return detail::run_top_k(f, batch, idx, out, go, opt);
 }
 
 /// top_k_divergence(top_k_form::forward_kl, ...): over K, the reference's k largest logits,

@@ -7,9 +7,9 @@
 #include "tabular.hpp"
 #include "targets.hpp"
 
-#include <klgrad/batch.hpp>
+#include <klgrad/views/batch.hpp>
 #include <klgrad/evaluate.hpp>
-#include <klgrad/spec.hpp>
+#include <klgrad/spec/spec.hpp>
 
 #include <cmath>
 #include <cstdio>

@@ -5,7 +5,7 @@
 
 #include "categorical.hpp"
 
-#include <klgrad/errors.hpp>
+#include <klgrad/support/errors.hpp>
 
 #include <cmath>
 #include <random>

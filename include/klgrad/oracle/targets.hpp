@@ -6,7 +6,7 @@
 #include "categorical.hpp"
 #include "tabular.hpp"
 
-#include <klgrad/errors.hpp>
+#include <klgrad/support/errors.hpp>
 
 #include <algorithm>
 #include <limits>
@@ -22,39 +22,37 @@ inline void require_same_shape(const tabular& a, const tabular& b, const char* w
 }
 }  // namespace detail
 
+namespace detail {
+/// sum_h d(h) f(pi_h, ref_h): a per-state divergence f weighted by a state distribution d
+/// (one entry per row), the sum every value below is.
+template <class F>
+double weighted_over_states(const tabular& pi, const tabular& ref, const vector& d, F f) {
+  const matrix lp = pi.log_probs(), lr = ref.log_probs();
+  double v = 0.0;
+  for (Index r = 0; r < pi.rows(); ++r) v += d(r) * f(lp.row(r).transpose(), lr.row(r).transpose());
+  return v;
+}
+}  // namespace detail
+
+/// Per-state divergences weighted by a state distribution d (one entry per row):
+/// sum_h d(h) KL(pi_h || ref_h) and sum_h d(h) KL(ref_h || pi_h).
+inline double rkl_token_value(const tabular& pi, const tabular& ref, const vector& d) {
+  return detail::weighted_over_states(pi, ref, d, rkl);
+}
+inline double fkl_token_value(const tabular& pi, const tabular& ref, const vector& d) {
+  return detail::weighted_over_states(pi, ref, d, fkl);
+}
+
 /// Sequence reverse KL: KL_seq = E_{y~pi}[sum_t s_t] = sum_h d_pi(h) KL(pi_h || ref_h).
 inline double rkl_value(const tabular& pi, const tabular& ref) {
   detail::require_same_shape(pi, ref, "ref");
-  const matrix lp = pi.log_probs(), lr = ref.log_probs();
-  const vector d = state_distribution(pi, lp);
-  double v = 0.0;
-  for (Index r = 0; r < pi.rows(); ++r) v += d(r) * rkl(lp.row(r).transpose(), lr.row(r).transpose());
-  return v;
+  return rkl_token_value(pi, ref, state_distribution(pi));
 }
 
 /// Sequence forward KL: KL(ref || pi) = sum_h d_ref(h) KL(ref_h || pi_h).
 inline double fkl_value(const tabular& pi, const tabular& ref) {
   detail::require_same_shape(pi, ref, "ref");
-  const matrix lp = pi.log_probs(), lr = ref.log_probs();
-  const vector d = state_distribution(ref, lr);
-  double v = 0.0;
-  for (Index r = 0; r < pi.rows(); ++r) v += d(r) * fkl(lp.row(r).transpose(), lr.row(r).transpose());
-  return v;
-}
-
-/// Per-state divergences weighted by a state distribution d (one entry per row):
-/// sum_h d(h) KL(pi_h || ref_h) and sum_h d(h) KL(ref_h || pi_h).
-inline double rkl_token_value(const tabular& pi, const tabular& ref, const vector& d) {
-  const matrix lp = pi.log_probs(), lr = ref.log_probs();
-  double v = 0.0;
-  for (Index r = 0; r < pi.rows(); ++r) v += d(r) * rkl(lp.row(r).transpose(), lr.row(r).transpose());
-  return v;
-}
-inline double fkl_token_value(const tabular& pi, const tabular& ref, const vector& d) {
-  const matrix lp = pi.log_probs(), lr = ref.log_probs();
-  double v = 0.0;
-  for (Index r = 0; r < pi.rows(); ++r) v += d(r) * fkl(lp.row(r).transpose(), lr.row(r).transpose());
-  return v;
+  return fkl_token_value(pi, ref, state_distribution(ref));
 }
 
 /// d KL_seq / dz_h = d_pi(h) pi_h * (Q_h - V_h), where Q_h(y) = s_h(y) + V_{child(h,y)} is the
