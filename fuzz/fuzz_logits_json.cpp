@@ -2,15 +2,15 @@
 // divergence and its settings), parsed and evaluated by the code the CLI runs, in both
 // precisions. Refusals (usage_error, klgrad::error) are expected; any other exception or a
 // sanitizer report is a finding.
-#include "eval_json.hpp"
-#include "json_input.hpp"
+#include <klgrad_frontend/eval_json.hpp>
+#include <klgrad_frontend/json_input.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  using namespace klgrad::cli;
+  using namespace klgrad::frontend;
   const std::string text(reinterpret_cast<const char*>(data), size);
   nlohmann::json doc;
   try {

@@ -3,15 +3,15 @@
 // mu, with a small Monte Carlo run and a 4 MiB memory limit (which also bounds the time of
 // an iteration). Refusals (usage_error, klgrad::error) are expected; any other exception or
 // a sanitizer report is a finding.
-#include "audit_json.hpp"
-#include "json_input.hpp"
+#include <klgrad_frontend/audit_json.hpp>
+#include <klgrad_frontend/json_input.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  using namespace klgrad::cli;
+  using namespace klgrad::frontend;
   const std::string text(reinterpret_cast<const char*>(data), size);
   nlohmann::json doc;
   try {

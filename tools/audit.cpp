@@ -1,9 +1,11 @@
 // klgrad audit: the exact expected gradient of a spec on a small tabular policy, computed
 // through klgrad::evaluate by enumerating every outcome, compared with the exact gradients
 // of the divergences it might be estimating.
-#include "audit_json.hpp"
 #include "commands.hpp"
-#include "json_input.hpp"
+#include "json_file.hpp"
+
+#include <klgrad_frontend/audit_json.hpp>
+#include <klgrad_frontend/errors.hpp>
 
 #include <cstdint>
 #include <iomanip>
@@ -16,7 +18,7 @@
 namespace klgrad::cli {
 namespace {
 
-using namespace audit_input;
+using namespace frontend::audit_input;
 
 std::string fixed_list(const vector& x) {
   std::ostringstream out;
@@ -61,7 +63,7 @@ void print_table(const nlohmann::ordered_json& r) {
 }  // namespace
 
 void add_audit(CLI::App& app) {
-  auto cfg = std::make_shared<audit_input::settings>();
+  auto cfg = std::make_shared<frontend::audit_input::settings>();
   CLI::App* cmd = app.add_subcommand(
       "audit",
       "Audit a spec on a tabular policy given as JSON {\"vocab\": V, \"steps\": T, \"logits\", "
@@ -83,7 +85,8 @@ void add_audit(CLI::App& app) {
       ->transform(CLI::AsSizeValue(false));
   cmd->add_option("--format", cfg->format, "output format")->check(CLI::IsMember({"json", "table"}));
   cmd->callback([cfg] {
-    if (cfg->mc == 1) throw usage_error("--mc needs at least 2 samples for a standard error");
+    if (cfg->mc == 1)
+      throw frontend::settings_error("--mc needs at least 2 samples for a standard error");
     const nlohmann::ordered_json r = audit(parse_spec(cfg->spec), read_json(cfg->policy), *cfg);
     if (cfg->format == "json")
       std::cout << r.dump() << "\n";

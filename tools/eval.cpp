@@ -2,8 +2,9 @@
 // batch of full policy and reference logits, and the exact per-state divergences and their
 // gradients out (docs/logits.md).
 #include "commands.hpp"
-#include "eval_json.hpp"
-#include "json_input.hpp"
+#include "json_file.hpp"
+
+#include <klgrad_frontend/eval_json.hpp>
 
 #include <iostream>
 #include <memory>
@@ -11,7 +12,7 @@
 namespace klgrad::cli {
 
 void add_eval(CLI::App& app) {
-  auto cfg = std::make_shared<eval_input::settings>();
+  auto cfg = std::make_shared<frontend::eval_input::settings>();
   CLI::App* cmd = app.add_subcommand(
       "eval",
       "Evaluate a spec on a batch given as JSON: {\"logp\", \"ref\", optional \"behavior\", "
@@ -39,7 +40,8 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--tokens", cfg->tokens, "global N_tokens (data-parallel shard)");
   cmd->add_option("--sequences", cfg->sequences, "global B_nonempty (data-parallel shard)");
   cmd->callback([cfg] {
-    std::cout << eval_input::evaluate_input(read_json(cfg->input), *cfg).dump() << "\n";
+    const nlohmann::json out = frontend::eval_input::evaluate_input(read_json(cfg->input), *cfg);
+    std::cout << out.dump() << "\n";
   });
 }
 

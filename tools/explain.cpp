@@ -2,8 +2,11 @@
 // expectation on one state and over sequences, on-policy and from a behaviour policy --
 // from the theory (klgrad::explain), as JSON, text or a Markdown table.
 #include "commands.hpp"
-#include "explain_json.hpp"
 #include "trainer_yaml.hpp"
+
+#include <klgrad_frontend/errors.hpp>
+#include <klgrad_frontend/explain_json.hpp>
+#include <klgrad_frontend/trainer_config.hpp>
 
 #include <klgrad/explain.hpp>
 
@@ -14,6 +17,15 @@
 
 namespace klgrad::cli {
 namespace {
+
+using frontend::config_map;
+using frontend::find_trainer;
+using frontend::read_trainer_config;
+using frontend::settings_error;
+using frontend::to_json;
+using frontend::trainer_info;
+using frontend::trainer_reading;
+using klgrad::detail::format_number;
 
 struct explain_settings {
   std::vector<std::string> specs;
@@ -58,10 +70,11 @@ void print_table(const trainer_reading& t) {
 }
 
 void explain_trainer(const explain_settings& cfg) {
-  if (cfg.config.empty()) throw usage_error("--trainer needs --config FILE (the trainer's own configuration)");
-  if (!cfg.specs.empty()) throw usage_error("give --spec or --trainer, not both");
+  if (cfg.config.empty())
+    throw settings_error("--trainer needs --config FILE (the trainer's own configuration)");
+  if (!cfg.specs.empty()) throw settings_error("give --spec or --trainer, not both");
   if (cfg.format != "json" && cfg.format != "table")
-    throw usage_error("--format " + cfg.format + " with --trainer: use json or table");
+    throw settings_error("--format " + cfg.format + " with --trainer: use json or table");
   const trainer_info& info = find_trainer(cfg.trainer);
   std::vector<std::string> notes;
   const config_map keys = read_config_file(info, cfg.config, notes);
@@ -94,9 +107,11 @@ void add_explain(CLI::App& app) {
   cmd->callback([cfg] {
     if (!cfg->trainer.empty()) return explain_trainer(*cfg);
     if (!cfg->config.empty() || !cfg->sets.empty())
-      throw usage_error("--config and --set go with --trainer NAME");
-    if (cfg->specs.empty()) throw usage_error("explain needs --spec SPEC or --trainer NAME --config FILE");
-    if (cfg->format == "table") throw usage_error("--format table goes with --trainer; use text or markdown");
+      throw settings_error("--config and --set go with --trainer NAME");
+    if (cfg->specs.empty())
+      throw settings_error("explain needs --spec SPEC or --trainer NAME --config FILE");
+    if (cfg->format == "table")
+      throw settings_error("--format table goes with --trainer; use text or markdown");
     std::vector<verdict> verdicts;
     for (const auto& text : cfg->specs) verdicts.push_back(explain(parse_spec(text)));
     if (cfg->format == "json") {

@@ -2,8 +2,11 @@
 // off-policy) and the training table (where a toy KL-regularised trainer using each spec
 // ends, measured exactly against the analytic optimum pi*), with CSV curves and plots.
 #include "commands.hpp"
-#include "policy_file.hpp"
+#include "json_file.hpp"
 #include "report.hpp"
+
+#include <klgrad_frontend/errors.hpp>
+#include <klgrad_frontend/policy_file.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -20,6 +23,8 @@
 namespace klgrad::cli {
 namespace {
 
+using frontend::positive_integer;
+using frontend::read_logits;
 using report::Index;
 using report::matrix;
 using report::tabular;
@@ -37,11 +42,11 @@ struct options_ {
 /// (default: U(0, 1) drawn from --seed).
 report::case_ user_case(const report::settings& cfg) {
   const nlohmann::json& in = read_json(cfg.policy_file);
-  if (!in.is_object()) throw usage_error("the policy file must hold a JSON object");
+  if (!in.is_object()) throw frontend::schema_error("the policy file must hold a JSON object");
   const Index v = positive_integer(in, "vocab", 2), t = positive_integer(in, "steps", 1);
   if (double(t) * std::log(double(v)) > std::log(65536.0))
-    throw usage_error("vocab^steps exceeds 65536 sequences; the report enumerates every one at "
-                      "every recorded step");
+    throw frontend::limit_error("vocab^steps exceeds 65536 sequences; the report enumerates "
+                                "every one at every recorded step");
   report::case_ c;
   c.problem.name = "policy";
   c.problem.ref = read_logits(in, "ref_logits", v, t);
@@ -52,10 +57,10 @@ report::case_ user_case(const report::settings& cfg) {
   if (in.contains("reward")) {
     const auto& r = in["reward"];
     if (!r.is_array() || Index(r.size()) != n)
-      throw usage_error("'reward' must list " + std::to_string(n) + " numbers (V^T)");
+      throw frontend::schema_error("'reward' must list " + std::to_string(n) + " numbers (V^T)");
     for (Index i = 0; i < n; ++i) {
       if (!r[std::size_t(i)].is_number() || !std::isfinite(r[std::size_t(i)].get<double>()))
-        throw usage_error("reward[" + std::to_string(i) + "] must be a finite number");
+        throw frontend::schema_error("reward[" + std::to_string(i) + "] must be a finite number");
       c.problem.reward(i) = r[std::size_t(i)].get<double>();
     }
   } else {
@@ -160,7 +165,7 @@ void write_curves(const std::string& dir, const nlohmann::ordered_json& r,
   ::mkdir(dir.c_str(), 0755);
   {
     std::ofstream csv(dir + "/curves.csv");
-    if (!csv) throw usage_error("cannot write to '" + dir + "'");
+    if (!csv) throw file_error("cannot write to '" + dir + "'");
     csv << "problem,mode,spec,step,tv,kl,reward,objective\n" << std::setprecision(10);
     for (const auto& c : curves)
       for (const auto& p : c.points)

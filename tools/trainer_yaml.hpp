@@ -3,18 +3,21 @@
 // of a command line for the others.
 #pragma once
 
-#include "trainer_config.hpp"
+#include <klgrad_frontend/errors.hpp>
+#include <klgrad_frontend/trainer_config.hpp>
+#include <klgrad_frontend/trainer_input.hpp>
 
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace klgrad::cli {
 
 /// A YAML node as dotted keys (the mapping front end's YAML twin of flatten(json)).
-inline void flatten(const YAML::Node& node, const std::string& prefix, config_map& out) {
+inline void flatten(const YAML::Node& node, const std::string& prefix, frontend::config_map& out) {
   if (node.IsMap()) {
     for (const auto& item : node)
       flatten(item.second, prefix.empty() ? item.first.as<std::string>()
@@ -28,23 +31,25 @@ inline void flatten(const YAML::Node& node, const std::string& prefix, config_ma
 }
 
 /// The keys of trainer t's configuration file at path.
-inline config_map read_config_file(const trainer_info& t, const std::string& path,
-                                   std::vector<std::string>& warnings) {
+inline frontend::config_map read_config_file(const frontend::trainer_info& t,
+                                             const std::string& path,
+                                             std::vector<std::string>& warnings) {
   std::ifstream in(path);
-  if (!in) throw trainer_error("--config '" + path + "': cannot open the file");
+  if (!in) throw frontend::trainer_error("--config '" + path + "': cannot open the file");
   std::stringstream text;
   text << in.rdbuf();
-  if (t.command_line) return read_command_line(split_command_line(text.str()), warnings);
+  if (t.command_line)
+    return frontend::read_command_line(frontend::split_command_line(text.str()), warnings);
   YAML::Node root;
   try {
     root = YAML::Load(text.str());
   } catch (const YAML::Exception& e) {
-    throw trainer_error("--config '" + path + "': not YAML or JSON: " + e.what());
+    throw frontend::trainer_error("--config '" + path + "': not YAML or JSON: " + e.what());
   }
   if (!root.IsMap() && !root.IsNull())
-    throw trainer_error("--config '" + path + "': " + std::string(t.name) +
-                        "'s configuration is a mapping of its keys (YAML or JSON)");
-  config_map out;
+    throw frontend::trainer_error("--config '" + path + "': " + std::string(t.name) +
+                                  "'s configuration is a mapping of its keys (YAML or JSON)");
+  frontend::config_map out;
   flatten(root, "", out);
   return out;
 }

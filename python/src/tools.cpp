@@ -1,18 +1,18 @@
-// explain() and audit(): the JSON texts of `klgrad explain` and `klgrad audit`, built by the
-// CLI's own code (tools/explain_json.hpp, tools/audit_json.hpp, tools/json_input.hpp); the
-// package turns them into dicts.
+// explain(), audit() and from_trainer_config(): the JSON texts of `klgrad explain` and
+// `klgrad audit`, built by the front-end library the CLI uses too (frontend/klgrad_frontend);
+// the package turns them into dicts.
 #include "binding.hpp"
 
-#include "audit_json.hpp"
-#include "explain_json.hpp"
-#include "trainer_config.hpp"
+#include <klgrad_frontend/audit_json.hpp>
+#include <klgrad_frontend/explain_json.hpp>
+#include <klgrad_frontend/trainer_config.hpp>
 
 #include <nanobind/stl/string.h>
 
 namespace klgrad::python {
 namespace {
 
-std::string explain_text(const spec& s) { return cli::to_json(explain(s)).dump(); }
+std::string explain_text(const spec& s) { return frontend::to_json(explain(s)).dump(); }
 
 std::string audit_text(const std::string& policy, const spec& s, const std::string& sampling,
                        Index mc, std::uint64_t seed, std::uint64_t max_memory) {
@@ -24,18 +24,16 @@ std::string audit_text(const std::string& policy, const spec& s, const std::stri
                                               "samples; a standard error needs 2), got " +
                                                   std::to_string(mc)};
   try {
-    cli::audit_input::settings cfg;
+    frontend::audit_input::settings cfg;
     cfg.sampling = sampling;
     cfg.mc = mc;
     cfg.seed = seed;
     cfg.max_memory = max_memory;
     cfg.memory_option = "max_memory=";
     nlohmann::json doc;
-    cli::parse_json(policy, "policy", doc);
-    return cli::audit_input::audit(s, doc, cfg).dump();
-  } catch (const cli::usage_error& e) {
-    throw argument_error{python_error::input, std::string("policy: ") + e.what()};
-  } catch (const nlohmann::json::exception& e) {
+    frontend::parse_json(policy, "policy", doc);
+    return frontend::audit_input::audit(s, doc, cfg).dump();
+  } catch (const frontend::usage_error& e) {
     throw argument_error{python_error::input, std::string("policy: ") + e.what()};
   }
 }
@@ -45,25 +43,27 @@ std::string audit_text(const std::string& policy, const spec& s, const std::stri
 std::string trainer_config_text(const std::string& name, const std::string& form,
                                 const std::string& text) {
   try {
-    const cli::trainer_info& info = cli::find_trainer(name);
+    const frontend::trainer_info& info = frontend::find_trainer(name);
     std::vector<std::string> notes;
-    cli::config_map keys;
+    frontend::config_map keys;
     if (form == "mapping") {
       if (info.command_line)
-        throw cli::trainer_error(name + " is configured by a command line: pass mapping= as "
+        throw frontend::trainer_error(name + " is configured by a command line: pass mapping= as "
                                         "a list of its words or a str");
-      cli::flatten(nlohmann::json::parse(text), "", keys);
+      frontend::flatten(nlohmann::json::parse(text), "", keys);
     } else {
       if (!info.command_line)
-        throw cli::trainer_error(name + " is configured by a mapping: pass mapping= as a dict "
+        throw frontend::trainer_error(name + " is configured by a mapping: pass mapping= as a dict "
                                         "(its YAML or JSON as loaded)");
       const auto words = form == "argv"
                              ? nlohmann::json::parse(text).get<std::vector<std::string>>()
-                             : cli::split_command_line(text);
-      keys = cli::read_command_line(words, notes);
+                             : frontend::split_command_line(text);
+      keys = frontend::read_command_line(words, notes);
     }
-    return cli::to_json(cli::read_trainer_config(name, keys, {}, notes)).dump();
-  } catch (const cli::trainer_error& e) {
+    return frontend::to_json(frontend::read_trainer_config(name, keys, {}, notes)).dump();
+  } catch (const frontend::trainer_error& e) {
+    throw argument_error{python_error::value, std::string("from_trainer_config: ") + e.what()};
+  } catch (const nlohmann::json::exception& e) {  // the wrapper's own JSON of a mapping
     throw argument_error{python_error::value, std::string("from_trainer_config: ") + e.what()};
   }
 }

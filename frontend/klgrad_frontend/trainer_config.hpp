@@ -23,7 +23,7 @@
 #include <string_view>
 #include <vector>
 
-namespace klgrad::cli {
+namespace klgrad::frontend {
 
 using klgrad::detail::format_number;
 using klgrad::detail::number_problem;
@@ -628,4 +628,4 @@ inline nlohmann::ordered_json to_json(const trainer_reading& t) {
   return out;
 }
 
-}  // namespace klgrad::cli
+}  // namespace klgrad::frontend

@@ -3,7 +3,7 @@
 // with the policy file's fuzz target.
 #pragma once
 
-#include "commands.hpp"
+#include "errors.hpp"
 #include "json_input.hpp"
 #include "policy_file.hpp"
 
@@ -16,7 +16,7 @@
 #include <memory>
 #include <string>
 
-namespace klgrad::cli {
+namespace klgrad::frontend {
 namespace audit_input {
 
 using oracle::vector;
@@ -40,8 +40,8 @@ inline nlohmann::ordered_json to_json(const vector& x) {
 }
 
 /// The refusal of work needing `need` bytes, over --max-memory.
-inline usage_error over_memory(const std::string& what, double need, const settings& cfg) {
-  return usage_error(what + " needs " + oracle::byte_text(need) + ", over " + cfg.memory_option +
+inline limit_error over_memory(const std::string& what, double need, const settings& cfg) {
+  return limit_error(what + " needs " + oracle::byte_text(need) + ", over " + cfg.memory_option +
                      " " + oracle::byte_text(double(cfg.max_memory)) + "; raise " +
                      cfg.memory_option + " or use a smaller policy");
 }
@@ -58,17 +58,19 @@ auto within_memory(F&& f, const std::string& what, const settings& cfg) -> declt
 }
 
 /// The audit report of spec s on the policy file `in` (cfg: sampling, mc, seed, max_memory;
-/// cfg.spec is not read); keys keep the documented order. usage_error names a bad key of `in`.
+/// cfg.spec is not read); keys keep the documented order. schema_error names a bad key of
+/// `in`; limit_error refuses a policy too large for the enumeration or for cfg.max_memory.
 inline nlohmann::ordered_json audit(const spec& s, const nlohmann::json& in,
                                     const settings& cfg) {
-  if (!in.is_object()) throw usage_error("the policy file must hold a JSON object, got " + shown(in));
+  if (!in.is_object())
+    throw schema_error("the policy file must hold a JSON object, got " + shown(in));
   require_known_keys(in, {"vocab", "steps", "logits", "ref_logits", "behavior_logits"},
                      "the policy file");
   const Index v = positive_integer(in, "vocab", 2), t = positive_integer(in, "steps", 1);
   Index outcomes = 1;
   for (Index i = 0; i < t; ++i)
     if ((outcomes *= v) > max_outcomes)
-      throw usage_error("vocab^steps exceeds " + std::to_string(max_outcomes) +
+      throw limit_error("vocab^steps exceeds " + std::to_string(max_outcomes) +
                         " outcomes; the audit enumerates every one");
   // Checked before reading the logits: the enumeration holds a gradient per outcome.
   const std::string enumeration = "vocab " + std::to_string(v) + ", steps " + std::to_string(t) +
@@ -119,4 +121,4 @@ inline nlohmann::ordered_json audit(const spec& s, const nlohmann::json& in,
 }
 
 }  // namespace audit_input
-}  // namespace klgrad::cli
+}  // namespace klgrad::frontend

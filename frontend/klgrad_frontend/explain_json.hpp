@@ -8,7 +8,7 @@
 
 #include <string>
 
-namespace klgrad::cli {
+namespace klgrad::frontend {
 
 inline nlohmann::ordered_json to_json(const follows& f, bool one_state) {
   nlohmann::ordered_json out;
@@ -38,4 +38,4 @@ inline nlohmann::ordered_json to_json(const verdict& v) {
   return out;
 }
 
-}  // namespace klgrad::cli
+}  // namespace klgrad::frontend

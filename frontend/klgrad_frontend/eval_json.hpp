@@ -2,7 +2,7 @@
 // evaluating it: the code behind `klgrad eval`, shared with its fuzz targets.
 #pragma once
 
-#include "commands.hpp"
+#include "errors.hpp"
 #include "json_input.hpp"
 
 #include <klgrad/klgrad.hpp>
@@ -19,7 +19,7 @@
 #include <type_traits>
 #include <vector>
 
-namespace klgrad::cli {
+namespace klgrad::frontend {
 namespace eval_input {
 
 template <class T>
@@ -48,7 +48,7 @@ T in_range(const nlohmann::json& x) {
 template <class T>
 T number(const nlohmann::json& x, const std::string& where) {
   if (x.is_null()) return std::numeric_limits<T>::quiet_NaN();
-  if (!x.is_number()) throw usage_error(where + " must be a number or null, got " + shown(x));
+  if (!x.is_number()) throw schema_error(where + " must be a number or null, got " + shown(x));
   return in_range<T>(x);
 }
 
@@ -58,8 +58,8 @@ template <class T>
 T mask_entry(const nlohmann::json& x, const std::string& where) {
   if (x.is_boolean()) return x.get<bool>() ? T(1) : T(0);
   if (!x.is_number())
-    throw usage_error(where + " is " + shown(x) +
-                      "; a mask entry is 1 or true (valid), 0 or false (masked)");
+    throw schema_error(where + " is " + shown(x) +
+                       "; a mask entry is 1 or true (valid), 0 or false (masked)");
   return in_range<T>(x);
 }
 
@@ -69,12 +69,12 @@ template <class T>
 T logit(const nlohmann::json& x, const std::string& where) {
   if (x.is_string()) {
     if (x.get<std::string>() == "-inf") return -std::numeric_limits<T>::infinity();
-    throw usage_error(where + " is " + shown(x) +
-                      "; a logit is a finite number, \"-inf\" (an entry of a masked "
-                      "vocabulary) or null (NaN, in masked rows only)");
+    throw schema_error(where + " is " + shown(x) +
+                       "; a logit is a finite number, \"-inf\" (an entry of a masked "
+                       "vocabulary) or null (NaN, in masked rows only)");
   }
   if (!x.is_null() && !x.is_number())
-    throw usage_error(where + " must be a number, \"-inf\" or null, got " + shown(x));
+    throw schema_error(where + " must be a number, \"-inf\" or null, got " + shown(x));
   return number<T>(x, where);
 }
 
@@ -83,13 +83,13 @@ T logit(const nlohmann::json& x, const std::string& where) {
 /// beyond S's range a logit becomes +-inf, as beyond float's for --type float.
 template <class S>
 S stored_logit(const nlohmann::json& x, const std::string& where) {
-  if constexpr (detail::is_16bit_v<S>) return S(logit<float>(x, where));
+  if constexpr (klgrad::detail::is_16bit_v<S>) return S(logit<float>(x, where));
   else return logit<S>(x, where);
 }
 
 /// An integer (a token id, an offset).
 inline std::int64_t integer(const nlohmann::json& x, const std::string& where) {
-  if (!x.is_number_integer()) throw usage_error(where + " must be an integer, got " + shown(x));
+  if (!x.is_number_integer()) throw schema_error(where + " must be an integer, got " + shown(x));
   return x.get<std::int64_t>();
 }
 
@@ -123,11 +123,11 @@ struct tensor_reader {
       for (std::size_t l = 0; l < level; ++l) from += "[0]";
     }
     if (!x.is_array())
-      throw usage_error(name + at + " must be a list of " + entries(n) + " (as " + from +
-                        "), got " + shown(x));
+      throw schema_error(name + at + " must be a list of " + entries(n) + " (as " + from +
+                         "), got " + shown(x));
     if (x.size() != n)
-      throw usage_error(name + at + " has " + entries(x.size()) + " but " + from + " has " +
-                        std::to_string(n));
+      throw schema_error(name + at + " has " + entries(x.size()) + " but " + from + " has " +
+                         std::to_string(n));
     for (std::size_t i = 0; i < n; ++i) (*this)(x[i], level + 1, at + "[" + std::to_string(i) + "]");
   }
 };
@@ -142,7 +142,7 @@ inline shape probe_shape(const nlohmann::json& x, const std::string& name, std::
     if (!p->is_array()) {
       std::string at = name;
       for (std::size_t l = 0; l < dims.size(); ++l) at += "[0]";
-      throw usage_error(at + " must be a list (" + name + ": " + layout + "), got " + shown(*p));
+      throw schema_error(at + " must be a list (" + name + ": " + layout + "), got " + shown(*p));
     }
     dims.push_back(Index(p->size()));
     if (p->empty()) dims.resize(depth, 0);
@@ -246,42 +246,43 @@ inline std::string json_number(double v) {
 /// The library's input_error phrased with JSON keys and command-line options, from its
 /// fields (positions as in json_row; s the spec of logp/ref input, else null). Reasons it
 /// has no words for keep what() (their messages name no C++ call).
-inline usage_error in_cli_words(const input_error& e, Index positions, const spec* s) {
+inline batch_error in_cli_words(const input_error& e, Index positions, const spec* s) {
+  const auto refused = [&e](const std::string& what) { return batch_error(what, e.reason); };
   const std::string row = json_row(e, positions);
   const std::string at = json_field(e.argument) + row +
                          (e.column >= 0 ? "[" + std::to_string(e.column) + "]" : "");
   switch (e.reason) {
     case input_reason::nonfinite:
       if (e.column >= 0)
-        return usage_error(at + " is " + json_number(e.value) + " in a valid row; a logit is "
-                           "a finite number or \"-inf\" (null only in masked rows)");
-      return usage_error(at + " is " + json_number(e.value) + ", not finite, in a valid token; "
-                         "set mask" + row + " to 0, or pass --nonfinite propagate to compute "
-                         "anyway");
+        return refused(at + " is " + json_number(e.value) + " in a valid row; a logit is "
+                       "a finite number or \"-inf\" (null only in masked rows)");
+      return refused(at + " is " + json_number(e.value) + ", not finite, in a valid token; "
+                     "set mask" + row + " to 0, or pass --nonfinite propagate to compute "
+                     "anyway");
     case input_reason::empty_row:
-      return usage_error(at + " has no finite entry (every logit is \"-inf\"), so its "
-                         "softmax is undefined; set mask" + row + " to 0");
+      return refused(at + " has no finite entry (every logit is \"-inf\"), so its "
+                     "softmax is undefined; set mask" + row + " to 0");
     case input_reason::zero_reference:
-      return usage_error(at + " gives zero probability (a \"-inf\" logit) to an entry where "
-                         "logits give a positive one: reverse-kl = +inf and its gradient is "
-                         "undefined (\"gradient\": false gives the value alone)");
+      return refused(at + " gives zero probability (a \"-inf\" logit) to an entry where "
+                     "logits give a positive one: reverse-kl = +inf and its gradient is "
+                     "undefined (\"gradient\": false gives the value alone)");
     case input_reason::missing_behavior:
-      return usage_error(
+      return refused(
           "--spec '" + (s ? to_string(*s) : std::string()) + "' weights tokens by pi/mu" +
           (s ? " (is=" + std::string(to_string(s->importance.mode)) + ")" : std::string()) +
           " but the input has no \"behavior\": add the behaviour policy's log-probs, shaped "
           "as \"logp\"");
     case input_reason::bad_count:
-      return usage_error(at + " " + json_number(e.value) + " must be -1 (count this batch) or a "
-                         "global count of at least this batch's own " + json_number(e.limit) +
-                         (at == "--tokens" ? " valid tokens" : " non-empty sequences") +
-                         " (a global count covers every shard, this one included)");
+      return refused(at + " " + json_number(e.value) + " must be -1 (count this batch) or a "
+                     "global count of at least this batch's own " + json_number(e.limit) +
+                     (at == "--tokens" ? " valid tokens" : " non-empty sequences") +
+                     " (a global count covers every shard, this one included)");
     default:
-      return usage_error(e.what());
+      return refused(e.what());
   }
 }
 
-/// Runs f, turning the library's input errors into usage errors in the CLI's words.
+/// Runs f, turning the library's input errors into batch errors in the CLI's words.
 template <class F>
 auto in_cli_words(F&& f, Index positions, const spec* s = nullptr) -> decltype(f()) {
   try {
@@ -299,7 +300,7 @@ template <class T>
 nlohmann::json evaluate_json(const spec& s, const nlohmann::json& in, const options& opt) {
   require_known_keys(in, logp_keys, "logp/ref input");
   for (const char* key : {"logp", "ref"})
-    if (!in.contains(key)) throw usage_error(std::string("input has no '") + key + "'");
+    if (!in.contains(key)) throw schema_error(std::string("input has no '") + key + "'");
   const bool has_behavior = in.contains("behavior"), has_mask = in.contains("mask");
   nlohmann::json out;
   if (in.contains("offsets")) {
@@ -348,44 +349,46 @@ constexpr std::initializer_list<const char*> logits_keys = {
 /// The aggregation and beta of logits input: --spec holds only agg= and its constants
 /// (agg-norm=, agg-eps=, agg-seq-eps=, agg-scale=) and beta= (e.g. agg=token-sum,beta=0.04);
 /// an estimator term means nothing for exact divergences.
-/// parse_spec reads the keys behind a stand-in term, so the grammar has one parser.
+/// parse_spec reads the keys behind a stand-in term, so the grammar has one parser. A spec
+/// it refuses raises spec_error, as parse_spec does for logp/ref input.
 inline spec logits_spec(const std::string& text) {
   const std::string stand_in = "k1-in-reward";
   if (text.empty()) return parse_spec(stand_in);
   constexpr std::string_view keys[] = {"agg",         "agg-norm",  "agg-eps",
                                        "agg-seq-eps", "agg-scale", "beta"};
-  for (const std::string_view part : detail::split(text, ',')) {
+  for (const std::string_view part : klgrad::detail::split(text, ',')) {
     const std::string_view key = part.substr(0, part.find('='));
     if (key == part || std::find(std::begin(keys), std::end(keys), key) == std::end(keys))
-      throw usage_error("logits input: --spec takes only agg=, agg-norm=, agg-eps=, "
-                        "agg-seq-eps=, agg-scale= and beta= (e.g. "
-                        "--spec agg=token-sum,beta=0.04), not '" + std::string(part) +
-                        "'; the rest of a spec applies to sampled log-probabilities "
-                        "(logp, ref)");
+      throw spec_error("logits input: --spec takes only agg=, agg-norm=, agg-eps=, "
+                       "agg-seq-eps=, agg-scale= and beta= (e.g. "
+                       "--spec agg=token-sum,beta=0.04), not '" + std::string(part) +
+                       "'; the rest of a spec applies to sampled log-probabilities "
+                       "(logp, ref)");
   }
   // The library quotes the spec as clip() shortens it.
-  const std::string whole = stand_in + "," + text, quoted = "spec '" + detail::clip(whole) + "'";
+  const std::string whole = stand_in + "," + text,
+                    quoted = "spec '" + klgrad::detail::clip(whole) + "'";
   try {
     return parse_spec(whole);
   } catch (const spec_error& e) {
     std::string message = e.what();
     if (message.compare(0, quoted.size(), quoted) == 0)
-      message = "spec '" + detail::clip(text) + "'" + message.substr(quoted.size());
-    throw usage_error(message);
+      message = "spec '" + klgrad::detail::clip(text) + "'" + message.substr(quoted.size());
+    throw spec_error(message);
   }
 }
 
 inline double real_setting(const nlohmann::json& in, const char* key, double fallback) {
   if (!in.contains(key)) return fallback;
   if (!in[key].is_number())
-    throw usage_error(std::string(key) + " must be a number, got " + shown(in[key]));
+    throw schema_error(std::string(key) + " must be a number, got " + shown(in[key]));
   return in[key].get<double>();
 }
 
 inline bool flag_setting(const nlohmann::json& in, const char* key, bool fallback) {
   if (!in.contains(key)) return fallback;
   if (!in[key].is_boolean())
-    throw usage_error(std::string(key) + " must be true or false, got " + shown(in[key]));
+    throw schema_error(std::string(key) + " must be true or false, got " + shown(in[key]));
   return in[key].get<bool>();
 }
 
@@ -395,11 +398,11 @@ inline bool flag_setting(const nlohmann::json& in, const char* key, bool fallbac
 /// S; the kernels compute, and the output holds, T (float for bf16 and fp16 logits).
 template <class S>
 nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt) {
-  using T = detail::compute_t<S>;
+  using T = klgrad::detail::compute_t<S>;
   require_known_keys(in, logits_keys, "logits input");
   if (!in.contains("ref_logits"))
-    throw usage_error("logits input has no 'ref_logits' (the reference's logits, shaped as "
-                      "'logits')");
+    throw schema_error("logits input has no 'ref_logits' (the reference's logits, shaped as "
+                       "'logits')");
 
   const nlohmann::json& zj = in["logits"];
   const bool padded_rows = zj.is_array() && !zj.empty() && zj[0].is_array() &&
@@ -429,7 +432,7 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
   std::string name = "reverse-kl";
   if (in.contains("divergence")) {
     if (!in["divergence"].is_string())
-      throw usage_error("divergence must be a string, got " + shown(in["divergence"]));
+      throw schema_error("divergence must be a string, got " + shown(in["divergence"]));
     name = in["divergence"].get<std::string>();
   }
   constexpr divergence exact[] = {divergence::reverse_kl, divergence::forward_kl,
@@ -439,27 +442,27 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
   const auto found = std::find_if(std::begin(exact), std::end(exact),
                                   [&](divergence d) { return to_string(d) == name; });
   if (!top_k && found == std::end(exact))
-    throw usage_error("divergence '" + name + "' is unknown; divergences: reverse-kl, "
-                      "forward-kl, jensen-shannon, forward-kl-top-k, reverse-kl-top-k, "
-                      "forward-kl-top-k-tail, reverse-kl-top-k-tail");
+    throw schema_error("divergence '" + name + "' is unknown; divergences: reverse-kl, "
+                       "forward-kl, jensen-shannon, forward-kl-top-k, reverse-kl-top-k, "
+                       "forward-kl-top-k-tail, reverse-kl-top-k-tail");
   const divergence d = top_k ? divergence::forward_kl : *found;
   if (in.contains("lambda")) {
     if (top_k || d != divergence::jensen_shannon)
-      throw usage_error("lambda is the mixing weight of jensen-shannon; divergence '" + name +
-                        "' takes none");
+      throw schema_error("lambda is the mixing weight of jensen-shannon; divergence '" + name +
+                         "' takes none");
     opt.lambda = real_setting(in, "lambda", opt.lambda);
   }
   Index k = 0;
   if (in.contains("top_k") != top_k)
-    throw usage_error(top_k ? "divergence '" + name + "' needs top_k, the number of the " +
-                                  (policy_chooses(*form) ? "policy's" : "reference's") +
-                                  " largest logits it keeps"
-                            : "top_k applies only to the top-k divergences, not '" + name + "'");
+    throw schema_error(top_k ? "divergence '" + name + "' needs top_k, the number of the " +
+                                   (policy_chooses(*form) ? "policy's" : "reference's") +
+                                   " largest logits it keeps"
+                             : "top_k applies only to the top-k divergences, not '" + name + "'");
   if (top_k) {
     const nlohmann::json& kj = in["top_k"];
     if (!kj.is_number_integer() || kj.get<std::int64_t>() < 1 || kj.get<std::int64_t>() > V)
-      throw usage_error("top_k must be an integer in [1, V] = [1, " + std::to_string(V) +
-                        "], got " + shown(kj));
+      throw schema_error("top_k must be an integer in [1, V] = [1, " + std::to_string(V) +
+                         "], got " + shown(kj));
     k = Index(kj.get<std::int64_t>());
   }
   opt.temperature = real_setting(in, "temperature", opt.temperature);
@@ -467,7 +470,7 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
   const bool gradient = flag_setting(in, "gradient", true);
   const bool has_ids = in.contains("ids"), has_coef = in.contains("coef");
   if (has_coef && !has_ids)
-    throw usage_error("coef needs ids: the sampled token of each row it back-propagates through");
+    throw schema_error("coef needs ids: the sampled token of each row it back-propagates through");
   const auto ids = has_ids ? read_tensor<std::int64_t>(in["ids"], "ids", per_row, integer, "logits")
                            : tensor<std::int64_t>{};
   const auto coef =
@@ -538,11 +541,11 @@ struct settings {
 
 /// klgrad eval on a parsed input: logits input when it has "logits", else logp/ref input.
 inline nlohmann::json evaluate_input(const nlohmann::json& in, const settings& cfg) {
-  if (!in.is_object()) throw usage_error("the input must hold a JSON object, got " + shown(in));
+  if (!in.is_object()) throw schema_error("the input must hold a JSON object, got " + shown(in));
   if (in.contains("logits")) {
     if (cfg.nonfinite != "raise")
-      throw usage_error("--nonfinite propagate applies to logp/ref input; logits input "
-                        "always raises on a NaN or +inf entry in a valid row");
+      throw settings_error("--nonfinite propagate applies to logp/ref input; logits input "
+                           "always raises on a NaN or +inf entry in a valid row");
     const spec s = logits_spec(cfg.spec);
     logits_options opt;
     opt.aggregation = s.aggregation;
@@ -556,10 +559,10 @@ inline nlohmann::json evaluate_input(const nlohmann::json& in, const settings& c
                                : evaluate_logits_json<double>(in, opt);
   }
   if (cfg.type == "bf16" || cfg.type == "fp16")
-    throw usage_error("--type " + cfg.type + " applies to logits input (16-bit logits); "
-                      "logp/ref input computes in --type float or double");
+    throw settings_error("--type " + cfg.type + " applies to logits input (16-bit logits); "
+                         "logp/ref input computes in --type float or double");
   if (cfg.spec.empty())
-    throw usage_error("--spec is required for logp/ref input, e.g. --spec k3-as-loss");
+    throw settings_error("--spec is required for logp/ref input, e.g. --spec k3-as-loss");
   const spec s = parse_spec(cfg.spec);
   options opt;
   opt.counts.tokens = cfg.tokens;
@@ -569,4 +572,4 @@ inline nlohmann::json evaluate_input(const nlohmann::json& in, const settings& c
 }
 
 }  // namespace eval_input
-}  // namespace klgrad::cli
+}  // namespace klgrad::frontend

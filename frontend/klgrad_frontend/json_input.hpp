@@ -1,22 +1,18 @@
-// Reading the CLI's JSON input safely: bounded nesting, no duplicate keys, numbers in the
-// double range, known keys only, and values shown in messages without dumping them whole.
+// Reading the front end's JSON input safely: bounded nesting, no duplicate keys, numbers in
+// the double range, known keys only, and values shown in messages without dumping them whole.
 #pragma once
 
-#include "commands.hpp"
+#include "errors.hpp"
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <initializer_list>
-#include <iostream>
-#include <iterator>
 #include <set>
 #include <string>
 #include <vector>
 
-namespace klgrad::cli {
+namespace klgrad::frontend {
 
 /// Deepest nesting accepted: the deepest input (B x T x V logits in an object) needs 4; the
 /// bound keeps every recursive walk of a value (ours and nlohmann's dump) shallow.
@@ -72,9 +68,9 @@ inline void parse_json(const std::string& text, const std::string& source, nlohm
       case event::object_start:
       case event::array_start:
         if (depth >= max_json_depth)
-          throw usage_error("'" + source + "': " + path.text() + " is nested deeper than " +
-                            std::to_string(max_json_depth) +
-                            " levels; klgrad's inputs are at most 4 deep");
+          throw json_error("'" + source + "': " + path.text() + " is nested deeper than " +
+                           std::to_string(max_json_depth) +
+                           " levels; klgrad's inputs are at most 4 deep");
         path.frames.push_back({e == event::array_start, "", 0, {}});
         break;
       case event::key: {
@@ -82,7 +78,7 @@ inline void parse_json(const std::string& text, const std::string& source, nlohm
         const std::string& key = parsed.get_ref<const std::string&>();
         f.key = key.size() > 60 ? key.substr(0, 57) + "..." : key;  // for messages
         if (!f.keys.insert(key).second)
-          throw usage_error("'" + source + "': key '" + path.text() + "' is given twice");
+          throw json_error("'" + source + "': key '" + path.text() + "' is given twice");
         break;
       }
       case event::object_end:
@@ -100,40 +96,16 @@ inline void parse_json(const std::string& text, const std::string& source, nlohm
     // The DOM parser behind nlohmann::json::parse, writing into the caller's doc.
     nlohmann::detail::json_sax_dom_callback_parser<nlohmann::json> dom(doc, track, true);
     nlohmann::json::sax_parse(text, &dom);
-  } catch (const nlohmann::json::out_of_range& e) {
-    if (e.id != 406) throw;
-    // "number overflow parsing '1e999'": the number is in the message's last quotes.
+  } catch (const nlohmann::json::exception& e) {
+    // nlohmann's ids are unique over its exception types; 406 is out_of_range's "number
+    // overflow parsing '1e999'", the number in the message's last quotes.
+    if (e.id != 406) throw json_error("'" + source + "' is not valid JSON: " + e.what());
     const std::string what = e.what();
     const auto close = what.rfind('\''), open = what.rfind('\'', close - 1);
-    throw usage_error("'" + source + "': " + path.text() + " is " +
-                      what.substr(open + 1, close - open - 1) +
-                      ", outside the range of a double (about +-1.8e308)");
-  } catch (const nlohmann::json::parse_error& e) {
-    throw usage_error("'" + source + "' is not valid JSON: " + e.what());
+    throw json_error("'" + source + "': " + path.text() + " is " +
+                     what.substr(open + 1, close - open - 1) +
+                     ", outside the range of a double (about +-1.8e308)");
   }
-}
-
-/// Reads JSON from a file, or from stdin when the path is empty or "-". The document is
-/// never freed (the program ends after one command): freeing a large one costs time, and
-/// nlohmann frees through a heap stack, which on an exhausted heap would abort the program
-/// instead of reporting std::bad_alloc.
-inline const nlohmann::json& read_json(const std::string& path) {
-  std::string text;
-  const bool stdin_input = path.empty() || path == "-";
-  if (stdin_input) {
-    text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-  } else {
-    std::error_code ec;
-    if (std::filesystem::is_directory(path, ec))
-      throw usage_error("'" + path + "' is a directory, not a JSON file");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw usage_error("cannot open '" + path + "': " + std::strerror(errno));
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    if (in.bad()) throw usage_error("cannot read '" + path + "': " + std::strerror(errno));
-  }
-  auto* doc = new nlohmann::json;
-  parse_json(text, stdin_input ? "-" : path, *doc);
-  return *doc;
 }
 
 /// Edit distance of a and b (for suggesting a key), capped: short keys only.
@@ -169,9 +141,9 @@ inline void require_known_keys(const nlohmann::json& in, std::initializer_list<c
       if (d < best) best = d, near = k;
     }
     const std::string shown_key = key.size() > 60 ? key.substr(0, 57) + "..." : key;
-    throw usage_error(what + " has an unknown key '" + shown_key + "'" +
-                      (near.empty() ? "" : " (did you mean '" + near + "'?)") + "; keys: " + list);
+    throw schema_error(what + " has an unknown key '" + shown_key + "'" +
+                       (near.empty() ? "" : " (did you mean '" + near + "'?)") + "; keys: " + list);
   }
 }
 
-}  // namespace klgrad::cli
+}  // namespace klgrad::frontend

@@ -1,26 +1,22 @@
 // A trainer's configuration as the flat key map the mapping of trainer_config.hpp reads:
 // from a nested mapping (JSON, as Python's dict arrives) or from a command line, plus --set
-// overrides. (The YAML front end, linked by the tool only, is trainer_yaml.hpp.)
+// overrides. (The YAML front end, linked by the tool only, is tools/trainer_yaml.hpp.)
 #pragma once
+
+#include "errors.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <cctype>
 #include <map>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace klgrad::cli {
+namespace klgrad::frontend {
 
 /// Dotted key (a YAML path, or a command-line option without its dashes) -> scalar text.
 using config_map = std::map<std::string, std::string>;
-
-/// A configuration the trainer would refuse, or klgrad cannot read: names the key and value.
-struct trainer_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 /// A nested JSON object (a trainer's YAML or JSON as loaded) as dotted keys.
 inline void flatten(const nlohmann::json& j, const std::string& prefix, config_map& out) {
@@ -107,4 +103,4 @@ inline void apply_overrides(config_map& m, const std::vector<std::string>& sets)
   }
 }
 
-}  // namespace klgrad::cli
+}  // namespace klgrad::frontend
