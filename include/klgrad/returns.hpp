@@ -19,8 +19,9 @@ namespace detail {
 template <class T>
 void require_finite_token(const char* name, Index b, Index t, T v) {
   if (!std::isfinite(v))
-    raise<input_error>(cat(name, " at sequence ", b, ", position ", t, " is ", v,
-                           ", not finite, in a valid token"));
+    raise(input_error(cat(name, " at sequence ", b, ", position ", t, " is ", v,
+                          ", not finite, in a valid token"),
+                      input_reason::nonfinite, name));
 }
 
 inline void require_unit_interval(const char* name, double v) {
@@ -70,7 +71,8 @@ void shape_rewards(const Layout& layout, const Eigen::DenseBase<R>& task_reward,
       if (last) {
         const T task = T(task_reward.derived().coeff(b));
         if (!std::isfinite(task))
-          detail::raise<input_error>(detail::cat("task_reward[", b, "] is ", task, ", not finite"));
+          detail::raise(input_error(detail::cat("task_reward[", b, "] is ", task, ", not finite"),
+                                    input_reason::nonfinite, "task_reward"));
         out += task;
         last = false;
       }

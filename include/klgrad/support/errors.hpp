@@ -160,7 +160,9 @@ template <class T>
 /// Checks a temperature: finite and positive.
 inline void check_temperature(double tau) {
   if (!(tau > 0.0) || !std::isfinite(tau))
-    raise<input_error>(cat("temperature must be finite and > 0, got ", tau));
+    raise(input_error(cat("temperature must be finite and > 0, got ", tau),
+                      std::isfinite(tau) ? input_reason::other : input_reason::nonfinite,
+                      "temperature"));
 }
 
 }  // namespace detail
