@@ -308,3 +308,14 @@ def test_compiled_distillation_step_matches_eager():
     torch.testing.assert_close(vc, ve, rtol=1e-5, atol=1e-6)
     assert_close_grads(compiled, eager, 1e-5)
     assert_close_grads(twice, [2 * e for e in eager], 1e-5)
+
+
+def test_first_backward_takes_the_kernels_coef_without_a_copy():
+    """Eager, grad 1, no retain_graph: the leaf's gradient is the op's coef array itself."""
+    logp, ref, _, mask = batch(torch.float64)
+    x = logp.clone().requires_grad_(True)
+    loss, _, coef = torch.ops.klgrad.kl_loss(x, ref, "k3-as-loss", None, mask, None, None, None)
+    expected, address = coef.clone(), coef.data_ptr()
+    del coef
+    loss.backward()
+    assert x.grad.data_ptr() == address and torch.equal(x.grad, expected)
