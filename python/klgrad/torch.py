@@ -1,11 +1,14 @@
-"""klgrad in a PyTorch trainer: the KL term as an autograd Function whose gradient to logp
-is klgrad's exact coefficient, the detached in-reward penalty, the exact full-vocabulary
-divergence of logits, and the data-parallel counts. CPU tensors, float32 or float64 (logits
-also bfloat16 or float16, widened to float32 by the kernels).
+"""klgrad in a PyTorch trainer: the KL term as a loss whose gradient to logp is klgrad's
+exact coefficient, the detached in-reward penalty, the exact full-vocabulary divergence of
+logits, and the data-parallel counts. kl_loss, kl_penalty and logits_loss each call one
+torch.library custom op (klgrad::kl_loss, klgrad::kl_penalty, klgrad::logits_loss, defined
+in klgrad._ops), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
+bfloat16 or float16, widened to float32 by the kernels).
 """
 import torch
 
 import klgrad
+from klgrad import _ops
 
 __all__ = ["kl_loss", "kl_penalty", "logits_loss", "global_counts"]
 
@@ -39,86 +42,52 @@ def global_counts(logp, *, mask=None, offsets=None, process_group=None):
     return tokens, sequences
 
 
-class _KernelLoss(torch.autograd.Function):
-    """loss = one kernel call's loss; d loss / d input = the gradient that same call wrote.
-
-    The gradient is handed to backward without a copy: the first backward takes it from ctx
-    (scaled in place when grad_output is not 1), so no pass over it and no new tensor. A
-    second backward through a retained graph (retain_graph=True) finds it taken and runs the
-    kernel again on the saved inputs. Subclasses define kernel(*args) -> (loss, value, grad).
-    """
-
-    @classmethod
-    def forward(cls, ctx, x, *args):
-        loss, value, grad = cls.kernel(x.detach(), *args)
-        ctx.gradient = grad
-        ctx.save_for_backward(x)  # for a second backward only (version-checked, no copy)
-        ctx.kernel, ctx.args = cls.kernel, args
-        ctx.mark_non_differentiable(value)
-        # 16-bit logits: the loss in float32, as the kernels computed it (value is float32).
-        return torch.tensor(loss, dtype=value.dtype), value
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_value):
-        grad, ctx.gradient = ctx.gradient, None
-        if grad is None:
-            (x,) = ctx.saved_tensors
-            grad = ctx.kernel(x.detach(), *ctx.args)[2]
-        scale = float(grad_loss)
-        if scale != 1.0:
-            grad.mul_(scale)
-        if grad.dtype != ctx.saved_tensors[0].dtype:  # 16-bit logits: float32 grad rounded
-            grad = grad.to(ctx.saved_tensors[0].dtype)
-        # Everything but x is data: nothing flows into ref, behavior, ref_logits (for
-        # is=differentiable the weight's derivative is already in the coefficient).
-        return (grad,) + (None,) * len(ctx.args)
-
-
-class _KLLoss(_KernelLoss):
-    @staticmethod
-    def kernel(logp, spec, ref, behavior, mask, offsets, tokens, sequences):
-        r = klgrad.evaluate(spec, logp, ref, behavior=behavior, mask=mask, offsets=offsets,
-                            tokens=tokens, sequences=sequences)
-        return r.loss, r.value, r.coef
-
-
 def _detached(x):
-    return x.detach() if isinstance(x, torch.Tensor) else x
+    """A tensor input that carries no gradient: a tensor detached, anything else (a numpy
+    array, a list) as a tensor over the same memory where it can be, None as None."""
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    return torch.as_tensor(x)
+
+
+def _spec_text(spec):
+    """The string the ops take: a spec string as given (the op parses it once per distinct
+    string, raising SpecError for a bad one), a klgrad.Spec as its canonical str(spec)."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, klgrad.Spec):
+        return str(spec)
+    raise TypeError(f"spec= must be a klgrad.Spec or a spec string, got {type(spec).__name__}")
 
 
 def kl_loss(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=None,
             sequences=None, process_group=None):
     """(loss, value): loss a 0-dim tensor whose gradient with respect to logp is klgrad's
-    coef for the spec; value the detached per-token value to log. With process_group= (a
-    torch.distributed group, or True for the default group) the local token and sequence
-    counts are all-reduced first, so that each shard's gradient is its share of the
-    unsharded batch's."""
-    spec = klgrad._spec_of(spec)
+    coef for the spec; value the detached per-token value to log. One call of the custom op
+    klgrad::kl_loss (torch.compile traces it with no graph break; docs/python.md). With
+    process_group= (a torch.distributed group, or True for the default group) the local
+    token and sequence counts are all-reduced first, so that each shard's gradient is its
+    share of the unsharded batch's."""
+    text = _spec_text(spec)
     if process_group is not None:
         if tokens is not None or sequences is not None:
             raise ValueError("pass either process_group= or tokens=/sequences=, not both")
         tokens, sequences = global_counts(
             logp, mask=mask, offsets=offsets,
             process_group=None if process_group is True else process_group)
-    return _KLLoss.apply(logp, spec, _detached(ref), _detached(behavior), mask, offsets,
-                         tokens, sequences)
+    loss, value, _ = _ops.kl_loss_op(logp, _detached(ref), text, _detached(behavior),
+                                     _detached(mask), _detached(offsets), tokens, sequences)
+    return loss, value
 
 
 def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None):
     """The detached per-token penalty beta * value for reward shaping (in-reward placements:
-    the trainer subtracts it from each token's reward). Masked tokens get 0."""
-    spec = klgrad._spec_of(spec)
-    r = klgrad.evaluate(spec, _detached(logp), _detached(ref), behavior=_detached(behavior),
-                        mask=mask, offsets=offsets)
-    return r.value * spec.beta
-
-
-class _LogitsLoss(_KernelLoss):
-    @staticmethod
-    def kernel(logits, ref_logits, divergence, mask, temperature, lam, top_k):
-        r = klgrad.logits_divergence(logits, ref_logits, divergence=divergence, lam=lam,
-                                     top_k=top_k, temperature=temperature, mask=mask)
-        return r.loss, r.value, r.grad
+    the trainer subtracts it from each token's reward). Masked tokens get 0. The custom op
+    klgrad::kl_penalty."""
+    return _ops.kl_penalty_op(_detached(logp), _detached(ref), _spec_text(spec),
+                              _detached(behavior), _detached(mask), _detached(offsets))
 
 
 def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, temperature=1.0,
@@ -128,6 +97,9 @@ def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, tempe
     as a 0-dim tensor whose gradient to logits is the kernel's exact gradient (nothing flows
     into ref_logits), value the detached per-row divergence. divergence and top_k as
     klgrad.logits_divergence (the top-k forms: forward-kl-top-k, reverse-kl-top-k,
-    forward-kl-top-k-tail, reverse-kl-top-k-tail)."""
-    return _LogitsLoss.apply(logits, _detached(ref_logits), divergence, mask, temperature, lam,
-                             top_k)
+    forward-kl-top-k-tail, reverse-kl-top-k-tail). 16-bit logits: loss and value float32,
+    the gradient in the logits' dtype. One call of the custom op klgrad::logits_loss."""
+    loss, value, _ = _ops.logits_loss_op(logits, _detached(ref_logits), divergence,
+                                         _detached(mask), float(temperature), float(lam),
+                                         top_k)
+    return loss, value

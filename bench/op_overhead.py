@@ -1,0 +1,87 @@
+"""Per-call overhead of klgrad's torch.library ops against the direct Python call, on a
+1 x 1 float32 batch (the kernel's own work is nil, so the time is the call's overhead).
+
+    PYTHONPATH=python python bench/op_overhead.py [--repeats N]
+
+op_overhead_us(repeats) -> dict of microseconds per call (the least of several blocks of
+`repeats` calls, the blocks of each path interleaved):
+
+    evaluate            klgrad.evaluate(spec, logp, ref)            the direct call
+    kl_loss_op          torch.ops.klgrad.kl_loss (no gradient)      the op path
+    kl_loss             klgrad.torch.kl_loss (no gradient)          op + the Python wrapper
+    kl_loss_autograd    klgrad.torch.kl_loss, logp requires grad    + the autograd node
+    logits_divergence   klgrad.logits_divergence (1 x 2 logits)     the direct call
+    logits_loss_op      torch.ops.klgrad.logits_loss (no gradient)  the op path
+    logits_loss         klgrad.torch.logits_loss (no gradient)
+
+and the differences kl_loss_op - evaluate, kl_loss - evaluate, logits_loss_op -
+logits_divergence (keys ending in _minus_...). issue 23 asks that the op path stay within
+5 us of the direct call.
+"""
+import argparse
+import time
+
+import torch
+
+import klgrad
+import klgrad.torch as kt
+
+SPEC = "k3-as-loss,beta=0.04"
+
+
+def _block_us(fn, repeats):
+    start = time.perf_counter_ns()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter_ns() - start) / repeats / 1e3
+
+
+def op_overhead_us(repeats=20000, blocks=7):
+    """Microseconds per call of each path (see the module docstring), and the differences."""
+    spec = klgrad.Spec(SPEC)
+    logp = torch.full((1, 1), -0.5)
+    ref = torch.full((1, 1), -0.7)
+    logp_grad = logp.clone().requires_grad_(True)
+    z = torch.tensor([[0.3, -0.2]])
+    zr = torch.tensor([[0.1, 0.4]])
+    kl_op = torch.ops.klgrad.kl_loss.default
+    logits_op = torch.ops.klgrad.logits_loss.default
+    paths = {
+        "evaluate": lambda: klgrad.evaluate(spec, logp, ref),
+        "kl_loss_op": lambda: kl_op(logp, ref, SPEC, None, None, None, None, None),
+        "kl_loss": lambda: kt.kl_loss(SPEC, logp, ref),
+        "kl_loss_autograd": lambda: kt.kl_loss(SPEC, logp_grad, ref),
+        "logits_divergence": lambda: klgrad.logits_divergence(z, zr),
+        "logits_loss_op": lambda: logits_op(z, zr, "reverse-kl", None, 1.0, 0.5, None),
+        "logits_loss": lambda: kt.logits_loss(z, zr),
+    }
+    for fn in paths.values():  # warm up: caches, first dispatch
+        for _ in range(max(1, repeats // 10)):
+            fn()
+    best = {name: float("inf") for name in paths}
+    for _ in range(blocks):
+        for name, fn in paths.items():
+            best[name] = min(best[name], _block_us(fn, repeats))
+    best["kl_loss_op_minus_evaluate"] = best["kl_loss_op"] - best["evaluate"]
+    best["kl_loss_minus_evaluate"] = best["kl_loss"] - best["evaluate"]
+    best["kl_loss_autograd_minus_evaluate"] = best["kl_loss_autograd"] - best["evaluate"]
+    best["logits_loss_op_minus_logits_divergence"] = (best["logits_loss_op"]
+                                                      - best["logits_divergence"])
+    best["logits_loss_minus_logits_divergence"] = (best["logits_loss"]
+                                                   - best["logits_divergence"])
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20000)
+    args = parser.parse_args()
+    us = op_overhead_us(args.repeats)
+    print(f"per-call time, 1 x 1 float32 batch, torch {torch.__version__} "
+          f"(least of 7 blocks of {args.repeats} calls)")
+    for name, value in us.items():
+        print(f"  {name:42s} {value:8.2f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The torch.library custom operators behind klgrad.torch: klgrad::kl_loss,
+klgrad::kl_penalty and klgrad::logits_loss.
+
+Each op's CPU kernel calls only the public functions klgrad.evaluate and
+klgrad.logits_divergence on the tensors it is given; a fake (meta) kernel gives the output
+shapes and dtypes to torch.compile's tracer without reading data, and an autograd formula
+gives d(loss)/d(input) = grad_loss * (the coefficient or gradient the forward kernel wrote),
+so torch.compile(fullgraph=True) traces a training step through them with no graph break.
+
+Schemas (docs/python.md, "Custom ops and torch.compile"):
+
+    klgrad::kl_loss(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask,
+                    Tensor? offsets, SymInt? tokens, SymInt? sequences)
+        -> (Tensor loss, Tensor value, Tensor coef)
+    klgrad::kl_penalty(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask,
+                       Tensor? offsets) -> Tensor
+    klgrad::logits_loss(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask,
+                        float temperature, float lam, SymInt? top_k)
+        -> (Tensor loss, Tensor value, Tensor grad)
+
+The spec crosses as a string (a klgrad.Spec as its canonical str(spec)); each op parses it
+once per distinct string (functools.lru_cache), the fake kernels too, so that a bad spec is
+refused while tracing. Nothing flows into ref, behavior or ref_logits; value, coef and grad
+are not differentiable outputs.
+"""
+import functools
+
+import torch
+
+import klgrad
+
+__all__ = ["kl_loss_op", "kl_penalty_op", "logits_loss_op"]
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(spec):
+    """The klgrad.Spec of a spec string, parsed once per distinct string (SpecError else)."""
+    return klgrad.Spec(spec)
+
+
+def _empty_like_rows(x, dtype=None):
+    """A new contiguous tensor of x's shape (what the kernels return: fresh, row-major)."""
+    return x.new_empty(x.shape, dtype=x.dtype if dtype is None else dtype)
+
+
+def _empty_batch(logp):
+    """(zero loss, empty value, empty coef) of a batch with no token. Handled here because the
+    current klgrad.evaluate refuses some 0-size layouts (a 0 x T tensor's rows have stride 0)
+    with a ShapeError; issue 23 item 2 asks the binding itself to accept them."""
+    return (torch.zeros((), dtype=logp.dtype), torch.zeros_like(logp, memory_format=torch.contiguous_format),
+            torch.zeros_like(logp, memory_format=torch.contiguous_format))
+
+
+# ---- klgrad::kl_loss ----------------------------------------------------------------------
+
+@torch.library.custom_op("klgrad::kl_loss", mutates_args=(),
+                         schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, "
+                                "Tensor? mask, Tensor? offsets, SymInt? tokens, "
+                                "SymInt? sequences) -> (Tensor, Tensor, Tensor)")
+def kl_loss_op(logp, ref, spec, behavior, mask, offsets, tokens, sequences):
+    """(loss, value, coef) of one klgrad.evaluate call: loss a 0-dim tensor of logp's dtype,
+    value and coef per token (logp's shape and dtype)."""
+    if logp.numel() == 0:  # a 0-size batch: nothing to evaluate (see _empty_batch)
+        return _empty_batch(logp)
+    r = klgrad.evaluate(_parsed(spec), logp, ref, behavior=behavior, mask=mask,
+                        offsets=offsets, tokens=tokens, sequences=sequences)
+    return torch.tensor(r.loss, dtype=logp.dtype), r.value, r.coef
+
+
+@kl_loss_op.register_fake
+def _kl_loss_fake(logp, ref, spec, behavior, mask, offsets, tokens, sequences):
+    _parsed(spec)
+    return logp.new_empty(()), _empty_like_rows(logp), _empty_like_rows(logp)
+
+
+def _kl_loss_setup(ctx, inputs, output):
+    # logp is saved only for its version counter: a backward after logp (or a tensor it is a
+    # view of) was changed in place is refused, as autograd refuses it for its own ops.
+    ctx.save_for_backward(inputs[0], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)  # no zero tensors for the grads of value and coef
+
+
+def _traced(t):
+    """True while t is a tracing tensor (torch.compile, make_fx, opcheck's fake runs)."""
+    return (torch.compiler.is_compiling() or type(t) is not torch.Tensor
+            or torch._is_functional_tensor(t))
+
+
+def _scaled(grad_loss, g):
+    """grad_loss * g. In eager mode with grad_loss == 1 (the usual loss.backward()), g itself:
+    without retain_graph autograd has released the saved g by the time it accumulates it,
+    so the kernel's array becomes the gradient without a copy or a pass over it."""
+    if grad_loss is None:
+        return None
+    if not _traced(grad_loss) and grad_loss.item() == 1.0:
+        return g
+    return grad_loss * g
+
+
+def _kl_loss_backward(ctx, grad_loss, grad_value, grad_coef):
+    _, coef = ctx.saved_tensors
+    # Everything but logp is data: nothing flows into ref or behavior (for is=differentiable
+    # the weight's derivative is already in coef).
+    return _scaled(grad_loss, coef), None, None, None, None, None, None, None
+
+
+kl_loss_op.register_autograd(_kl_loss_backward, setup_context=_kl_loss_setup)
+
+
+# ---- klgrad::kl_penalty -------------------------------------------------------------------
+
+@torch.library.custom_op("klgrad::kl_penalty", mutates_args=(),
+                         schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, "
+                                "Tensor? mask, Tensor? offsets) -> Tensor")
+def kl_penalty_op(logp, ref, spec, behavior, mask, offsets):
+    """beta * value per token (logp's shape and dtype), not differentiable."""
+    parsed = _parsed(spec)
+    if logp.numel() == 0:
+        return _empty_batch(logp)[1]
+    r = klgrad.evaluate(parsed, logp, ref, behavior=behavior, mask=mask, offsets=offsets)
+    return r.value.mul_(parsed.beta)  # value is the kernel's new array: scaled in place
+
+
+@kl_penalty_op.register_fake
+def _kl_penalty_fake(logp, ref, spec, behavior, mask, offsets):
+    _parsed(spec)
+    return _empty_like_rows(logp)
+
+
+def _kl_penalty_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output)
+
+
+def _kl_penalty_backward(ctx, grad):
+    return None, None, None, None, None, None
+
+
+kl_penalty_op.register_autograd(_kl_penalty_backward, setup_context=_kl_penalty_setup)
+
+
+# ---- klgrad::logits_loss ------------------------------------------------------------------
+
+_SIXTEEN = (torch.bfloat16, torch.float16)
+
+
+@torch.library.custom_op("klgrad::logits_loss", mutates_args=(),
+                         schema="(Tensor logits, Tensor ref_logits, str divergence, "
+                                "Tensor? mask, float temperature, float lam, SymInt? top_k) "
+                                "-> (Tensor, Tensor, Tensor)")
+def logits_loss_op(logits, ref_logits, divergence, mask, temperature, lam, top_k):
+    """(loss, value, grad) of one klgrad.logits_divergence call: loss 0-dim and value per row
+    in the kernel's dtype (float32 for 16-bit logits), grad in the logits' shape and dtype."""
+    if logits.numel() == 0:
+        kernel = torch.float32 if logits.dtype in _SIXTEEN else logits.dtype
+        return (torch.zeros((), dtype=kernel),
+                logits.new_zeros(logits.shape[:-1], dtype=kernel), torch.zeros_like(logits))
+    r = klgrad.logits_divergence(logits, ref_logits, divergence=divergence, lam=lam,
+                                 top_k=top_k, temperature=temperature, mask=mask,
+                                 gradient=True, grad_dtype=logits.dtype)
+    return torch.tensor(r.loss, dtype=r.value.dtype), r.value, r.grad
+
+
+@logits_loss_op.register_fake
+def _logits_loss_fake(logits, ref_logits, divergence, mask, temperature, lam, top_k):
+    kernel = torch.float32 if logits.dtype in _SIXTEEN else logits.dtype
+    value = logits.new_empty(logits.shape[:-1], dtype=kernel)
+    return logits.new_empty((), dtype=kernel), value, _empty_like_rows(logits)
+
+
+def _logits_loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+
+
+def _logits_loss_backward(ctx, grad_loss, grad_value, grad_grad):
+    _, grad = ctx.saved_tensors
+    # 16-bit logits: grad is already the logits' dtype (the float32 kernel gradient rounded
+    # once); a grad_loss other than 1 scales it in that dtype.
+    return _scaled(grad_loss, grad), None, None, None, None, None, None
+
+
+logits_loss_op.register_autograd(_logits_loss_backward, setup_context=_logits_loss_setup)
