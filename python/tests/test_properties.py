@@ -65,7 +65,7 @@ import klgrad
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import klgrad.torch as kt  # noqa: E402
@@ -342,10 +342,13 @@ def behavior_for(cfg, batch):
 
 # ---- properties: evaluate and kl_loss against the reference ----------------------------
 
-@settings(max_examples=250, **SETTINGS)
+@settings(max_examples=600, **SETTINGS)
 @given(cfg=configs(), batch=batches(), data=st.data())
 def test_evaluate_matches_the_float64_reference(cfg, batch, data):
     tokens, sequences = counts(data.draw, batch)
+    event(f"{cfg.placement}, level={cfg.level}, is={cfg.weighting}")  # --hypothesis-show-statistics
+    event(f"{batch.lp.dtype}, {'packed' if batch.offsets is not None else 'padded'}, "
+          f"{'no mask' if batch.mask is None else 'mask'}")
     r = klgrad.evaluate(cfg.spec(), batch.lp, batch.lr, behavior=behavior_for(cfg, batch),
                         mask=batch.mask, offsets=batch.offsets, tokens=tokens,
                         sequences=sequences)
@@ -371,7 +374,7 @@ def test_evaluate_matches_the_float64_reference(cfg, batch, data):
                             "kl_sequence", cfg)
 
 
-@settings(max_examples=120, **SETTINGS)
+@settings(max_examples=300, **SETTINGS)
 @given(cfg=configs(), batch=batches(), data=st.data())
 def test_kl_loss_matches_the_float64_reference(cfg, batch, data):
     tokens, sequences = counts(data.draw, batch)
