@@ -2,17 +2,30 @@
 
 1. klgrad.evaluate from numpy, 64 x 2048 float32, k3-as-loss with a mask, against the C++
    kernel's own time on the same arrays (klgrad._klgrad.kernel_seconds: the same compiled
-   kernel called from C++), and the fixed overhead of a call (a 1 x 1 batch);
-2. klgrad.torch.kl_loss forward + backward against PyTorch autograd of verl's low_var_kl
-   (forward + backward) on 2^20 tokens, and the floor set by the bytes kl_loss must move
-   at the rate of a triad (c = a + b) measured in the same run;
-3. klgrad.torch.logits_loss (reverse KL) forward + backward against PyTorch's
-   log_softmax + kl_div composite at V = 151,936.
+   kernel called from C++), and the fixed overhead of a call (a 1 x 1 batch); then, when
+   bench/op_overhead.py exists, its op_overhead_us() (the torch.library op path's overhead);
+2. klgrad.torch.kl_loss forward + backward on 2^20 float32 tokens against PyTorch eager
+   autograd of verl's low_var_kl (k3 with the log-ratio clamped to [-20, 20] and the value
+   to [-10, 10], masked mean) and against the same formula under torch.compile, and the
+   floor: the bytes kl_loss must move at the rate of a triad (c = a + b) measured in the
+   same rounds;
+3. klgrad.torch.logits_loss (reverse KL) forward + backward at V = 151,936 against the
+   eager and the compiled log_softmax + kl_div composite, and the floor: the exponentials
+   of both rows (2 x rows x V) at the rate of a fused exp-and-sum measured in the same
+   rounds (or the bytes at the triad's rate, whichever is slower).
 
-Each time is the least of `--repeats` runs after a warm-up. Run with the installed package:
-    .venv/bin/python bench/python_bench.py
+Timing: every candidate of a part, its floor included, runs once per round, in an order
+that rotates from round to round, for --rounds rounds after a warm-up (torch.compile's
+compilation happens in the warm-up and is excluded). A table row gives the median and the
+least of its rounds; a ratio is the median over rounds of the ratio of the two times
+measured in the same round (so the machine's drift cancels), with its quartiles.
+    PYTHONPATH=python python bench/python_bench.py
 """
 import argparse
+import os
+import platform
+import statistics
+import sys
 import time
 
 import numpy as np
@@ -33,10 +46,47 @@ def least_seconds(fn, repeats):
     return min(times)
 
 
-def row(name, seconds, baseline=None, items=None):
-    ratio = f"{baseline / seconds:8.2f}x" if baseline else " " * 9
-    rate = f"{items / seconds / 1e6:10.1f} M/s" if items else ""
-    print(f"{name:58s} {seconds * 1e6:12.1f} us {ratio} {rate}")
+def interleaved(candidates, rounds, warmup=2):
+    """{name: [seconds per round]}: each candidate (name -> callable) once per round, the
+    order rotating by one every round, after `warmup` untimed calls of each."""
+    names = list(candidates)
+    for name in names:
+        for _ in range(warmup):
+            candidates[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def paired(numerator, denominator):
+    """Median and quartiles of numerator[r] / denominator[r] over the rounds r."""
+    return quartiles([a / b for a, b in zip(numerator, denominator)])
+
+
+def row(name, times, items=None, note=""):
+    med, least = statistics.median(times), min(times)
+    rate = f"{items / med / 1e6:9.1f} M/s" if items else " " * 13
+    print(f"   {name:60s} {med * 1e3:9.3f} ms {least * 1e3:9.3f} ms {rate}  {note}")
+
+
+def ratio_line(text, q):
+    lo, med, hi = q
+    print(f"   {text:60s} {med:6.2f}  [{lo:.2f}, {hi:.2f}]")
+
+
+def header(title):
+    print(title)
+    print(f"   {'':60s} {'median':>12s} {'least':>12s} {'rate (median)':>13s}")
 
 
 def evaluate_vs_kernel(repeats):
@@ -52,28 +102,51 @@ def evaluate_vs_kernel(repeats):
     fresh = least_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask), repeats)
     one = np.zeros((1, 1), np.float32)
     overhead = least_seconds(lambda: klgrad.evaluate(spec, one, one), repeats * 10)
-    print("1. evaluate, 64 x 2048 float32, k3-as-loss, bool mask")
-    row("   C++ kernel (kernel_seconds, least of repeats)", kernel, items=lp.size)
-    row("   klgrad.evaluate(numpy, value=, coef=)", python, items=lp.size)
-    row("   klgrad.evaluate(numpy), new outputs", fresh, items=lp.size)
-    row("   klgrad.evaluate on a 1 x 1 batch (fixed call overhead)", overhead)
+    print("1. evaluate, 64 x 2048 float32, k3-as-loss, bool mask (least of repeats)")
+    for name, seconds in (("C++ kernel (kernel_seconds)", kernel),
+                          ("klgrad.evaluate(numpy, value=, coef=)", python),
+                          ("klgrad.evaluate(numpy), new outputs", fresh),
+                          ("klgrad.evaluate on a 1 x 1 batch (fixed call overhead)", overhead)):
+        print(f"   {name:60s} {seconds * 1e6:9.1f} us")
     print(f"   evaluate / kernel = {python / kernel:.2f} (outputs given), "
           f"{fresh / kernel:.2f} (new outputs)")
 
 
-def triad_bytes_per_second(repeats):
-    """The machine's limit in this run: bytes/s of c = a + b over 3 x 16 MB float32 arrays
-    (torch.add, one thread), the rate a streaming kernel can reach."""
-    a, b, c = (torch.rand(1 << 22) for _ in range(3))
-    return 12 * a.numel() / least_seconds(lambda: torch.add(a, b, out=c), repeats)
+def op_overhead(repeats):
+    """bench/op_overhead.py's op_overhead_us(repeats) -> dict, when that file exists (the
+    torch.library custom ops' per-call overhead, issue 23 item 3). OPTIONAL: absent until
+    the custom ops land."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from op_overhead import op_overhead_us
+    except ImportError as e:
+        print(f"1b. op overhead: bench/op_overhead.py absent ({e}); skipped")
+        return
+    print("1b. per-call overhead of the op path (bench/op_overhead.py)")
+    for name, us in op_overhead_us(repeats).items():
+        print(f"   {name:60s} {us:9.2f} us" if isinstance(us, (int, float))
+              else f"   {name:60s} {us}")
+
+
+def triad(n=1 << 22):
+    """c = a + b over 3 x 16 MB float32 (torch.add on the set number of threads): moves
+    12 n bytes, the rate a streaming kernel can reach."""
+    a, b, c = (torch.rand(n) for _ in range(3))
+    return (lambda: torch.add(a, b, out=c)), 12 * n
 
 
 def verl_low_var_kl(lp, lr):
-    x = torch.clamp(lr - lp, -20, 20)
-    return torch.clamp(torch.exp(x) - x - 1, -10, 10)
+    """verl's low_var_kl (written from its definition): k3 of the log-ratio x = lr - lp
+    clamped to [-20, 20], exp(x) - x - 1, the value clamped to [-10, 10]."""
+    x = torch.clamp(lr - lp, min=-20.0, max=20.0)
+    return torch.clamp(torch.exp(x) - x - 1.0, min=-10.0, max=10.0)
 
 
-def kl_loss_vs_torch(repeats):
+def masked_mean_low_var_kl(lp, lr, maskf):
+    return (verl_low_var_kl(lp, lr) * maskf).sum() / maskf.sum()
+
+
+def kl_loss_vs_torch(rounds):
     g = torch.Generator().manual_seed(0)
     shape = (256, 4096)  # 2^20 tokens
     lp0 = -torch.rand(shape, generator=g) * 3
@@ -81,70 +154,174 @@ def kl_loss_vs_torch(repeats):
     mask = torch.rand(shape, generator=g) < 0.9
     maskf = mask.float()
     lp = lp0.clone().requires_grad_(True)
+    compiled = torch.compile(masked_mean_low_var_kl)
+    tri, tri_bytes = triad()
 
-    def composite():
-        lp.grad = None
-        loss = (verl_low_var_kl(lp, lr) * maskf).sum() / maskf.sum()
-        loss.backward()
+    def composite(fn):
+        def run():
+            lp.grad = None
+            fn(lp, lr, maskf).backward()
+        return run
 
     def klgrad_loss(spec):
+        spec = klgrad.Spec(spec)
+
         def run():
             lp.grad = None
             loss, _ = kt.kl_loss(spec, lp, lr, mask=mask)
             loss.backward()
         return run
 
-    base = least_seconds(composite, repeats)
+    # Check once that the three compute the same loss and gradient (float32 tolerances).
+    ref_grad = None
+    for fn in (composite(masked_mean_low_var_kl), composite(compiled),
+               klgrad_loss("k3-as-loss,preset=verl")):
+        fn()
+        if ref_grad is None:
+            ref_grad = lp.grad.clone()
+        else:
+            torch.testing.assert_close(lp.grad, ref_grad, rtol=1e-4, atol=1e-10)
+
+    start = time.perf_counter()
+    composite(compiled)()
+    warm = time.perf_counter() - start
+    times = interleaved({
+        "eager": composite(masked_mean_low_var_kl),
+        "compiled": composite(compiled),
+        "verl": klgrad_loss("k3-as-loss,preset=verl"),
+        "plain": klgrad_loss("k3-as-loss"),
+        "triad": tri,
+    }, rounds)
     # The least kl_loss can move: read logp, ref (4 bytes each) and the mask (1), write value
-    # and coef (4 each); backward hands coef over without a pass. At the triad's rate:
-    floor = 17 * lp.numel() / triad_bytes_per_second(repeats)
-    print("2. kl_loss forward + backward, 2^20 tokens float32 (256 x 4096), bool mask")
-    row("   PyTorch autograd of verl low_var_kl (masked mean)", base, items=lp.numel())
-    for spec in ("k3-as-loss,preset=verl", "k3-as-loss"):
-        ours = least_seconds(klgrad_loss(klgrad.Spec(spec)), repeats)
-        row(f"   klgrad.torch.kl_loss('{spec}')", ours, base, lp.numel())
-    row("   floor: 17 bytes per token at the triad's bytes/s (this run)", floor, base,
-        lp.numel())
+    # and coef (4 each); backward hands coef over without a pass. At the triad's rate of the
+    # same round, the floor's time is triad time * 17 n / (12 n_triad).
+    n = lp.numel()
+    floor = [t * 17 * n / tri_bytes for t in times["triad"]]
+    print(f"2. kl_loss forward + backward, 2^20 tokens float32 (256 x 4096), bool mask; "
+          f"{rounds} rounds (compiled warm: one more call took {warm * 1e3:.1f} ms)")
+    header("")
+    row("PyTorch eager autograd of verl low_var_kl (masked mean)", times["eager"], n)
+    row("the same formula under torch.compile (fwd + bwd graphs)", times["compiled"], n)
+    row("klgrad.torch.kl_loss('k3-as-loss,preset=verl')", times["verl"], n)
+    row("klgrad.torch.kl_loss('k3-as-loss')", times["plain"], n)
+    row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
+        f"(triad {12 * (1 << 22) / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
+    print("   ratios, median over rounds [quartiles]:")
+    ratio_line("kl_loss(verl) of its floor (floor time / kl_loss time)",
+               paired(floor, times["verl"]))
+    ratio_line("kl_loss(plain) of its floor", paired(floor, times["plain"]))
+    ratio_line("eager / kl_loss(verl)  (speed-up over eager)", paired(times["eager"],
+                                                                       times["verl"]))
+    ratio_line("compiled / kl_loss(verl)  (speed-up over compiled)",
+               paired(times["compiled"], times["verl"]))
+    ratio_line("compiled / kl_loss(plain)", paired(times["compiled"], times["plain"]))
+    ratio_line("compiled of the floor (floor time / compiled time)",
+               paired(floor, times["compiled"]))
 
 
-def logits_loss_vs_torch(repeats, rows):
+def reverse_kl_composite(z, zr):
+    """KL(softmax z || softmax zr), mean over rows: log_softmax + kl_div (log targets)."""
+    logp = torch.log_softmax(z, -1)
+    logr = torch.log_softmax(zr, -1)
+    return torch.nn.functional.kl_div(logr, logp, log_target=True, reduction="batchmean")
+
+
+def exp_sum(x):
+    return torch.exp(x).sum()
+
+
+def logits_loss_vs_torch(rounds, rows):
     g = torch.Generator().manual_seed(0)
     V = 151936
     z0 = torch.randn(rows, V, generator=g) * 2
     zr = z0 + 0.5 * torch.randn(rows, V, generator=g)
     z = z0.clone().requires_grad_(True)
+    compiled = torch.compile(reverse_kl_composite)
+    both = torch.cat([z0, zr])  # the 2 x rows x V elements whose exponentials the kernel needs
+    fused_exp_sum = torch.compile(exp_sum)
+    tri, tri_bytes = triad()
 
-    def composite():  # reverse KL(pi || ref), mean over rows
-        z.grad = None
-        logp = torch.log_softmax(z, -1)
-        logr = torch.log_softmax(zr, -1)
-        loss = torch.nn.functional.kl_div(logr, logp, log_target=True, reduction="batchmean")
-        loss.backward()
+    def composite(fn):
+        def run():
+            z.grad = None
+            fn(z, zr).backward()
+        return run
 
     def klgrad_loss():
         z.grad = None
         loss, _ = kt.logits_loss(z, zr, divergence="reverse-kl")
         loss.backward()
 
-    base = least_seconds(composite, repeats)
-    ours = least_seconds(klgrad_loss, repeats)
-    print(f"3. logits_loss (reverse KL) forward + backward, {rows} rows x V = {V} float32")
-    row("   PyTorch log_softmax + kl_div (autograd)", base, items=rows * V)
-    row("   klgrad.torch.logits_loss(divergence='reverse-kl')", ours, base, rows * V)
+    ref_grad = None
+    for fn in (composite(reverse_kl_composite), composite(compiled), klgrad_loss):
+        fn()
+        if ref_grad is None:
+            ref_grad = z.grad.clone()
+        else:
+            torch.testing.assert_close(z.grad, ref_grad, rtol=1e-3, atol=1e-9)
+
+    times = interleaved({
+        "eager": composite(reverse_kl_composite),
+        "compiled": composite(compiled),
+        "klgrad": klgrad_loss,
+        "exp_sum": lambda: fused_exp_sum(both),
+        "triad": tri,
+    }, rounds)
+    # Floor: the exponentials of both rows at the fused exp-and-sum's rate (the same number of
+    # elements, so its time), or reading both rows and writing the gradient (12 bytes per
+    # entry) at the triad's rate, whichever is slower, per round.
+    n = rows * V
+    exp_floor = times["exp_sum"]
+    byte_floor = [t * 12 * n / tri_bytes for t in times["triad"]]
+    floor = [max(a, b) for a, b in zip(exp_floor, byte_floor)]
+    print(f"3. logits_loss (reverse KL) forward + backward, {rows} rows x V = {V} float32; "
+          f"{rounds} rounds")
+    header("")
+    row("PyTorch eager log_softmax + kl_div (autograd)", times["eager"], n)
+    row("the same composite under torch.compile", times["compiled"], n)
+    row("klgrad.torch.logits_loss(divergence='reverse-kl')", times["klgrad"], n)
+    row("floor: exp-and-sum of 2 x rows x V (torch.compile'd exp().sum())", exp_floor, n,
+        f"({2 * n / statistics.median(exp_floor) / 1e9:.2f} G exp/s)")
+    row("(bytes: 12 per entry at the triad's bytes/s)", byte_floor, n)
+    print("   ratios, median over rounds [quartiles]:")
+    ratio_line("logits_loss of its floor (floor time / logits_loss time)",
+               paired(floor, times["klgrad"]))
+    ratio_line("eager / logits_loss  (speed-up over eager)", paired(times["eager"],
+                                                                     times["klgrad"]))
+    ratio_line("compiled / logits_loss  (speed-up over compiled)",
+               paired(times["compiled"], times["klgrad"]))
+    ratio_line("compiled of the floor (floor time / compiled time)",
+               paired(floor, times["compiled"]))
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="part 1: least of repeats")
+    parser.add_argument("--rounds", type=int, default=15, help="parts 2 and 3: rounds")
     parser.add_argument("--rows", type=int, default=16, help="logits rows for part 3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (klgrad: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
     print(f"klgrad {klgrad.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"python {platform.python_version()}; torch.get_num_threads() = "
+          f"{torch.get_num_threads()}; nproc {os.cpu_count()}, {cpu_model()}; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     evaluate_vs_kernel(args.repeats)
-    kl_loss_vs_torch(args.repeats)
-    logits_loss_vs_torch(max(3, args.repeats // 4), args.rows)
+    op_overhead(args.repeats)
+    kl_loss_vs_torch(args.rounds)
+    logits_loss_vs_torch(max(3, args.rounds * 2 // 3), args.rows)
 
 
 if __name__ == "__main__":
