@@ -96,7 +96,7 @@ def evaluate_vs_kernel(repeats):
     mask = rng.random(lp.shape) < 0.9
     spec = klgrad.Spec("k3-as-loss")
     value, coef = np.empty_like(lp), np.empty_like(lp)
-    kernel = klgrad._klgrad.kernel_seconds(spec, lp, lr, mask, repeats)
+    kernel = klgrad._klgrad.kernel_seconds(spec, lp, lr, mask, value, coef, repeats)
     python = least_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask, value=value,
                                                     coef=coef), repeats)
     fresh = least_seconds(lambda: klgrad.evaluate(spec, lp, lr, mask=mask), repeats)

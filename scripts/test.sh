@@ -10,7 +10,8 @@
 #         the library's unit tests (the build tests,
 #         header self-containment check, tools and examples, done by (i) and (ii), skipped
 #         to keep CI well inside its 90 minutes on two cores)
-#   (v)   the Python package: installed into build-ci-python/venv by scripts/python.sh, then
+#   (v)   the Python package: a wheel built with build isolation and installed into
+#         build-ci-python/venv (torch 2.13 from PyPI's CPU file) by scripts/python.sh, then
 #         pytest python/tests in that venv
 # each in its own build directory (build-ci-gcc, build-ci-clang, build-fuzz, build-ci-asan,
 # build-ci-python).
@@ -22,6 +23,9 @@ root=$(pwd)
 jobs=${KLGRAD_CI_JOBS:-2}
 
 bash scripts/setup.sh
+# The venv the Python-driven CTest tests and stage (v) use (torch 2.13, numpy, pytest).
+python_venv="$root/build-ci-python/venv"
+bash scripts/python_env.sh "$python_venv"
 
 summaries=()
 
@@ -53,14 +57,15 @@ print_summary() {
 trap print_summary EXIT
 
 run_config "gcc Release" build-ci-gcc "" -- \
-  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ "-DKLGRAD_TEST_PYTHON=$python_venv/bin/python"
 
 if [[ "${KLGRAD_CI_QUICK:-0}" == 1 ]]; then
   exit 0
 fi
 
 run_config "clang-14 Release" build-ci-clang "" -- \
-  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14
+  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 \
+  "-DKLGRAD_TEST_PYTHON=$python_venv/bin/python"
 
 echo "=== fuzz smoke"
 if ! bash scripts/fuzz.sh "${KLGRAD_FUZZ_SECONDS:-30}"; then
@@ -80,7 +85,7 @@ run_config "gcc ASan+UBSan" build-ci-asan "-LE build" -- \
 # (scripts/python.sh), then its pytest suite in that venv. pytest's exit code 5 (no test
 # collected) fails the stage like any other non-zero code.
 echo "=== python: install (scripts/python.sh build-ci-python/venv)"
-bash scripts/python.sh "$root/build-ci-python/venv"
+bash scripts/python.sh "$python_venv"
 echo "=== python: test"
 python_rc=0
 KLGRAD="$root/build-ci-gcc/tools/klgrad" \

@@ -1,21 +1,24 @@
 """klgrad from Python: exact KL values and coefficients d(loss)/d(log pi) for an RL trainer's
 sampled tokens, and exact full-vocabulary divergences, from the same C++ headers as the
-library (a thin compiled layer, no formula of its own). CPU only; numpy arrays and torch CPU
-tensors (float32, float64) cross without copies. See docs/python.md.
+library (a thin compiled layer, no formula of its own). The C++ kernel computes on the CPU;
+torch tensors, numpy arrays and any DLPack producer cross without copies (DLPack), 16-bit
+logits included. See docs/python.md.
 """
 import sys
 
 import numpy as _np
 
 from . import _klgrad
-from ._klgrad import InputError, NonFiniteError, ShapeError, Spec, SpecError
+from ._klgrad import (Aggregation, Estimator, InputError, Level, NonFiniteError, Placement,
+                      Preset, ShapeError, Spec, SpecError, WeightLevel, Weighting)
 
 __version__ = _klgrad.__version__
 
 __all__ = [
     "Spec", "parse_spec", "SpecError", "ShapeError", "InputError", "NonFiniteError",
-    "Result", "evaluate", "explain", "from_trainer_config", "audit", "LogitsResult", "logits_divergence",
-    "selective_log_softmax", "sampled_logits_gradient", "__version__",
+    "Estimator", "Placement", "Weighting", "WeightLevel", "Level", "Aggregation", "Preset",
+    "Result", "evaluate", "explain", "from_trainer_config", "audit", "LogitsResult",
+    "logits_divergence", "selective_log_softmax", "sampled_logits_gradient", "__version__",
 ]
 
 
@@ -50,31 +53,71 @@ class Result:
                 f"sequences={self.sequences}, guarded={self.guarded}, dropped={self.dropped})")
 
 
-def _torch_tensor_type():
-    torch = sys.modules.get("torch")
-    return torch.Tensor if torch is not None else None
+def _torch():
+    return sys.modules.get("torch")
 
 
-def _numpy_view(x, name, floating):
-    """A torch CPU tensor as a numpy array over the same memory; other values unchanged.
-    Refuses other devices and dtypes naming the argument."""
-    tensor = _torch_tensor_type()
-    if tensor is None or not isinstance(x, tensor):
+def _is_tensor(x):
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _crossing(x, name):
+    """x as it crosses to the kernel: a torch tensor detached (nothing flows into klgrad's
+    inputs; DLPack refuses a tensor that requires grad) and refused, naming the argument,
+    when it is not on the CPU; anything else unchanged (the binding reads it by DLPack)."""
+    if _is_tensor(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name}= is on device {x.device}; klgrad's C++ kernel computes "
+                             f"on the CPU (pass {name}.cpu())")
+        return x.detach()
+    return x
+
+
+def _empty(like, shape, dtype):
+    """A new array of `shape` in like's framework: a torch tensor for a tensor, else numpy.
+    dtype: a numpy dtype name ("float32", "int64", ...)."""
+    if _is_tensor(like):
+        return _torch().empty(shape, dtype=getattr(_torch(), dtype))
+    return _np.empty(shape, dtype=dtype)
+
+
+def _float_name(x):
+    """"float32" or "float64" for a float array of either framework, else None."""
+    name = str(x.dtype).replace("torch.", "")
+    return name if name in ("float32", "float64") else None
+
+
+# Mask dtypes the kernel reads in place; others are converted (mask != 0, a copy of B x T
+# bools, documented in docs/python.md).
+_MASK_IN_PLACE = {"bool", "uint8", "int8", "int32", "uint32", "int64", "uint64", "float32",
+                  "float64"}
+
+
+def _dtype_name(x):
+    return str(getattr(x, "dtype", "")).replace("torch.", "")
+
+
+def _mask_of(mask):
+    if mask is None or _dtype_name(mask) in _MASK_IN_PLACE:
+        return mask
+    if _is_tensor(mask) or isinstance(mask, _np.ndarray):
+        return mask != 0
+    return mask
+
+
+def _int64_of(x):
+    """Offsets or ids as int64 (B + 1 or N entries; converted when they are another integer
+    type)."""
+    if x is None or _dtype_name(x) == "int64":
         return x
-    if x.device.type != "cpu":
-        raise TypeError(f"{name}= is on device {x.device}; klgrad computes on the CPU "
-                        f"(pass {name}.cpu(), or use a GPU implementation)")
-    torch = sys.modules["torch"]
-    if floating and x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name}= has dtype {x.dtype}; klgrad computes in torch.float32 or "
-                        f"torch.float64 (cast with .float() first)")
-    if x.dtype in (torch.bfloat16, torch.complex64, torch.complex128) or x.is_quantized:
-        raise TypeError(f"{name}= has dtype {x.dtype}, which klgrad does not read")
-    return x.detach().numpy()
-
-
-_NAMES = ("logp", "ref", "behavior", "mask", "offsets", "value", "coef")
-_FLOATING = (True, True, True, False, False, True, True)
+    if _is_tensor(x):
+        if x.dtype.is_floating_point or x.dtype.is_complex:
+            return x
+        return x.to(_torch().int64)
+    if isinstance(x, _np.ndarray) and x.dtype.kind in "iub":
+        return x.astype(_np.int64)
+    return x
 
 
 def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=None,
@@ -89,51 +132,25 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
     bool / integer / float, nonzero = valid. tokens, sequences: global counts of a
     data-parallel batch (None: this batch's). nonfinite: "raise" (NonFiniteError naming the
     first bad token) or "propagate". value, coef: arrays to write into (else new ones).
-    numpy arrays and torch CPU tensors are read in place; results have logp's type.
+    torch tensors, numpy arrays and DLPack producers are read in place, mixed as you like;
+    new results are torch tensors when logp is one, else numpy arrays.
     """
     spec = _spec_of(spec)
-    if type(logp) is _np.ndarray:
-        fields = _klgrad.evaluate(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
-                                  nonfinite, value, coef)
-        return Result(fields)
-    tensor = _torch_tensor_type()
-    args = [_numpy_view(x, n, f) for x, n, f in
-            zip((logp, ref, behavior, mask, offsets, value, coef), _NAMES, _FLOATING)]
-    fields = list(_klgrad.evaluate(spec, args[0], args[1], args[2], args[3], args[4], tokens,
-                                   sequences, nonfinite, args[5], args[6]))
-    if tensor is not None and isinstance(logp, tensor):
-        from_numpy = sys.modules["torch"].from_numpy
-        fields[0] = value if value is not None else from_numpy(fields[0])
-        fields[1] = coef if coef is not None else from_numpy(fields[1])
-    return Result(fields)
+    logp = _crossing(logp, "logp")
+    args = [_crossing(x, n) for x, n in ((ref, "ref"), (behavior, "behavior"))]
+    mask, offsets = _mask_of(_crossing(mask, "mask")), _int64_of(_crossing(offsets, "offsets"))
+    dtype = _float_name(logp)
+    if dtype is not None:  # else the binding refuses logp, naming it
+        shape = tuple(logp.shape)
+        value = _empty(logp, shape, dtype) if value is None else value
+        coef = _empty(logp, shape, dtype) if coef is None else coef
+    fields = _klgrad.evaluate(spec, logp, args[0], args[1], mask, offsets, tokens, sequences,
+                              nonfinite, value, coef)
+    return Result((value, coef) + tuple(fields))
 
 
-def _is_tensor(x):
-    tensor = _torch_tensor_type()
-    return tensor is not None and isinstance(x, tensor)
-
-
-def _logits_view(x, name):
-    """Logits as (numpy array, bf16): a torch.bfloat16 CPU tensor as its 16 bits (numpy has
-    no bfloat16; the kernels widen them to float32), a torch.float16 one as numpy float16,
-    anything else as _numpy_view gives it."""
-    if _is_tensor(x) and x.device.type == "cpu":
-        torch = sys.modules["torch"]
-        if x.dtype == torch.bfloat16:
-            return x.detach().view(torch.int16).numpy(), True
-        if x.dtype == torch.float16:
-            return x.detach().numpy(), False
-        if x.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{name}= has dtype {x.dtype}; klgrad reads torch.float32, "
-                            f"torch.float64, torch.bfloat16 or torch.float16 logits")
-    return _numpy_view(x, name, True), False
-
-
-def _is_16bit(x):
-    if _is_tensor(x):
-        torch = sys.modules["torch"]
-        return x.dtype in (torch.bfloat16, torch.float16)
-    return isinstance(x, _np.ndarray) and x.dtype == _np.float16
+_COMPUTE = {"float64": "float64", "float32": "float32", "float16": "float32",
+            "bfloat16": "float32"}
 
 
 def _grad_as(logits, grad, grad_dtype):
@@ -142,7 +159,7 @@ def _grad_as(logits, grad, grad_dtype):
     if grad_dtype is None or grad is None:
         return grad
     if _is_tensor(grad):
-        allowed = (logits.dtype, sys.modules["torch"].float32)
+        allowed = (logits.dtype, _torch().float32)
         if grad_dtype in allowed:
             return grad.to(grad_dtype)
     else:
@@ -157,11 +174,8 @@ def _grad_as(logits, grad, grad_dtype):
                      f"logits.dtype")
 
 
-def _like(x, result):
-    """result (a numpy array or None) as the type of x: a torch tensor for a tensor."""
-    if result is None or not _is_tensor(x):
-        return result
-    return sys.modules["torch"].from_numpy(result)
+def _row_shape(logits):
+    return tuple(logits.shape[:-1]) if getattr(logits, "ndim", 0) in (2, 3) else None
 
 
 def explain(spec):
@@ -245,26 +259,39 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     16-bit logits (torch.bfloat16, torch.float16, numpy.float16; ref_logits of the same
     dtype) are read in place and widened to float32: value and grad are float32, or grad in
     the logits' dtype with grad_dtype=logits.dtype (docs/logits.md)."""
-    if _is_tensor(logits) and _is_tensor(ref_logits) and ref_logits.dtype != logits.dtype:
-        raise TypeError(f"ref_logits= has dtype {ref_logits.dtype} but logits= has dtype "
-                        f"{logits.dtype}")
-    (z, bf16), (zr, _) = _logits_view(logits, "logits"), _logits_view(ref_logits, "ref_logits")
-    m = _numpy_view(mask, "mask", False)
-    fields = list(_klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
-                                            log_probs, gradient, bf16))
-    for i in range(3):
-        fields[i] = _like(logits, fields[i])
-    fields[1] = _grad_as(logits, fields[1], grad_dtype)
-    return LogitsResult(fields)
+    z, zr = _crossing(logits, "logits"), _crossing(ref_logits, "ref_logits")
+    m = _mask_of(_crossing(mask, "mask"))
+    if m is not None and _dtype_name(m) not in ("bool", "uint8"):
+        m = m != 0
+    compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
+    value = grad = indices = None
+    if compute is not None and rows is not None:  # else the binding refuses logits, naming it
+        value = _empty(z, rows, compute)
+        grad = _empty(z, tuple(z.shape), compute) if gradient else None
+        if top_k is not None and isinstance(top_k, int) and 0 < top_k <= z.shape[-1]:
+            indices = _empty(z, rows + (top_k,), "int64")
+    fields = _klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
+                                       log_probs, value, grad, indices)
+    return LogitsResult((value, _grad_as(logits, grad, grad_dtype), indices) + tuple(fields))
+
+
+def _sampled_args(logits, ids, mask):
+    z = _crossing(logits, "logits")
+    m = _mask_of(_crossing(mask, "mask"))
+    if m is not None and _dtype_name(m) not in ("bool", "uint8"):
+        m = m != 0
+    return z, _int64_of(_crossing(ids, "ids")), m
 
 
 def selective_log_softmax(logits, ids, *, mask=None, temperature=1.0):
     """log softmax(logits / temperature)[ids] per row, in one streaming pass per row (the
     softmax is never formed). logits: N x V or B x T x V; ids and mask: N or B x T. 16-bit
     logits (torch.bfloat16, torch.float16, numpy.float16) give float32."""
-    z, bf16 = _logits_view(logits, "logits")
-    y, m = (_numpy_view(x, n, False) for x, n in ((ids, "ids"), (mask, "mask")))
-    return _like(logits, _klgrad.selective_log_softmax(z, y, m, temperature, bf16))
+    z, y, m = _sampled_args(logits, ids, mask)
+    compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
+    out = _empty(z, rows, compute) if compute and rows is not None else None
+    _klgrad.selective_log_softmax(z, y, m, temperature, out)
+    return out
 
 
 def sampled_logits_gradient(logits, ids, coef, *, mask=None, temperature=1.0, grad_dtype=None):
@@ -273,10 +300,12 @@ def sampled_logits_gradient(logits, ids, coef, *, mask=None, temperature=1.0, gr
     of the logits' shape. 16-bit logits (torch.bfloat16, torch.float16, numpy.float16) take
     coef in float32 or their own dtype and give a float32 gradient, or one in the logits'
     dtype with grad_dtype=logits.dtype."""
-    z, bf16 = _logits_view(logits, "logits")
-    if _is_16bit(logits) and _is_tensor(coef) and coef.dtype == logits.dtype:
-        coef = coef.float()  # numpy has no bfloat16: the binding takes 16-bit coef as float32
-    y, c, m = (_numpy_view(x, n, f) for x, n, f in
-               ((ids, "ids", False), (coef, "coef", True), (mask, "mask", False)))
-    grad = _like(logits, _klgrad.sampled_logits_gradient(z, y, c, m, temperature, bf16))
+    z, y, m = _sampled_args(logits, ids, mask)
+    c = _crossing(coef, "coef")
+    compute = _COMPUTE.get(_dtype_name(z))
+    if compute == "float32" and _dtype_name(z) != "float32" and _dtype_name(c) == _dtype_name(z):
+        c = c.float() if _is_tensor(c) else c.astype(_np.float32)  # 16-bit coef, N entries
+    grad = (_empty(z, tuple(z.shape), compute)
+            if compute and _row_shape(z) is not None else None)
+    _klgrad.sampled_logits_gradient(z, y, c, m, temperature, grad)
     return _grad_as(logits, grad, grad_dtype)

@@ -28,10 +28,10 @@ std::string member_name(std::string_view word) {
 
 /// The Python enum `name` (a str Enum: members compare equal to their spec words) of the
 /// C++ table `all`, added to the module.
-template <class Enum, std::size_t N>
-nb::object make_enum(nb::module_& m, const char* name, const Enum (&all)[N], const char* doc) {
+template <class Table>
+nb::object make_enum(nb::module_& m, const char* name, const Table& all, const char* doc) {
   nb::list members;
-  for (const Enum e : all)
+  for (const auto e : all)
     members.append(nb::make_tuple(member_name(to_string(e)), std::string(to_string(e))));
   const nb::object enum_type = nb::module_::import_("enum").attr("Enum");
   nb::object type = enum_type(name, members, nb::arg("module") = "klgrad",
