@@ -68,9 +68,11 @@ def _crossing(x, name):
     when it is not on the CPU; anything else unchanged (the binding reads it by DLPack)."""
     if _is_tensor(x):
         if x.device.type != "cpu":
-            raise ValueError(f"{name}= is on device {x.device}; klgrad's C++ kernel computes "
-                             f"on the CPU (pass {name}.cpu())")
+            raise TypeError(f"{name}= is on device {x.device}; klgrad's C++ kernel computes "
+                            f"on the CPU (pass {name}.cpu())")
         return x.detach()
+    if x is not None and not isinstance(x, _np.ndarray) and hasattr(x, "__dlpack__"):
+        return _np.from_dlpack(x)  # another producer: a numpy view of the same memory
     return x
 
 
@@ -84,7 +86,7 @@ def _empty(like, shape, dtype):
 
 def _float_name(x):
     """"float32" or "float64" for a float array of either framework, else None."""
-    name = str(x.dtype).replace("torch.", "")
+    name = _dtype_name(x)
     return name if name in ("float32", "float64") else None
 
 

@@ -70,7 +70,7 @@ std::string device_text(int type, int id) {
 
 void require_cpu(const array& a, const char* name) {
   if (a.device_type() != nb::device::cpu::value)
-    throw argument_error{python_error::value,
+    throw argument_error{python_error::type,
                          std::string(name) + "= is on device " +
                              device_text(a.device_type(), a.device_id()) +
                              "; klgrad's C++ kernel computes on the CPU (pass it with .cpu())"};
@@ -118,6 +118,7 @@ Index element_stride(const array& a, std::size_t d, const char* name) {
 
 Index row_stride(const array& a, const char* name, bool writable) {
   const Index rows = Index(a.shape(0)), cols = Index(a.shape(1));
+  if (rows == 0 || cols == 0) return cols;  // nothing is read: any strides will do
   if (cols > 1 && element_stride(a, 1, name) != 1)
     throw argument_error{python_error::shape,
                          std::string(name) + "= has shape " + shape_text(a) +

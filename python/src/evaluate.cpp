@@ -163,7 +163,7 @@ void bind_evaluate(nb::module_& m) {
   m.def("evaluate", &evaluate_binding, nb::arg("spec"), nb::arg("logp"), nb::arg("ref"),
         nb::arg("behavior").none(), nb::arg("mask").none(), nb::arg("offsets").none(),
         nb::arg("tokens").none(), nb::arg("sequences").none(), nb::arg("nonfinite"),
-        nb::arg("value"), nb::arg("coef"),
+        nb::arg("value").none(), nb::arg("coef").none(),
         "The kernel behind klgrad.evaluate (see klgrad/__init__.py): writes value and coef.");
   m.def("kernel_seconds", &kernel_seconds, nb::arg("spec"), nb::arg("logp"), nb::arg("ref"),
         nb::arg("mask").none(), nb::arg("value"), nb::arg("coef"), nb::arg("repeats"));

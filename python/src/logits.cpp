@@ -43,7 +43,7 @@ logit_array logits_of(nb::handle x, const char* name) {
   l.positions = n == 3 ? Index(a.shape(1)) : 0;
   const std::int64_t last = a.stride(n - 1), row = a.stride(n - 2);
   const bool merged = n == 2 || a.shape(0) <= 1 || a.stride(0) == std::int64_t(a.shape(1)) * row;
-  if ((l.cols > 1 && last != 1) || row < 0 || !merged)
+  if (l.rows > 0 && l.cols > 0 && ((l.cols > 1 && last != 1) || row < 0 || !merged))
     throw argument_error{python_error::shape,
                          std::string(name) + "= has shape " + shape_text(a) +
                              " and strides that klgrad cannot read in place (each row of V "
@@ -306,12 +306,12 @@ void sampled_binding(nb::handle logits, nb::handle ids, nb::handle coef, nb::han
 void bind_logits(nb::module_& m) {
   m.def("logits_divergence", &divergence_binding, nb::arg("logits"), nb::arg("ref_logits"),
         nb::arg("divergence"), nb::arg("lam"), nb::arg("top_k").none(), nb::arg("temperature"),
-        nb::arg("mask").none(), nb::arg("log_probs"), nb::arg("value"),
+        nb::arg("mask").none(), nb::arg("log_probs"), nb::arg("value").none(),
         nb::arg("grad").none(), nb::arg("indices").none());
   m.def("selective_log_softmax", &selective_binding, nb::arg("logits"), nb::arg("ids"),
-        nb::arg("mask").none(), nb::arg("temperature"), nb::arg("out"));
+        nb::arg("mask").none(), nb::arg("temperature"), nb::arg("out").none());
   m.def("sampled_logits_gradient", &sampled_binding, nb::arg("logits"), nb::arg("ids"),
-        nb::arg("coef"), nb::arg("mask").none(), nb::arg("temperature"), nb::arg("grad"));
+        nb::arg("coef"), nb::arg("mask").none(), nb::arg("temperature"), nb::arg("grad").none());
 }
 
 }  // namespace klgrad::python

@@ -7,7 +7,6 @@
 #include <klgrad/spec.hpp>
 #include <klgrad/version.hpp>
 
-#include <nanobind/stl/string.h>
 
 #include <cctype>
 

@@ -7,7 +7,6 @@
 #include <klgrad_frontend/explain_json.hpp>
 #include <klgrad_frontend/trainer_config.hpp>
 
-#include <nanobind/stl/string.h>
 
 namespace klgrad::python {
 namespace {

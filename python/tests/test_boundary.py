@@ -59,11 +59,11 @@ def test_refusals_name_the_argument():
         klgrad.evaluate("k3-as-loss", logp, [1.0, 2.0])
     with pytest.raises(TypeError, match="ref= has dtype float32 but logp= has dtype float64"):
         klgrad.evaluate("k3-as-loss", logp, ref.astype(np.float32))
-    with pytest.raises(klgrad.ShapeError, match="ref= has shape"):
+    with pytest.raises(klgrad.ShapeError, match="logp is 3x5 but ref is 3x2"):
         klgrad.evaluate("k3-as-loss", logp, ref[:, :2].copy())
     with pytest.raises(klgrad.ShapeError, match="ref= .*non-contiguous"):
         klgrad.evaluate("k3-as-loss", logp, np.asfortranarray(ref))
-    with pytest.raises(ValueError, match="logp= is on device meta"):
+    with pytest.raises(TypeError, match="logp= is on device meta"):
         klgrad.evaluate("k3-as-loss", torch.empty(3, 5, dtype=torch.float64, device="meta"),
                         torch.from_numpy(ref))
     with pytest.raises(TypeError, match="logp= has dtype int64"):

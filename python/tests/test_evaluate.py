@@ -175,9 +175,9 @@ def test_torch_in_torch_out_without_copies(dtype):
 
 def test_torch_refusals_name_device_and_dtype():
     lp = torch.zeros(2, 3, dtype=torch.bfloat16)
-    with pytest.raises(TypeError, match=r"logp= has dtype torch.bfloat16.*float32 or"):
+    with pytest.raises(TypeError, match=r"logp= has dtype bfloat16.*float32 or"):
         klgrad.evaluate("k3-as-loss", lp, lp)
-    with pytest.raises(TypeError, match="ref= has dtype torch.float16"):
+    with pytest.raises(TypeError, match="ref= has dtype float16"):
         klgrad.evaluate("k3-as-loss", torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float16))
     with pytest.raises(TypeError, match="logp= is on device meta"):
         klgrad.evaluate("k3-as-loss", torch.zeros(2, 3, device="meta"), torch.zeros(2, 3))
@@ -191,7 +191,7 @@ def test_dtype_mismatch_names_both_arguments():
         klgrad.evaluate("k3-as-loss", lp, lr.astype(np.float32))
     with pytest.raises(TypeError, match="logp= has dtype int64"):
         klgrad.evaluate("k3-as-loss", lp.astype(np.int64), lr)
-    with pytest.raises(TypeError, match="logp= must be a numpy array or a torch CPU tensor, got list"):
+    with pytest.raises(TypeError, match=r"logp= must be an array \(a torch tensor, a numpy array or any DLPack producer\), got list"):
         klgrad.evaluate("k3-as-loss", [[0.0]], lr)
 
 
