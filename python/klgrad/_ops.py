@@ -43,14 +43,6 @@ def _empty_like_rows(x, dtype=None):
     return x.new_empty(x.shape, dtype=x.dtype if dtype is None else dtype)
 
 
-def _empty_batch(logp):
-    """(zero loss, empty value, empty coef) of a batch with no token. Handled here because the
-    current klgrad.evaluate refuses some 0-size layouts (a 0 x T tensor's rows have stride 0)
-    with a ShapeError; issue 23 item 2 asks the binding itself to accept them."""
-    return (torch.zeros((), dtype=logp.dtype), torch.zeros_like(logp, memory_format=torch.contiguous_format),
-            torch.zeros_like(logp, memory_format=torch.contiguous_format))
-
-
 # ---- klgrad::kl_loss ----------------------------------------------------------------------
 
 @torch.library.custom_op("klgrad::kl_loss", mutates_args=(),
@@ -60,8 +52,6 @@ def _empty_batch(logp):
 def kl_loss_op(logp, ref, spec, behavior, mask, offsets, tokens, sequences):
     """(loss, value, coef) of one klgrad.evaluate call: loss a 0-dim tensor of logp's dtype,
     value and coef per token (logp's shape and dtype)."""
-    if logp.numel() == 0:  # a 0-size batch: nothing to evaluate (see _empty_batch)
-        return _empty_batch(logp)
     r = klgrad.evaluate(_parsed(spec), logp, ref, behavior=behavior, mask=mask,
                         offsets=offsets, tokens=tokens, sequences=sequences)
     return torch.tensor(r.loss, dtype=logp.dtype), r.value, r.coef
@@ -116,8 +106,6 @@ kl_loss_op.register_autograd(_kl_loss_backward, setup_context=_kl_loss_setup)
 def kl_penalty_op(logp, ref, spec, behavior, mask, offsets):
     """beta * value per token (logp's shape and dtype), not differentiable."""
     parsed = _parsed(spec)
-    if logp.numel() == 0:
-        return _empty_batch(logp)[1]
     r = klgrad.evaluate(parsed, logp, ref, behavior=behavior, mask=mask, offsets=offsets)
     return r.value.mul_(parsed.beta)  # value is the kernel's new array: scaled in place
 
@@ -151,10 +139,6 @@ _SIXTEEN = (torch.bfloat16, torch.float16)
 def logits_loss_op(logits, ref_logits, divergence, mask, temperature, lam, top_k):
     """(loss, value, grad) of one klgrad.logits_divergence call: loss 0-dim and value per row
     in the kernel's dtype (float32 for 16-bit logits), grad in the logits' shape and dtype."""
-    if logits.numel() == 0:
-        kernel = torch.float32 if logits.dtype in _SIXTEEN else logits.dtype
-        return (torch.zeros((), dtype=kernel),
-                logits.new_zeros(logits.shape[:-1], dtype=kernel), torch.zeros_like(logits))
     r = klgrad.logits_divergence(logits, ref_logits, divergence=divergence, lam=lam,
                                  top_k=top_k, temperature=temperature, mask=mask,
                                  gradient=True, grad_dtype=logits.dtype)
