@@ -67,9 +67,8 @@ void sampled_gradient(const sampled_rows<S, Y, K>& v, const T* coef, const strid
   const Index N = v.z.rows, V = v.z.cols;
   for (Index r = 0; r < N; ++r)
     if (v.valid(r) && !std::isfinite(coef[r]))
-      raise(input_error(cat("coef ", row_place(r, v.positions), " is ", coef[r],
-                            ", not finite, in a valid row"),
-                        input_reason::nonfinite, "coef"));
+      raise<input_error>(cat("coef ", row_place(r, v.positions), " is ", coef[r],
+                             ", not finite, in a valid row"));
   Index first_bad = std::numeric_limits<Index>::max();
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
 #pragma omp parallel for schedule(static) reduction(min : first_bad)
