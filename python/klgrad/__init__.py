@@ -65,7 +65,9 @@ def _is_tensor(x):
 def _crossing(x, name):
     """x as it crosses to the kernel: a torch tensor detached (nothing flows into klgrad's
     inputs; DLPack refuses a tensor that requires grad) and refused, naming the argument,
-    when it is not on the CPU; anything else unchanged (the binding reads it by DLPack)."""
+    when it is not on the CPU; another DLPack producer as a numpy view of its memory
+    (numpy.from_dlpack, no copy); numpy arrays and None unchanged. The binding reads what
+    crosses by DLPack."""
     if _is_tensor(x):
         if x.device.type != "cpu":
             raise TypeError(f"{name}= is on device {x.device}; klgrad's C++ kernel computes "
