@@ -110,6 +110,15 @@ def _mask_of(mask):
     return mask
 
 
+def _row_mask(mask):
+    """A mask of the logits paths, as they read it: bool / uint8 (N entries; others become
+    mask != 0, a copy)."""
+    m = _mask_of(_crossing(mask, "mask"))
+    if m is not None and _dtype_name(m) not in ("bool", "uint8"):
+        m = m != 0
+    return m
+
+
 def _int64_of(x):
     """Offsets or ids as int64 (B + 1 or N entries; converted when they are another integer
     type)."""
@@ -264,9 +273,7 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     dtype) are read in place and widened to float32: value and grad are float32, or grad in
     the logits' dtype with grad_dtype=logits.dtype (docs/logits.md)."""
     z, zr = _crossing(logits, "logits"), _crossing(ref_logits, "ref_logits")
-    m = _mask_of(_crossing(mask, "mask"))
-    if m is not None and _dtype_name(m) not in ("bool", "uint8"):
-        m = m != 0
+    m = _row_mask(mask)
     compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
     value = grad = indices = None
     if compute is not None and rows is not None:  # else the binding refuses logits, naming it
@@ -281,9 +288,7 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
 
 def _sampled_args(logits, ids, mask):
     z = _crossing(logits, "logits")
-    m = _mask_of(_crossing(mask, "mask"))
-    if m is not None and _dtype_name(m) not in ("bool", "uint8"):
-        m = m != 0
+    m = _row_mask(mask)
     return z, _int64_of(_crossing(ids, "ids")), m
 
 

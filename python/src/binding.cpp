@@ -146,6 +146,17 @@ void require_contiguous_vector(const array& a, const char* name, bool) {
                              "tensor.contiguous())"};
 }
 
+void require_row_major(const array& a, const char* name) {
+  std::int64_t expected = 1;
+  for (std::size_t d = a.ndim(); d-- > 0;) {
+    if (a.shape(d) > 1 && a.stride(d) != expected)
+      throw argument_error{python_error::shape,
+                           std::string(name) + "= has shape " + shape_text(a) +
+                               " but is not contiguous; pass a contiguous array"};
+    expected *= std::int64_t(a.shape(d));
+  }
+}
+
 void require_shape(const array& a, const char* name, const array& like, const char* like_name) {
   bool same = a.ndim() == like.ndim();
   for (std::size_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == like.shape(d);

@@ -53,6 +53,8 @@ writable_array output_argument(nb::handle x, const char* name);
 Index row_stride(const array& a, const char* name, bool writable = false);
 /// Checks that a 1-D array is contiguous, naming the argument.
 void require_contiguous_vector(const array& a, const char* name, bool writable = false);
+/// Checks that a is row-major contiguous, whatever its shape, naming the argument.
+void require_row_major(const array& a, const char* name);
 /// Checks that a has exactly `shape`'s dimensions, naming both arguments.
 void require_shape(const array& a, const char* name, const array& like, const char* like_name);
 

@@ -101,14 +101,7 @@ array per_row_of(nb::handle x, const char* name, const logit_array& l, element w
     throw argument_error{python_error::shape, std::string(name) + "= has shape " +
                                                   shape_text(a) + " but logits= has shape " +
                                                   shape_text(l.a) + " (one entry per row)"};
-  std::int64_t expected = 1;  // row-major contiguous, whatever its shape
-  for (std::size_t d = a.ndim(); d-- > 0;) {
-    if (a.shape(d) > 1 && a.stride(d) != expected)
-      throw argument_error{python_error::shape,
-                           std::string(name) + "= has shape " + shape_text(a) +
-                               " but is not contiguous; pass a contiguous array"};
-    expected *= std::int64_t(a.shape(d));
-  }
+  require_row_major(a, name);
   return a;
 }
 
@@ -120,12 +113,7 @@ array full_output_of(nb::handle x, const char* name, const logit_array& l, eleme
                                                  dtype_text(a) + ", not the kernel's " +
                                                  (want == element::f64 ? "float64" : "float32")};
   require_shape(a, name, l.a, "logits");
-  std::int64_t expected = 1;
-  for (std::size_t d = a.ndim(); d-- > 0;) {
-    if (a.shape(d) > 1 && a.stride(d) != expected)
-      throw argument_error{python_error::shape, std::string(name) + "= is not contiguous"};
-    expected *= std::int64_t(a.shape(d));
-  }
+  require_row_major(a, name);
   return a;
 }
 
