@@ -4,6 +4,7 @@
 
 #include "../core/clamp.hpp"
 #include "../core/estimators.hpp"
+#include "../spec/presets.hpp"
 #include "../spec/spec.hpp"
 #include "../support/errors.hpp"
 #include "evaluate_options.hpp"
@@ -27,6 +28,13 @@ enum class sequence_pass {
   sequence,       ///< the sequence's sums, broadcast to its tokens
 };
 
+/// Where the importance weights read the behaviour log-probs lb.
+enum class behavior_source {
+  batch,  ///< the batch's own (or none: the spec is not weighted)
+  logp,   ///< logp itself, the on-policy weight exp(lp - sg(lp)) of a preset that takes it
+          ///< when the batch has none (spec/presets.hpp's behavior_is_logp column)
+};
+
 /// An evaluate() call's settings, resolved for the estimators Ev (value) and Eg (gradient).
 template <class T>
 struct plan {
@@ -35,6 +43,7 @@ struct plan {
   weighting mode = weighting::none;
   weight_level weights = weight_level::token;
   bool weighted = false;  ///< tokens are weighted by pi/mu (is != none)
+  behavior_source behavior = behavior_source::batch;
   level at_level = level::token;
   sequence_pass pass = sequence_pass::fused;
   T gamma = 1;            ///< discount of the sums to go
@@ -91,15 +100,30 @@ sequence_pass pass_for(const plan<T>& p) {
   return sequence_pass::token;
 }
 
-/// The plan of a spec for estimators Ev and Eg, with the caller's options. Counts the batch
-/// does not give (tokens, sequences) stay -1 until run() has counted them.
+/// Where a weighted spec's weights read lb, for a batch that has behaviour log-probs or not
+/// (an empty batch has no data to tell, and nothing to weight). Refuses a weighted spec
+/// whose batch has none, unless the spec's preset takes lb = logp. The error's reason and
+/// argument say what is missing; each front end words it for its own interface.
+inline behavior_source behavior_source_for(const spec& config, bool batch_has_behavior) {
+  const importance& is = config.importance;
+  if (!is.active() || batch_has_behavior) return behavior_source::batch;
+  if (behavior_defaults_to_logp(config.preset)) return behavior_source::logp;
+  raise(input_error(cat("the spec weights tokens by pi/mu (is=", to_string(is.mode),
+                        ") but the batch has no behavior log-probs; add them with "
+                        ".with_behavior(lb)"),
+                    input_reason::missing_behavior, "behavior"));
+}
+
+/// The plan of a spec for estimators Ev and Eg, with the caller's options, for a batch that
+/// has behaviour log-probs or not. Counts the batch does not give (tokens, sequences) stay
+/// -1 until run() has counted them.
 template <class Ev, class Eg, class T>
-plan<T> make_plan(const spec& config, const options& opt) {
+plan<T> make_plan(const spec& config, const options& opt, bool batch_has_behavior) {
   const clamp_policy& cp = config.clamp;
   // parse_spec refuses such a band; a spec assembled in C++ comes here unchecked, and the
   // guard (before the clamp) cannot keep s finite inside a band that excludes 0.
   const std::string band = clamp_band_problem(cp);
-  if (!band.empty()) raise<spec_error>(cat("spec '", to_string(config), "': ", band));
+  if (!band.empty()) raise<spec_error>(band);
   const importance& is = config.importance;
   const T inf = std::numeric_limits<T>::infinity();
   plan<T> p;
@@ -107,6 +131,7 @@ plan<T> make_plan(const spec& config, const options& opt) {
   p.mode = is.mode;
   p.weights = is.level;
   p.weighted = is.active();
+  p.behavior = behavior_source_for(config, batch_has_behavior);
   p.at_level = config.level;
   p.gamma = T(config.gamma);
   p.nonfinite = opt.nonfinite;

@@ -54,20 +54,9 @@ template <class Ev, class Eg, class Batch, class T>
 summary run(const spec& config, const Batch& batch, const strided_rows<T>& value,
             const strided_rows<T>& coef, const options& opt) {
   static_assert(require_estimator<Ev>() && require_estimator<Eg>());
-  const importance& is = config.importance;
-  // An empty batch has nothing to weight (and its empty arrays no data to tell whether
-  // behaviour log-probs were given).
-  if (is.active() && !batch.has_behavior() && batch.sequences() > 0 && batch.positions() > 0) {
-    // A preset whose default weight is exp(lp - sg(lp)) (spec/presets.hpp's data) needs
-    // none: lb = logp.
-    if (behavior_defaults_to_logp(config.preset))
-      return run<Ev, Eg>(config, batch.with_logp_as_behavior(), value, coef, opt);
-    raise(input_error(cat("spec '", to_string(config), "' weights tokens by pi/mu (is=",
-                          to_string(is.mode), ") but the batch has no behavior log-probs; "
-                          "add them with .with_behavior(lb)"),
-                      input_reason::missing_behavior, "behavior"));
-  }
-  plan<T> p = make_plan<Ev, Eg, T>(config, opt);
+  // An empty batch has no data to tell whether behaviour log-probs were given.
+  const bool empty = batch.sequences() == 0 || batch.positions() == 0;
+  plan<T> p = make_plan<Ev, Eg, T>(config, opt, batch.has_behavior() || empty);
   count_batch(batch, p);
   summary out;
   chunk<T> c;
@@ -78,8 +67,10 @@ summary run(const spec& config, const Batch& batch, const strided_rows<T>& value
   double total = 0.0;
   const auto layout = batch.layout();
   for (Index b = 0; b < batch.sequences(); ++b) {
-    total = saturated(total + run_sequence<Ev, Eg>(batch.sequence(b), layout.row(value, b),
-                                                   layout.row(coef, b), p, c, out));
+    auto q = batch.sequence(b);
+    if (p.behavior == behavior_source::logp) q.behavior = q.logp;
+    total = saturated(total + run_sequence<Ev, Eg>(q, layout.row(value, b), layout.row(coef, b),
+                                                   p, c, out));
   }
   check_counts(opt.counts, out.tokens, out.sequences);
   out.kl = out.tokens > 0 ? total / double(out.tokens) : 0.0;

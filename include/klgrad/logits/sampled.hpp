@@ -32,11 +32,12 @@ online_state<compute_t<S>> row_lse(const S* z, Index V, compute_t<S> it) {
   return online_pass<false, false>(z, z, V, it);
 }
 
-/// Logits stored as S (float, double, bf16, fp16); logp, coefficients and gradients in
-/// T = compute_t<S>.
-template <class S, class Y, class K, class T = compute_t<S>>
-void selective_log_softmax(const sampled_rows<S, Y, K>& v, T* logp, T it) {
-  check_ids(v);
+/// The row loop both sampled paths share: for each row r of v, masked(r) when r is masked,
+/// else body(r, z_r, state) with the row's online log-sum-exp state at inverse temperature
+/// it. A row of no finite logit (an LSE that is not finite) is skipped, and the first such
+/// row is reported after the loop (input_error naming it), as the other logits paths do.
+template <class S, class Y, class K, class T, class Masked, class Body>
+void for_each_row_lse(const sampled_rows<S, Y, K>& v, T it, Masked masked, Body body) {
   const Index N = v.z.rows, V = v.z.cols;
   Index first_bad = std::numeric_limits<Index>::max();
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
@@ -44,7 +45,7 @@ void selective_log_softmax(const sampled_rows<S, Y, K>& v, T* logp, T it) {
 #endif
   for (Index r = 0; r < N; ++r) {
     if (!v.valid(r)) {
-      logp[r] = T(0);
+      masked(r);
       continue;
     }
     const S* z = v.z.row(r);
@@ -53,47 +54,46 @@ void selective_log_softmax(const sampled_rows<S, Y, K>& v, T* logp, T it) {
       first_bad = std::min(first_bad, r);
       continue;
     }
-    // (z_y it - c) - log s keeps the shift out of the rounding of the difference.
-    logp[r] = T((double(widen(z[Index(v.ids[r])]) * it) - double(state.cx)) - state.log_sx());
+    body(r, z, state);
   }
   if (first_bad != std::numeric_limits<Index>::max())
     report_bad_row(v.z.row(first_bad), V, "z", first_bad, v.positions);
+}
+
+/// Logits stored as S (float, double, bf16, fp16); logp, coefficients and gradients in
+/// T = compute_t<S>.
+template <class S, class Y, class K, class T = compute_t<S>>
+void selective_log_softmax(const sampled_rows<S, Y, K>& v, T* logp, T it) {
+  check_ids(v);
+  for_each_row_lse(
+      v, it, [&](Index r) { logp[r] = T(0); },
+      [&](Index r, const S* z, const online_state<T>& state) {
+        // (z_y it - c) - log s keeps the shift out of the rounding of the difference.
+        logp[r] = T((double(widen(z[Index(v.ids[r])]) * it) - double(state.cx)) -
+                    state.log_sx());
+      });
 }
 
 template <class S, class Y, class K, class T = compute_t<S>>
 void sampled_gradient(const sampled_rows<S, Y, K>& v, const T* coef, const strided_rows<T>& grad,
                       T it) {
   check_ids(v);
-  const Index N = v.z.rows, V = v.z.cols;
-  for (Index r = 0; r < N; ++r)
+  const Index V = v.z.cols;
+  for (Index r = 0; r < v.z.rows; ++r)
     if (v.valid(r) && !std::isfinite(coef[r]))
       raise<input_error>(cat("coef ", row_place(r, v.positions), " is ", coef[r],
                              ", not finite, in a valid row"));
-  Index first_bad = std::numeric_limits<Index>::max();
-#if defined(KLGRAD_OPENMP) && defined(_OPENMP)
-#pragma omp parallel for schedule(static) reduction(min : first_bad)
-#endif
-  for (Index r = 0; r < N; ++r) {
-    T* g = grad.row(r);
-    if (!v.valid(r)) {
-      std::fill(g, g + V, T(0));
-      continue;
-    }
-    const S* z = v.z.row(r);
-    const online_state<T> state = row_lse(z, V, it);
-    if (!std::isfinite(state.lse_x())) {
-      first_bad = std::min(first_bad, r);
-      continue;
-    }
-    const T cx = state.cx, lsx = T(state.log_sx()), c = coef[r] * it;
-    write_row(g, V, [&](auto tag, Index i) {
-      using P = decltype(tag);
-      return ei::pmul(splat<P>(-c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));
-    });
-    g[Index(v.ids[r])] += c;
-  }
-  if (first_bad != std::numeric_limits<Index>::max())
-    report_bad_row(v.z.row(first_bad), V, "z", first_bad, v.positions);
+  for_each_row_lse(
+      v, it, [&](Index r) { std::fill(grad.row(r), grad.row(r) + V, T(0)); },
+      [&](Index r, const S* z, const online_state<T>& state) {
+        T* g = grad.row(r);
+        const T cx = state.cx, lsx = T(state.log_sx()), c = coef[r] * it;
+        write_row(g, V, [&](auto tag, Index i) {
+          using P = decltype(tag);
+          return ei::pmul(splat<P>(-c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));
+        });
+        g[Index(v.ids[r])] += c;
+      });
 }
 
 template <class T, class D>

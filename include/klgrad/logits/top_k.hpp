@@ -193,27 +193,44 @@ bool usable(const online_state<T>& state) {
   return std::isfinite(state.lse_x()) && state.sx != 0;
 }
 
+/// What the one-sided forms share: value = binned_kl(inner renormalised over K, outer),
+/// with outer's whole-row state and inner's log-sum-exp over K (lsk) for the gradient.
+/// result.status is `bad` for an unusable outer row, row_nan for a NaN value, else row_ok.
+template <class T>
+struct one_sided_top_k {
+  online_state<T> outer;
+  double lsk = 0;
+  row_result result;
+};
+template <class S, class I, class T>
+one_sided_top_k<T> one_sided_top_k_value(const S* inner, const S* outer, Index V, T it,
+                                         bool log_probs, const I* idx, Index k, int bad) {
+  one_sided_top_k<T> out{row_state(outer, V, it, log_probs), 0.0, {0, bad}};
+  if (!usable(out.outer)) return out;
+  out.lsk = lse_over(inner, it, idx, k);
+  const double value =
+      binned_kl(inner, outer, it, idx, k, out.lsk, out.outer.lse_x(), no_tail, 0.0);
+  out.result = std::isnan(value) ? row_result{0, row_nan} : row_result{value, row_ok};
+  return out;
+}
+
 /// forward_kl: value = binned_kl(ref renormalised over K, pi), gradient
 ///   dFKL_k/dz_j = it (pi_j - rt_j [j in K])   (since sum_K rt = 1).
 template <class S, class I, class T = compute_t<S>>
 row_result forward_top_k_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                              const I* idx, Index k, double scale, T* g) {
-  const online_state<T> state = row_state(z, V, it, log_probs);
-  if (!usable(state)) return {0, row_bad_z};
-  const double lsk = lse_over(zr, it, idx, k), lse_z = state.lse_x();
-  const double value = binned_kl(zr, z, it, idx, k, lsk, lse_z, no_tail, 0.0);
-  if (std::isnan(value)) return {0, row_nan};
-  if (!g) return {value, row_ok};
-  const T c = T(scale) * it, cx = state.cx, lsx = T(state.log_sx());
+  const auto v = one_sided_top_k_value(zr, z, V, it, log_probs, idx, k, row_bad_z);
+  if (v.result.status != row_ok || !g) return v.result;
+  const T c = T(scale) * it, cx = v.outer.cx, lsx = T(v.outer.log_sx());
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     return ei::pmul(splat<P>(c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));
   });
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);
-    g[i] -= c * T(std::exp(double(widen(zr[i]) * it) - lsk));
+    g[i] -= c * T(std::exp(double(widen(zr[i]) * it) - v.lsk));
   }
-  return {value, row_ok};
+  return v.result;
 }
 
 /// reverse_kl: value = binned_kl(pi renormalised over K, ref) = V_k; pt depends on z_K
@@ -222,12 +239,9 @@ row_result forward_top_k_row(const S* z, const S* zr, Index V, T it, bool log_pr
 template <class S, class I, class T = compute_t<S>>
 row_result reverse_top_k_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                              const I* idx, Index k, double scale, T* g) {
-  const online_state<T> state = row_state(zr, V, it, log_probs);
-  if (!usable(state)) return {0, row_bad_ref};
-  const double lsk = lse_over(z, it, idx, k), lse_r = state.lse_x();
-  const double value = binned_kl(z, zr, it, idx, k, lsk, lse_r, no_tail, 0.0);
-  if (std::isnan(value)) return {0, row_nan};
-  if (!g) return {value, row_ok};
+  const auto v = one_sided_top_k_value(z, zr, V, it, log_probs, idx, k, row_bad_ref);
+  if (v.result.status != row_ok || !g) return v.result;
+  const double value = v.result.value, lsk = v.lsk, lse_r = v.outer.lse_x();
   if (!std::isfinite(value)) return {value, row_infinite_rkl};
   std::fill(g, g + V, T(0));
   const double c = scale * double(it);
@@ -236,7 +250,7 @@ row_result reverse_top_k_row(const S* z, const S* zr, Index V, T it, bool log_pr
     const double lp = double(widen(z[i]) * it) - lsk, p = std::exp(lp);
     if (p > 0) g[i] = T(c * p * (lp - (double(widen(zr[i]) * it) - lse_r) - value));
   }
-  return {value, row_ok};
+  return v.result;
 }
 
 /// The tail forms: KL from the chooser's k + 1 bins to the other side's. For any KL

@@ -434,12 +434,24 @@ struct packed_batch {
   }
 };
 
+namespace detail {
+/// The scalar of a batch over logp (L) and ref (R), checked: float or double, one for both.
+template <class L, class R>
+struct batch_scalar {
+  using type = std::remove_const_t<typename L::Scalar>;
+  static_assert(std::is_same_v<type, std::remove_const_t<typename R::Scalar>>,
+                "klgrad: logp and ref differ in type");
+  static_assert(std::is_floating_point_v<type>,
+                "klgrad: log-probabilities must be float or double");
+};
+template <class L, class R>
+using batch_scalar_t = typename batch_scalar<L, R>::type;
+}  // namespace detail
+
 /// A padded batch over logp and ref (B x T, row-major), every token valid.
 template <class L, class R>
 auto padded(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref) {
-  using T = std::remove_const_t<typename L::Scalar>;
-  static_assert(std::is_same_v<T, typename R::Scalar>, "klgrad: logp and ref differ in type");
-  static_assert(std::is_floating_point_v<T>, "klgrad: log-probabilities must be float or double");
+  using T = detail::batch_scalar_t<L, R>;
   padded_batch<T, T> b;
   b.logp = detail::rows_of(logp, "logp");
   b.ref = detail::rows_of(ref, "ref");
@@ -466,9 +478,7 @@ auto padded(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
 template <class L, class R, class F>
 auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
             const Eigen::DenseBase<F>& offsets) {
-  using T = std::remove_const_t<typename L::Scalar>;
-  static_assert(std::is_same_v<T, typename R::Scalar>, "klgrad: logp and ref differ in type");
-  static_assert(std::is_floating_point_v<T>, "klgrad: log-probabilities must be float or double");
+  using T = detail::batch_scalar_t<L, R>;
   auto lp = detail::vector_of(logp, "logp"), lr = detail::vector_of(ref, "ref");
   detail::require_same_shape(lp, "logp", lr, "ref");
   const auto tokens = detail::offsets_layout(offsets, lp.cols);
