@@ -1,16 +1,19 @@
 """klgrad in a PyTorch trainer: the KL term as a loss whose gradient to logp is klgrad's
 exact coefficient, the detached in-reward penalty, the exact full-vocabulary divergence of
-logits, and the data-parallel counts. kl_loss, kl_penalty and logits_loss each call one
-torch.library custom op (klgrad::kl_loss, klgrad::kl_penalty, klgrad::logits_loss, defined
-in klgrad._ops), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
+logits, the same of a linear head's logits without holding them (linear_logits_loss,
+klgrad.linear), and the data-parallel counts. kl_loss, kl_penalty, logits_loss and
+linear_logits_loss each call one torch.library custom op (klgrad::kl_loss,
+klgrad::kl_penalty, klgrad::logits_loss in klgrad._ops, klgrad::linear_logits_loss in
+klgrad.linear), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
 bfloat16 or float16, widened to float32 by the kernels).
 """
 import torch
 
 import klgrad
 from klgrad import _ops
+from klgrad.linear import linear_logits_loss
 
-__all__ = ["kl_loss", "kl_penalty", "logits_loss", "global_counts"]
+__all__ = ["kl_loss", "kl_penalty", "logits_loss", "linear_logits_loss", "global_counts"]
 
 
 def _local_counts(logp, mask, offsets):
