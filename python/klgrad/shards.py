@@ -19,6 +19,7 @@ in the first collective, and every rank raises, so that no rank is left waiting.
 import torch
 
 import klgrad
+from klgrad import _grad_as
 
 __all__ = ["logits_divergence", "logits_loss"]
 
@@ -72,14 +73,15 @@ def _local_failure(z, zr, valid, *options):
         return e
 
 
-def _agree(failure, width, group):
+def _agree(failure, width, device, group):
     """The vocabulary offset of this rank's shard, after checking that no rank failed: a
     rank's own failure is raised by that rank (a bad entry named by its column in the whole
     vocabulary), another rank's by this one, naming it."""
     import torch.distributed as dist
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    mine = torch.tensor([width, failure is not None], dtype=torch.int64)
+    # on the logits' device: NCCL gathers CUDA tensors only
+    mine = torch.tensor([width, failure is not None], dtype=torch.int64, device=device)
     every = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(every, mine, group=group)
     offset = sum(int(x[0]) for x in every[:rank])
@@ -103,20 +105,22 @@ def _all_reduce(x, op, group):
     return x
 
 
-def _log_softmax(x, valid_rows, group, name, log_probs):
-    """log softmax of the whole rows whose slice x is (rows x V_r): the row maxima and sums
-    of exponentials all-reduced. A valid row with no finite entry on any rank is refused (the
-    same on every rank: the statistics are global)."""
+def _log_softmax(x, valid_rows, group, log_probs):
+    """log softmax of the whole rows whose slices x holds (2 x rows x V_r: the policy's and
+    the reference's): the row maxima, then the sums of exponentials, all-reduced, one
+    collective each for both sides. A valid row with no finite entry on any rank is refused
+    (the same on every rank: the statistics are global)."""
     import torch.distributed as dist
     if log_probs:  # normalised already: used as they are, as the kernel uses them
         return x
     peak = _all_reduce(x.amax(-1) if x.shape[-1] else x.new_full(x.shape[:-1], -float("inf")),
                        dist.ReduceOp.MAX, group)
-    empty = (peak == -float("inf")) & valid_rows
-    if empty.any():
-        raise klgrad.InputError(f"{name} row {int(empty.nonzero()[0])} has no finite entry "
-                                f"(every logit is -inf), so its softmax is undefined; mask the "
-                                f"row out")
+    for side, name in enumerate(("logits", "ref_logits")):
+        empty = (peak[side] == -float("inf")) & valid_rows
+        if empty.any():
+            raise klgrad.InputError(f"{name} row {int(empty.nonzero()[0])} has no finite entry "
+                                    f"(every logit is -inf), so its softmax is undefined; mask "
+                                    f"the row out")
     total = _all_reduce(torch.exp(x - peak.unsqueeze(-1)).sum(-1, dtype=torch.float64),
                         dist.ReduceOp.SUM, group)
     lse = peak.double() + torch.log(total)
@@ -179,20 +183,21 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     grad is the gradient of the loss (the mean over valid rows) with respect to this rank's
     columns. process_group: a torch.distributed group, or True for the default group."""
     group = _group(process_group)
-    valid = None if mask is None else torch.as_tensor(mask).to(logits.device) != 0
+    valid = (None if mask is None
+             else torch.as_tensor(mask).to(getattr(logits, "device", "cpu")) != 0)
     failure = _local_failure(logits, ref_logits, valid, divergence, lam, top_k, temperature,
                              log_probs)
-    _agree(failure, int(logits.shape[-1]) if logits.ndim else 0, group)
+    _agree(failure, int(logits.shape[-1]) if getattr(logits, "ndim", 0) else 0,
+           getattr(logits, "device", "cpu"), group)
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     width = logits.shape[-1]
     rows_of = (lambda x: x.detach().reshape(-1, width).to(compute) / temperature)
-    z, zr = rows_of(logits), rows_of(ref_logits)
-    valid_rows = (torch.ones(z.shape[0], dtype=torch.bool, device=z.device) if valid is None
-                  else valid.reshape(-1))
+    both = torch.stack([rows_of(logits), rows_of(ref_logits)])
+    valid_rows = (torch.ones(both.shape[1], dtype=torch.bool, device=both.device)
+                  if valid is None else valid.reshape(-1))
     keep = valid_rows.unsqueeze(-1)
-    z, zr = torch.where(keep, z, 0), torch.where(keep, zr, 0)  # masked rows are never read
-    lp = _log_softmax(z, valid_rows, group, "logits", log_probs)
-    lr = _log_softmax(zr, valid_rows, group, "ref_logits", log_probs)
+    both = torch.where(keep, both, 0)  # masked rows are never read
+    lp, lr = _log_softmax(both, valid_rows, group, log_probs)
     value, d_value = _divergence(divergence, lp, lr, lam, group)
     value = torch.where(valid_rows, value, 0)
     if gradient:
@@ -204,7 +209,6 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
         scale = 1.0 / (rows * temperature) if rows else 0.0
         grad = torch.where(keep, d_value * scale, 0).reshape(logits.shape)
     value = value.to(compute).reshape(logits.shape[:-1])
-    from klgrad import _grad_as
     return klgrad.LogitsResult((value, _grad_as(logits, grad, grad_dtype), None, loss, loss,
                                 rows, sequences))
 
