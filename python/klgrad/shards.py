@@ -9,9 +9,9 @@ row, so over a shard each row's statistics are made by torch ops and all-reduced
 maxima (MAX), the sums of exponentials (SUM, float64), then the cross sums (SUM, float64:
 sum pi (log pi - log ref) and its kin). With those, the log-probabilities of the shard's
 entries are exact and the formulas of docs/logits.md give the value and the slice's
-gradient. It runs on any device torch.distributed serves. Tested with two gloo processes
-against the unsharded C++ call for every full-vocabulary divergence
-(python/tests/test_shards.py). The top-k forms are refused: their K is a global selection.
+gradient. The top-k forms choose K from every rank's candidates (klgrad.shards_top_k). It
+runs on any device torch.distributed serves. Tested with two gloo processes against the
+unsharded C++ call for every divergence and top-k form (python/tests/test_shards.py).
 
 Errors agree: a rank that refuses its shard (a shape, a NaN in a valid row) tells the others
 in the first collective, and every rank raises, so that no rank is left waiting.
@@ -19,11 +19,9 @@ in the first collective, and every rank raises, so that no rank is left waiting.
 import torch
 
 import klgrad
-from klgrad import _grad_as
+from klgrad import _grad_as, shards_top_k
 
 __all__ = ["logits_divergence", "logits_loss"]
-
-FULL_VOCABULARY = ("reverse-kl", "forward-kl", "jensen-shannon")
 
 
 def _group(process_group):
@@ -39,13 +37,11 @@ def _checked_locally(z, zr, valid, divergence, lam, top_k, temperature, log_prob
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}= is a {type(x).__name__}; with process_group= the logits "
                             f"are torch tensors")
-    if divergence not in FULL_VOCABULARY and top_k is not None:
-        raise ValueError(f"divergence=\"{divergence}\" with process_group=: the top-k forms "
-                         f"choose K among the whole vocabulary's logits, which no shard holds; "
-                         f"vocabulary-parallel shards take {', '.join(FULL_VOCABULARY)}")
+    # The binding knows the options; top_k is checked against the whole vocabulary once
+    # the ranks' widths are known (_check_top_k), here against no more than this slice.
     klgrad.logits_divergence(z[:0].cpu(), zr[:0].cpu(), divergence=divergence, lam=lam,
-                             top_k=top_k, temperature=temperature, log_probs=log_probs,
-                             gradient=False)
+                             top_k=_within(top_k, z.shape[-1]), temperature=temperature,
+                             log_probs=log_probs, gradient=False)
     if tuple(zr.shape) != tuple(z.shape):
         raise klgrad.ShapeError(f"ref_logits= has shape {tuple(zr.shape)} but logits= has "
                                 f"shape {tuple(z.shape)}")
@@ -64,6 +60,19 @@ def _checked_locally(z, zr, valid, divergence, lam, top_k, temperature, log_prob
     return None
 
 
+def _within(top_k, width):
+    """top_k as the slice's binding call checks it: a k beyond the slice's width lowered to
+    it (the whole vocabulary's bound is checked later), anything else as given."""
+    is_int = isinstance(top_k, int) and not isinstance(top_k, bool)
+    return min(top_k, max(int(width), 1)) if is_int and top_k >= 1 else top_k
+
+
+def _check_top_k(top_k, vocabulary):
+    if top_k is not None and top_k > vocabulary:
+        raise ValueError(f"top_k= must be an int in [1, V] = [1, {vocabulary}], got {top_k} "
+                         f"(V: the whole vocabulary, every rank's slice together)")
+
+
 def _local_failure(z, zr, valid, *options):
     """This rank's refusal, or None: an exception, or a (name, row, column, value) of a NaN
     or +inf entry, whose message waits for the shard's offset."""
@@ -74,7 +83,8 @@ def _local_failure(z, zr, valid, *options):
 
 
 def _agree(failure, width, device, group):
-    """The vocabulary offset of this rank's shard, after checking that no rank failed: a
+    """(the vocabulary offset of this rank's slice, the whole vocabulary's size), after
+    checking that no rank failed: a
     rank's own failure is raised by that rank (a bad entry named by its column in the whole
     vocabulary), another rank's by this one, naming it."""
     import torch.distributed as dist
@@ -96,7 +106,7 @@ def _agree(failure, width, device, group):
     if failed:
         raise klgrad.InputError(f"rank {failed[0]} of the process group refused its shard of "
                                 f"the logits (its error names the argument); every rank stops")
-    return offset
+    return offset, sum(int(x[0]) for x in every)
 
 
 def _all_reduce(x, op, group):
@@ -155,9 +165,11 @@ def _divergence(divergence, lp, lr, lam, group):
     return value, grad
 
 
-def _refuse_infinite_reverse_kl(value, valid_rows, divergence):
+def _refuse_infinite_reverse(value, valid_rows, divergence):
+    """The kernel's refusal of an infinite reverse divergence's gradient (reverse-kl and its
+    top-k forms: ref = 0 where pi has mass), on every rank alike (value is global)."""
     infinite = torch.isinf(value) & valid_rows
-    if divergence == "reverse-kl" and infinite.any():
+    if divergence.startswith("reverse-kl") and infinite.any():
         raise klgrad.InputError(f"ref_logits row {int(infinite.nonzero()[0])} gives zero "
                                 f"probability (a -inf logit) to an entry where pi is positive: "
                                 f"RKL = +inf and its gradient is undefined")
@@ -174,42 +186,65 @@ def _counts(valid, shape):
     return int(mask.sum()), int(sequences)
 
 
+def _rows(logits, ref_logits, valid, compute):
+    """(both sides' rows, 2 x N x V_r in the compute dtype, masked rows zeroed: never read;
+    the valid rows, N bools)."""
+    width = logits.shape[-1]
+    both = torch.stack([x.detach().reshape(-1, width).to(compute) for x in (logits, ref_logits)])
+    valid_rows = (torch.ones(both.shape[1], dtype=torch.bool, device=both.device)
+                  if valid is None else valid.reshape(-1))
+    return torch.where(valid_rows.unsqueeze(-1), both, 0), valid_rows
+
+
+def _top_k_divergence(divergence, raw, lp, lr, top_k, offset, vocabulary, group):
+    """(value, d value / d (logits / tau), K) of a top-k form: K chosen from the chooser's
+    logits as given (a temperature does not reorder them, and dividing could round two
+    apart into a tie)."""
+    chooser = raw[0] if shards_top_k.FORMS[divergence] == "policy" else raw[1]
+    top = shards_top_k.global_top_k(chooser, top_k, offset, vocabulary, group)
+    in_k = shards_top_k.in_top_k(top, offset, raw.shape[-1])
+    return shards_top_k.divergence(divergence, lp, lr, in_k, group) + (top,)
+
+
 def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, top_k=None,
                       temperature=1.0, mask=None, log_probs=False, gradient=True,
                       grad_dtype=None, process_group=True):
     """klgrad.logits_divergence over a vocabulary shard: logits, ref_logits this rank's
     columns (N x V_r or B x T x V_r, torch tensors, any device); every rank passes the same
-    rows, mask and options. value, loss, mean, rows, sequences are the full vocabulary's;
-    grad is the gradient of the loss (the mean over valid rows) with respect to this rank's
-    columns. process_group: a torch.distributed group, or True for the default group."""
+    rows, mask and options. value, loss, mean, rows, sequences (and a top-k form's indices,
+    K in the whole vocabulary's numbering) are the full vocabulary's; grad is the gradient
+    of the loss (the mean over valid rows) with respect to this rank's columns.
+    process_group: a torch.distributed group, or True for the default group."""
     group = _group(process_group)
-    valid = (None if mask is None
-             else torch.as_tensor(mask).to(getattr(logits, "device", "cpu")) != 0)
+    device = getattr(logits, "device", "cpu")
+    valid = None if mask is None else torch.as_tensor(mask).to(device) != 0
     failure = _local_failure(logits, ref_logits, valid, divergence, lam, top_k, temperature,
                              log_probs)
-    _agree(failure, int(logits.shape[-1]) if getattr(logits, "ndim", 0) else 0,
-           getattr(logits, "device", "cpu"), group)
+    offset, vocabulary = _agree(failure, int(logits.shape[-1]) if getattr(logits, "ndim", 0)
+                                else 0, device, group)
+    _check_top_k(top_k, vocabulary)
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    width = logits.shape[-1]
-    rows_of = (lambda x: x.detach().reshape(-1, width).to(compute) / temperature)
-    both = torch.stack([rows_of(logits), rows_of(ref_logits)])
-    valid_rows = (torch.ones(both.shape[1], dtype=torch.bool, device=both.device)
-                  if valid is None else valid.reshape(-1))
-    keep = valid_rows.unsqueeze(-1)
-    both = torch.where(keep, both, 0)  # masked rows are never read
-    lp, lr = _log_softmax(both, valid_rows, group, log_probs)
-    value, d_value = _divergence(divergence, lp, lr, lam, group)
+    raw, valid_rows = _rows(logits, ref_logits, valid, compute)
+    lp, lr = _log_softmax(raw / temperature, valid_rows, group, log_probs)
+    indices = None
+    if top_k is None:
+        value, d_value = _divergence(divergence, lp, lr, lam, group)
+    else:
+        value, d_value, top = _top_k_divergence(divergence, raw, lp, lr, top_k, offset,
+                                                vocabulary, group)
+        indices = torch.where(valid_rows.unsqueeze(-1), top, -1).reshape(
+            tuple(logits.shape[:-1]) + (top_k,))
     value = torch.where(valid_rows, value, 0)
     if gradient:
-        _refuse_infinite_reverse_kl(value, valid_rows, divergence)
+        _refuse_infinite_reverse(value, valid_rows, divergence)
     rows, sequences = _counts(valid, tuple(logits.shape))
     loss = float(value.sum()) / rows if rows else 0.0
     grad = None
     if gradient:
         scale = 1.0 / (rows * temperature) if rows else 0.0
-        grad = torch.where(keep, d_value * scale, 0).reshape(logits.shape)
+        grad = torch.where(valid_rows.unsqueeze(-1), d_value * scale, 0).reshape(logits.shape)
     value = value.to(compute).reshape(logits.shape[:-1])
-    return klgrad.LogitsResult((value, _grad_as(logits, grad, grad_dtype), None, loss, loss,
+    return klgrad.LogitsResult((value, _grad_as(logits, grad, grad_dtype), indices, loss, loss,
                                 rows, sequences))
 
 

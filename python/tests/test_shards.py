@@ -5,9 +5,11 @@ unsharded C++ kernel call (klgrad.logits_divergence on the whole rows, in this p
 rank's value, loss, mean and counts must equal it, and its gradient must equal the kernel
 gradient's columns of its slice, for every full-vocabulary divergence, with temperature,
 masks (NaN in masked rows), -inf entries (a row whose slice on one rank is all -inf), padded
-B x T x V batches, log-probability rows, float32 and bfloat16; and the refusals (top-k
-forms, a NaN in a valid row on one rank, an RKL of +inf asked for its gradient) raised on
-every rank, none left waiting."""
+B x T x V batches, log-probability rows, float32 and bfloat16, and the four top-k forms
+(their K, chosen across the ranks, equal to the kernel's indices, ties included, and a K
+holding -inf entries); and the refusals (a top_k beyond the whole vocabulary, a NaN in a
+valid row on one rank, an RKL of +inf asked for its gradient, a bad lam) raised on every
+rank, none left waiting."""
 import datetime
 import os
 import socket
@@ -43,6 +45,7 @@ def batch(dtype=torch.float64, shape=(ROWS, VOCAB), seed=3):
     flat_z[3] = flat_r[3] = float("nan")
     flat_z[1, [2, 20]] = flat_r[1, [2, 20]] = -float("inf")  # both sides: no infinite RKL
     flat_z[2, :SPLIT] = flat_r[2, :SPLIT] = -float("inf")
+    flat_z[5], flat_r[5] = flat_z[5].round(), flat_r[5].round()  # ties, across ranks too
     return z.to(dtype), zr.to(dtype), mask.reshape(shape[:-1])
 
 
@@ -55,6 +58,14 @@ CASES = [
     ("padded-js", "jensen-shannon", dict(lam=0.9, temperature=2.0), "float64", (2, 3, VOCAB)),
     ("bf16-rkl", "reverse-kl", dict(), "bfloat16", (ROWS, VOCAB)),
     ("log-probs-fkl", "forward-kl", dict(log_probs=True), "float64", (ROWS, VOCAB)),
+] + [
+    (f"{d}-{k}", d, dict(top_k=k, temperature=0.7), "float64", (ROWS, VOCAB))
+    for d in ("forward-kl-top-k", "reverse-kl-top-k", "forward-kl-top-k-tail",
+              "reverse-kl-top-k-tail")
+    for k in (5, 30)  # 30: more than row 2's 22 finite entries, so K holds -inf ones
+] + [
+    ("top-k-float32", "forward-kl-top-k-tail", dict(top_k=4), "float32", (ROWS, VOCAB)),
+    ("top-k-padded", "reverse-kl-top-k", dict(top_k=3), "float64", (2, 3, VOCAB)),
 ]
 
 
@@ -72,7 +83,7 @@ def sharded(rank, divergence, kw, dtype, shape):
     s = columns(rank)
     r = klgrad.logits_divergence(z[..., s].contiguous(), zr[..., s].contiguous(),
                                  divergence=divergence, mask=mask, process_group=True, **kw)
-    return r.value, r.grad, r.loss, r.mean, r.rows, r.sequences
+    return r.value, r.grad, r.loss, r.mean, r.rows, r.sequences, r.indices
 
 
 def loss_gradient(rank):
@@ -105,7 +116,7 @@ def refusals(rank):
     infinite_rkl[4, 0] = -float("inf")  # on both ranks: ref = 0 where pi > 0
     call = klgrad.logits_divergence
     return {
-        "top-k": refusal(lambda: call(zs, rs, divergence="forward-kl-top-k", top_k=3,
+        "top-k": refusal(lambda: call(zs, rs, divergence="forward-kl-top-k", top_k=VOCAB + 1,
                                       mask=mask, process_group=True)),
         "nan": refusal(lambda: call(nan_on_rank_1, rs, mask=mask, process_group=True)),
         "infinite-rkl": refusal(lambda: call(zs, infinite_rkl, mask=mask, process_group=True)),
@@ -160,12 +171,15 @@ def test_every_rank_gets_the_unsharded_kernel_result(ranks, name, divergence, kw
     whole = klgrad.logits_divergence(z, zr, divergence=divergence, mask=mask, **kw)
     tolerance = F64 if dtype == "float64" else F32
     for rank in range(WORLD):
-        value, grad, loss, mean, rows, sequences = ranks[rank][name]
+        value, grad, loss, mean, rows, sequences, indices = ranks[rank][name]
         torch.testing.assert_close(value, whole.value, **tolerance)
         torch.testing.assert_close(grad, whole.grad[..., columns(rank)], **tolerance)
         assert loss == pytest.approx(whole.loss, rel=tolerance["rtol"])
         assert mean == pytest.approx(whole.mean, rel=tolerance["rtol"])
         assert (rows, sequences) == (whole.rows, whole.sequences)
+        assert (indices is None) == (whole.indices is None)
+        if indices is not None:
+            assert torch.equal(indices, whole.indices)
     assert whole.grad.reshape(-1, VOCAB)[2, :SPLIT].abs().max() == 0  # row 2: all -inf there
     assert not whole.value.isnan().any()
 
@@ -187,8 +201,8 @@ def test_refusals_reach_every_rank(ranks):
     first, second = (ranks[r]["refusals"] for r in range(WORLD))
     for rank in range(WORLD):
         got = ranks[rank]["refusals"]
-        assert got["top-k"][0] == "ValueError"
-        assert 'divergence="forward-kl-top-k" with process_group=' in got["top-k"][1]
+        assert got["top-k"] == ("ValueError", "top_k= must be an int in [1, V] = [1, 37], got "
+                                "38 (V: the whole vocabulary, every rank's slice together)")
         assert got["infinite-rkl"][0] == "InputError"
         assert "ref_logits row 4 gives zero probability" in got["infinite-rkl"][1]
         assert got["infinite-rkl-value"][4] == float("inf")
