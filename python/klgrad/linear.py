@@ -106,17 +106,10 @@ class _Gradients:
                 d_bias)
 
 
-@torch.library.custom_op("klgrad::linear_logits_loss", mutates_args=(),
-                         schema="(Tensor hidden, Tensor weight, Tensor? bias, "
-                                "Tensor? ref_logits, Tensor? ref_hidden, Tensor? ref_weight, "
-                                "Tensor? ref_bias, str divergence, Tensor? mask, "
-                                "float temperature, float lam, SymInt? top_k, "
-                                "SymInt chunk_rows, str? backend) "
-                                "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def linear_logits_loss_op(hidden, weight, bias, ref_logits, ref_hidden, ref_weight, ref_bias,
-                          divergence, mask, temperature, lam, top_k, chunk_rows, backend):
-    """(loss, value, grad_hidden, grad_weight, grad_bias): loss the mean divergence over
-    valid rows (0-dim, kernel dtype), value per row, and the loss's gradients."""
+def _fused(hidden, weight, bias, ref_logits, ref_hidden, ref_weight, ref_bias, divergence,
+           mask, temperature, lam, top_k, chunk_rows, options):
+    """(loss, value, grad_hidden, grad_weight, grad_bias), chunk by chunk; options go to
+    klgrad.logits_divergence (backend=, process_group=)."""
     dtype = _kernel_dtype(hidden)
     student = _Head(hidden, weight, bias, dtype)
     teacher = _teacher(ref_logits, ref_hidden, ref_weight, ref_bias, dtype)
@@ -125,7 +118,6 @@ def linear_logits_loss_op(hidden, weight, bias, ref_logits, ref_hidden, ref_weig
     total = rows if valid is None else int(valid.sum())
     value = torch.zeros(rows, dtype=dtype, device=hidden.device)
     grads = _Gradients(student, hidden, weight, bias)
-    options = {} if backend is None else {"backend": backend}
     for start in _chunk_starts(rows, chunk_rows):
         stop = min(start + chunk_rows, rows)
         chunk_valid = None if valid is None else valid[start:stop]
@@ -138,6 +130,22 @@ def linear_logits_loss_op(hidden, weight, bias, ref_logits, ref_hidden, ref_weig
         del r  # the chunk's gradient goes before the next chunk's logits are made
     loss = value.sum(dtype=torch.float64) / total if total > 0 else value.new_zeros(())
     return (loss.to(dtype), value.reshape(hidden.shape[:-1])) + grads.results()
+
+
+@torch.library.custom_op("klgrad::linear_logits_loss", mutates_args=(),
+                         schema="(Tensor hidden, Tensor weight, Tensor? bias, "
+                                "Tensor? ref_logits, Tensor? ref_hidden, Tensor? ref_weight, "
+                                "Tensor? ref_bias, str divergence, Tensor? mask, "
+                                "float temperature, float lam, SymInt? top_k, "
+                                "SymInt chunk_rows, str? backend) "
+                                "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+def linear_logits_loss_op(hidden, weight, bias, ref_logits, ref_hidden, ref_weight, ref_bias,
+                          divergence, mask, temperature, lam, top_k, chunk_rows, backend):
+    """(loss, value, grad_hidden, grad_weight, grad_bias): loss the mean divergence over
+    valid rows (0-dim, kernel dtype), value per row, and the loss's gradients."""
+    return _fused(hidden, weight, bias, ref_logits, ref_hidden, ref_weight, ref_bias,
+                  divergence, mask, temperature, lam, top_k, chunk_rows,
+                  {} if backend is None else {"backend": backend})
 
 
 @linear_logits_loss_op.register_fake
@@ -166,6 +174,35 @@ def _backward(ctx, grad_loss, *unused):
 
 
 linear_logits_loss_op.register_autograd(_backward, setup_context=_setup)
+
+
+# ---- vocabulary-parallel shards: the same loop, eager -------------------------------------
+
+class _ShardedLinear(torch.autograd.Function):
+    """The fused form over a vocabulary-parallel head (weight and bias this rank's rows of
+    the vocabulary): each chunk through the shards' logits_divergence, then the hidden
+    states' gradient all-reduced, since every rank's slice of the logits depends on them.
+    An autograd.Function: a process group is no custom-op argument."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher, settings, process_group):
+        import torch.distributed as dist
+
+        group = None if process_group is True else process_group
+        loss, value, d_hidden, d_weight, d_bias = _fused(
+            hidden, weight, bias, *teacher, **settings,
+            options={"process_group": process_group})
+        dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group)
+        ctx.save_for_backward(d_hidden, d_weight, d_bias)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(value)
+        return loss, value
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_value):
+        d_hidden, d_weight, d_bias = ctx.saved_tensors
+        return (grad_loss * d_hidden, grad_loss * d_weight,
+                grad_loss * d_bias if ctx.has_bias else None, None, None, None)
 
 
 # ---- the Python entry: argument checks, the teacher's form, the default chunk ---------------
@@ -237,7 +274,7 @@ def _check_chunk_rows(chunk_rows):
 
 def linear_logits_loss(hidden, weight, ref, *, bias=None, divergence="reverse-kl",
                        temperature=1.0, lam=0.5, top_k=None, mask=None, chunk_rows=None,
-                       backend=None):
+                       backend=None, process_group=None):
     """(loss, value) of softmax((hidden @ weight.T + bias) / temperature) against the
     teacher's, as klgrad.torch.logits_loss of those logits, without the N x V logits ever
     existing: rows go chunk_rows at a time through the row kernels, whose logit gradients are
@@ -249,7 +286,11 @@ def linear_logits_loss(hidden, weight, ref, *, bias=None, divergence="reverse-kl
     is passed to klgrad.logits_divergence when given. loss is differentiable to hidden,
     weight and bias (a custom op, klgrad::linear_logits_loss); value is detached. Inputs in
     float64 compute in float64, all others in float32 (the logits are never rounded to 16
-    bits). docs/logits.md, "The fused linear form"."""
+    bits). process_group= (a torch.distributed group, or True for the default one): weight,
+    bias and the teacher's weight, bias or logits are this rank's contiguous slice of the
+    vocabulary; loss and value are the full vocabulary's, the gradients to weight and bias
+    this slice's, the gradient to hidden the whole (all-reduced over the group: do not
+    all-reduce it again); eager, not the op. docs/logits.md, "The fused linear form"."""
     _check_head(hidden, weight, bias, ("hidden", "weight", "bias"))
     teacher = _teacher_args(ref, hidden, weight)
     mask = None if mask is None else torch.as_tensor(mask).detach()
@@ -258,6 +299,13 @@ def linear_logits_loss(hidden, weight, ref, *, bias=None, divergence="reverse-kl
         rows = hidden.numel() // max(hidden.shape[-1], 1)
         chunk_rows = default_chunk_rows(rows, hidden.shape[-1], weight.shape[0])
     _check_chunk_rows(chunk_rows)
+    if process_group is not None:
+        if backend is not None:
+            raise ValueError("backend= chooses the row kernels, which vocabulary shards do not "
+                             "call; pass process_group= or backend=, not both")
+        settings = dict(divergence=divergence, mask=mask, temperature=float(temperature),
+                        lam=float(lam), top_k=top_k, chunk_rows=chunk_rows)
+        return _ShardedLinear.apply(hidden, weight, bias, teacher, settings, process_group)
     loss, value, *_ = linear_logits_loss_op(hidden, weight, bias, *teacher, divergence, mask,
                                             float(temperature), float(lam), top_k, chunk_rows,
                                             backend)

@@ -97,6 +97,34 @@ def loss_gradient(rank):
     return loss.detach(), value, logits.grad
 
 
+FEATURES = 5
+LINEAR_CASES = [("jensen-shannon", None), ("reverse-kl-top-k-tail", 4)]
+
+
+def linear_inputs():
+    """A head (hidden, weight, bias, leaves) and a teacher's (hidden, weight) over V, in
+    float64, with the rows' mask."""
+    g = torch.Generator().manual_seed(21)
+    h, rh = (torch.randn(ROWS, FEATURES, generator=g, dtype=torch.float64) for _ in range(2))
+    w, rw = (torch.randn(VOCAB, FEATURES, generator=g, dtype=torch.float64) for _ in range(2))
+    b = torch.randn(VOCAB, generator=g, dtype=torch.float64)
+    mask = torch.tensor([True, True, False, True, True, True])
+    return h, w, b, rh, rw, mask
+
+
+def linear_loss(divergence, top_k, columns_of=slice(None), process_group=None):
+    """linear_logits_loss over the vocabulary columns given (the head's and the teacher's
+    rows of the weight): (loss, value, grads of hidden, weight, bias)."""
+    h, w, b, rh, rw, mask = linear_inputs()
+    leaves = [x.clone().requires_grad_(True) for x in (h, w[columns_of], b[columns_of])]
+    loss, value = kt.linear_logits_loss(leaves[0], leaves[1], (rh, rw[columns_of]),
+                                        bias=leaves[2], divergence=divergence, top_k=top_k,
+                                        temperature=0.9, mask=mask, chunk_rows=4,
+                                        process_group=process_group)
+    loss.backward()
+    return (loss.detach(), value) + tuple(x.grad for x in leaves)
+
+
 def refusal(fn):
     try:
         fn()
@@ -136,6 +164,8 @@ def worker(rank, port, results):
     try:
         out = {name: sharded(rank, d, kw, dtype, shape) for name, d, kw, dtype, shape in CASES}
         out["loss"] = loss_gradient(rank)
+        out["linear"] = {d: linear_loss(d, k, columns(rank), process_group=True)
+                         for d, k in LINEAR_CASES}
         out["refusals"] = refusals(rank)
         results[rank] = out
     finally:
@@ -195,6 +225,22 @@ def test_logits_loss_backward_gives_each_rank_its_slice(ranks):
         torch.testing.assert_close(shard_loss, loss.detach(), **F64)
         torch.testing.assert_close(shard_value, value, **F64)
         torch.testing.assert_close(shard_grad, logits.grad[:, columns(rank)], **F64)
+
+
+@pytest.mark.parametrize("divergence,top_k", LINEAR_CASES)
+def test_sharded_linear_form_equals_the_unsharded_one(ranks, divergence, top_k):
+    """linear_logits_loss with each rank holding its rows of the head's and the teacher's
+    weight: loss and value the unsharded call's, the weight's and bias's gradients its rows,
+    the hidden states' gradient the whole (all-reduced). The unsharded call is itself checked
+    against autograd of the composite in test_linear.py."""
+    loss, value, d_hidden, d_weight, d_bias = linear_loss(divergence, top_k)
+    for rank in range(WORLD):
+        got = ranks[rank]["linear"][divergence]
+        torch.testing.assert_close(got[0], loss, **F64)
+        torch.testing.assert_close(got[1], value, **F64)
+        torch.testing.assert_close(got[2], d_hidden, **F64)
+        torch.testing.assert_close(got[3], d_weight[columns(rank)], **F64)
+        torch.testing.assert_close(got[4], d_bias[columns(rank)], **F64)
 
 
 def test_refusals_reach_every_rank(ranks):
