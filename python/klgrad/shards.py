@@ -45,8 +45,8 @@ def _checked_locally(z, zr, valid, divergence, lam, top_k, temperature, log_prob
     if tuple(zr.shape) != tuple(z.shape):
         raise klgrad.ShapeError(f"ref_logits= has shape {tuple(zr.shape)} but logits= has "
                                 f"shape {tuple(z.shape)}")
-    leading = tuple(z.shape[:-1])
-    if valid is not None and tuple(valid.shape) not in (leading, (z.numel() // max(z.shape[-1], 1),)):
+    leading, rows = tuple(z.shape[:-1]), z.numel() // max(z.shape[-1], 1)
+    if valid is not None and tuple(valid.shape) not in (leading, (rows,)):
         raise klgrad.ShapeError(f"mask= has shape {tuple(valid.shape)} but logits= has "
                                 f"shape {tuple(z.shape)} (one entry per row)")
     for x, name in ((z, "logits"), (zr, "ref_logits")):
