@@ -40,8 +40,8 @@ def _checked_locally(z, zr, valid, divergence, lam, top_k, temperature, log_prob
     # The binding knows the options; top_k is checked against the whole vocabulary once
     # the ranks' widths are known (_check_top_k), here against no more than this slice.
     klgrad.logits_divergence(z[:0].cpu(), zr[:0].cpu(), divergence=divergence, lam=lam,
-                             top_k=_within(top_k, z.shape[-1]), temperature=temperature,
-                             log_probs=log_probs, gradient=False)
+                             top_k=_within(top_k, z.shape[-1], divergence),
+                             temperature=temperature, log_probs=log_probs, gradient=False)
     if tuple(zr.shape) != tuple(z.shape):
         raise klgrad.ShapeError(f"ref_logits= has shape {tuple(zr.shape)} but logits= has "
                                 f"shape {tuple(z.shape)}")
@@ -60,11 +60,16 @@ def _checked_locally(z, zr, valid, divergence, lam, top_k, temperature, log_prob
     return None
 
 
-def _within(top_k, width):
-    """top_k as the slice's binding call checks it: a k beyond the slice's width lowered to
-    it (the whole vocabulary's bound is checked later), anything else as given."""
-    is_int = isinstance(top_k, int) and not isinstance(top_k, bool)
-    return min(top_k, max(int(width), 1)) if is_int and top_k >= 1 else top_k
+def _within(top_k, width, divergence):
+    """top_k as the slice's binding call checks it: for a top-k form, an int k >= 1 lowered
+    to the slice's width (the whole vocabulary's bound is checked once the widths are known,
+    by _check_top_k); anything else is the binding's to judge."""
+    if top_k is None or divergence not in shards_top_k.FORMS:
+        return top_k
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k= must be an int in [1, V] (V: the whole vocabulary, every "
+                         f"rank's slice together), got {top_k!r}")
+    return min(top_k, max(int(width), 1))
 
 
 def _check_top_k(top_k, vocabulary):

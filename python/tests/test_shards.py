@@ -150,6 +150,8 @@ def refusals(rank):
         "infinite-rkl": refusal(lambda: call(zs, infinite_rkl, mask=mask, process_group=True)),
         "infinite-rkl-value": call(zs, infinite_rkl, mask=mask, gradient=False,
                                    process_group=True).value,
+        "top-k-type": refusal(lambda: call(zs, rs, divergence="reverse-kl-top-k", top_k=2.5,
+                                           process_group=True)),
         "lam": refusal(lambda: call(zs, rs, divergence="jensen-shannon", lam=0.0,
                                     process_group=True)),
         "after": call(zs, rs, mask=mask, process_group=True).loss,  # the group still works
@@ -253,6 +255,8 @@ def test_refusals_reach_every_rank(ranks):
         assert "ref_logits row 4 gives zero probability" in got["infinite-rkl"][1]
         assert got["infinite-rkl-value"][4] == float("inf")
         assert "needs 0 < lam < 1" in got["lam"][1]
+        assert got["top-k-type"] == ("ValueError", "top_k= must be an int in [1, V] (V: the "
+                                     "whole vocabulary, every rank's slice together), got 2.5")
     assert second["nan"] == ("NonFiniteError",
                              "logits row 0, column 19 (rank 1's column 4) is nan; logits must "
                              "be finite or -inf")
