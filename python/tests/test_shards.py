@@ -10,17 +10,12 @@ B x T x V batches, log-probability rows, float32 and bfloat16, and the four top-
 holding -inf entries); and the refusals (a top_k beyond the whole vocabulary, a NaN in a
 valid row on one rank, an RKL of +inf asked for its gradient, a bad lam) raised on every
 rank, none left waiting."""
-import datetime
-import os
-import socket
-import time
-
 import pytest
 
 torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-mp = pytest.importorskip("torch.multiprocessing")
+pytest.importorskip("torch.distributed")
 
+import gloo_ranks  # noqa: E402
 import klgrad  # noqa: E402
 import klgrad.torch as kt  # noqa: E402
 
@@ -158,42 +153,19 @@ def refusals(rank):
     }
 
 
-def worker(rank, port, results):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        out = {name: sharded(rank, d, kw, dtype, shape) for name, d, kw, dtype, shape in CASES}
-        out["loss"] = loss_gradient(rank)
-        out["linear"] = {d: linear_loss(d, k, columns(rank), process_group=True)
-                         for d, k in LINEAR_CASES}
-        out["refusals"] = refusals(rank)
-        results[rank] = out
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def worker(rank):
+    out = {name: sharded(rank, d, kw, dtype, shape) for name, d, kw, dtype, shape in CASES}
+    out["loss"] = loss_gradient(rank)
+    out["linear"] = {d: linear_loss(d, k, columns(rank), process_group=True)
+                     for d, k in LINEAR_CASES}
+    out["refusals"] = refusals(rank)
+    return out
 
 
 @pytest.fixture(scope="module")
 def ranks():
     """Each rank's results, from one run of the two gloo processes."""
-    manager = mp.Manager()
-    results = manager.dict()
-    context = mp.start_processes(worker, args=(free_port(), results), nprocs=WORLD,
-                                 join=False, start_method="spawn")
-    start = time.monotonic()
-    while not context.join(timeout=5):
-        if time.monotonic() - start > 120:
-            for p in context.processes:
-                p.kill()
-            pytest.fail("the two gloo ranks did not finish in 120 s")
-    return [results[r] for r in range(WORLD)]
+    return gloo_ranks.run(worker, WORLD)
 
 
 @pytest.mark.parametrize("name,divergence,kw,dtype,shape", CASES)
