@@ -188,11 +188,11 @@ class _ShardedLinear(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, teacher, settings, process_group):
         import torch.distributed as dist
 
-        group = None if process_group is True else process_group
+        from klgrad.shards import group_of
         loss, value, d_hidden, d_weight, d_bias = _fused(
             hidden, weight, bias, *teacher, **settings,
             options={"process_group": process_group})
-        dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group_of(process_group))
         ctx.save_for_backward(d_hidden, d_weight, d_bias)
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(value)

@@ -24,7 +24,8 @@ from klgrad import _grad_as, shards_top_k
 __all__ = ["logits_divergence", "logits_loss"]
 
 
-def _group(process_group):
+def group_of(process_group):
+    """The torch.distributed group a process_group= argument names (True: the default)."""
     return None if process_group is True else process_group
 
 
@@ -50,13 +51,13 @@ def _checked_locally(z, zr, valid, divergence, lam, top_k, temperature, log_prob
         raise klgrad.ShapeError(f"mask= has shape {tuple(valid.shape)} but logits= has "
                                 f"shape {tuple(z.shape)} (one entry per row)")
     for x, name in ((z, "logits"), (zr, "ref_logits")):
-        rows = x.reshape(-1, x.shape[-1])
-        bad = torch.isnan(rows) | (rows == float("inf"))
+        flat = x.reshape(-1, x.shape[-1])
+        bad = torch.isnan(flat) | (flat == float("inf"))
         if valid is not None:
             bad &= valid.reshape(-1, 1)
         if bad.any():
             row, column = (int(i) for i in bad.nonzero()[0])
-            return name, row, column, float(rows[row, column])
+            return name, row, column, float(flat[row, column])
     return None
 
 
@@ -89,9 +90,8 @@ def _local_failure(z, zr, valid, *options):
 
 def _agree(failure, width, device, group):
     """(the vocabulary offset of this rank's slice, the whole vocabulary's size), after
-    checking that no rank failed: a
-    rank's own failure is raised by that rank (a bad entry named by its column in the whole
-    vocabulary), another rank's by this one, naming it."""
+    checking that no rank failed: a rank's own failure is raised by that rank (a bad entry
+    named by its column in the whole vocabulary), another rank's by this one, naming it."""
     import torch.distributed as dist
 
     world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -220,7 +220,7 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     K in the whole vocabulary's numbering) are the full vocabulary's; grad is the gradient
     of the loss (the mean over valid rows) with respect to this rank's columns.
     process_group: a torch.distributed group, or True for the default group."""
-    group = _group(process_group)
+    group = group_of(process_group)
     device = getattr(logits, "device", "cpu")
     valid = None if mask is None else torch.as_tensor(mask).to(device) != 0
     failure = _local_failure(logits, ref_logits, valid, divergence, lam, top_k, temperature,
