@@ -219,6 +219,8 @@ def bad_call(**changes):
      "weight= has shape (37, 7) but hidden= has 6 features"),
     (dict(weight=torch.zeros(VOCAB, FEATURES)), TypeError,
      "weight= has dtype torch.float32 but hidden= has torch.float64"),
+    (dict(weight=torch.zeros(VOCAB, FEATURES, dtype=torch.float64, device="meta")),
+     ValueError, "weight= is on meta but hidden= is on cpu"),
     (dict(bias=torch.zeros(VOCAB - 1, dtype=torch.float64)), ValueError,
      "bias= has shape (36,); the bias has V = 37 entries"),
     (dict(ref=torch.zeros(ROWS, VOCAB + 1, dtype=torch.float64)), ValueError,
