@@ -260,7 +260,7 @@ class LogitsResult:
 
 def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, top_k=None,
                       temperature=1.0, mask=None, log_probs=False, gradient=True,
-                      grad_dtype=None):
+                      grad_dtype=None, process_group=None):
     """The exact per-row divergence between softmax(logits / temperature) and
     softmax(ref_logits / temperature) over the full vocabulary (reverse-kl, forward-kl,
     jensen-shannon with the reference's share lam), or a top-k form with top_k
@@ -271,7 +271,16 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero = valid).
     16-bit logits (torch.bfloat16, torch.float16, numpy.float16; ref_logits of the same
     dtype) are read in place and widened to float32: value and grad are float32, or grad in
-    the logits' dtype with grad_dtype=logits.dtype (docs/logits.md)."""
+    the logits' dtype with grad_dtype=logits.dtype (docs/logits.md). process_group= (a
+    torch.distributed group, or True for the default one): logits and ref_logits are this
+    rank's contiguous slice of the vocabulary, value and loss the full vocabulary's, grad this
+    slice's (klgrad.shards; docs/logits.md, "Vocabulary-parallel shards")."""
+    if process_group is not None:
+        from . import shards
+        return shards.logits_divergence(
+            logits, ref_logits, divergence=divergence, lam=lam, top_k=top_k,
+            temperature=temperature, mask=mask, log_probs=log_probs, gradient=gradient,
+            grad_dtype=grad_dtype, process_group=process_group)
     z, zr = _crossing(logits, "logits"), _crossing(ref_logits, "ref_logits")
     m = _row_mask(mask)
     compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)

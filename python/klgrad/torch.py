@@ -1,16 +1,19 @@
 """klgrad in a PyTorch trainer: the KL term as a loss whose gradient to logp is klgrad's
 exact coefficient, the detached in-reward penalty, the exact full-vocabulary divergence of
-logits, and the data-parallel counts. kl_loss, kl_penalty and logits_loss each call one
-torch.library custom op (klgrad::kl_loss, klgrad::kl_penalty, klgrad::logits_loss, defined
-in klgrad._ops), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
+logits, the same of a linear head's logits without holding them (linear_logits_loss,
+klgrad.linear), and the data-parallel counts. kl_loss, kl_penalty, logits_loss and
+linear_logits_loss each call one torch.library custom op (klgrad::kl_loss,
+klgrad::kl_penalty, klgrad::logits_loss in klgrad._ops, klgrad::linear_logits_loss in
+klgrad.linear), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
 bfloat16 or float16, widened to float32 by the kernels).
 """
 import torch
 
 import klgrad
 from klgrad import _ops
+from klgrad.linear import linear_logits_loss
 
-__all__ = ["kl_loss", "kl_penalty", "logits_loss", "global_counts"]
+__all__ = ["kl_loss", "kl_penalty", "logits_loss", "linear_logits_loss", "global_counts"]
 
 
 def _local_counts(logp, mask, offsets):
@@ -91,14 +94,22 @@ def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None):
 
 
 def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, temperature=1.0,
-                lam=0.5, top_k=None):
+                lam=0.5, top_k=None, process_group=None):
     """(loss, value): the exact full-vocabulary divergence between softmax(logits / tau) and
     softmax(ref_logits / tau) (on-policy distillation, GKD), loss the mean over valid rows
     as a 0-dim tensor whose gradient to logits is the kernel's exact gradient (nothing flows
     into ref_logits), value the detached per-row divergence. divergence and top_k as
     klgrad.logits_divergence (the top-k forms: forward-kl-top-k, reverse-kl-top-k,
     forward-kl-top-k-tail, reverse-kl-top-k-tail). 16-bit logits: loss and value float32,
-    the gradient in the logits' dtype. One call of the custom op klgrad::logits_loss."""
+    the gradient in the logits' dtype. One call of the custom op klgrad::logits_loss.
+    process_group= (a torch.distributed group, or True for the default one): the logits are
+    this rank's contiguous slice of the vocabulary (tensor parallelism), the loss and value
+    the full vocabulary's, the gradient this slice's (klgrad.shards; eager, no custom op)."""
+    if process_group is not None:
+        from klgrad import shards
+        return shards.logits_loss(logits, ref_logits, divergence=divergence, mask=mask,
+                                  temperature=temperature, lam=lam, top_k=top_k,
+                                  process_group=process_group)
     loss, value, _ = _ops.logits_loss_op(logits, _detached(ref_logits), divergence,
                                          _detached(mask), float(temperature), float(lam),
                                          top_k)

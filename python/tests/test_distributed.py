@@ -2,17 +2,12 @@
 each rank's coefficients equal the unsharded batch's for its rows, and the gradients of a
 shared policy's parameters, summed over the ranks (what DistributedDataParallel's all-reduce
 does), equal the unsharded batch's. The oracle is the single-process call on the whole batch."""
-import datetime
-import os
-import socket
-import time
-
 import pytest
 
 torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
-mp = pytest.importorskip("torch.multiprocessing")
+pytest.importorskip("torch.distributed")
 
+import gloo_ranks  # noqa: E402
 import klgrad  # noqa: E402
 import klgrad.torch as kt  # noqa: E402
 
@@ -63,43 +58,21 @@ def shard(rank):
     return [slice(0, 2), slice(2, 6)][rank]  # unequal shards
 
 
-def worker(rank, port, results):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        logp, ref, mask = whole_batch()
-        rows = shard(rank)
-        out = {}
-        for spec in SPECS:
-            lp = logp[rows].clone().requires_grad_(True)
-            loss, _ = kt.kl_loss(spec, lp, ref[rows], mask=mask[rows], process_group=True)
-            loss.backward()
-            out[spec] = (lp.grad.clone(), loss.item(),
-                         parameter_gradients(spec, rows, ref, mask, process_group=True))
-        results[rank] = out
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def worker(rank):
+    logp, ref, mask = whole_batch()
+    rows = shard(rank)
+    out = {}
+    for spec in SPECS:
+        lp = logp[rows].clone().requires_grad_(True)
+        loss, _ = kt.kl_loss(spec, lp, ref[rows], mask=mask[rows], process_group=True)
+        loss.backward()
+        out[spec] = (lp.grad.clone(), loss.item(),
+                     parameter_gradients(spec, rows, ref, mask, process_group=True))
+    return out
 
 
 def test_shards_reproduce_the_unsharded_batch():
-    manager = mp.Manager()
-    results = manager.dict()
-    context = mp.start_processes(worker, args=(free_port(), results), nprocs=WORLD,
-                                 join=False, start_method="spawn")
-    start = time.monotonic()
-    while not context.join(timeout=5):
-        if time.monotonic() - start > 120:
-            for p in context.processes:
-                p.kill()
-            pytest.fail("the two gloo ranks did not finish in 120 s")
+    results = gloo_ranks.run(worker, WORLD)
     logp, ref, mask = whole_batch()
     for spec in SPECS:
         lp = logp.clone().requires_grad_(True)
