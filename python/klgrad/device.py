@@ -122,9 +122,13 @@ def tokens_of(logp, ref, behavior, mask, offsets):
 
 
 def segment_sum(tokens, x):
-    """Per sequence, the sum of x over its tokens, in float64 (the kernel sums in double)."""
+    """Per sequence, the sum of x over its tokens, in float64 (the kernel sums in double):
+    a padded batch's rows summed, a packed batch's tokens added into their sequences."""
+    x = x.to(torch.float64)
+    if tokens.offsets is None and x.numel():
+        return x.reshape(tokens.count, -1).sum(1)
     out = torch.zeros(tokens.count, dtype=torch.float64, device=x.device)
-    return out.index_add_(0, tokens.sequence, x.to(torch.float64))
+    return out.index_add(0, tokens.sequence, x)
 
 
 def scan(x, carry, stop, reverse, span):
@@ -484,7 +488,8 @@ def counts(logp, mask=None, offsets=None):
 
 def run(spec, logp, ref, behavior=None, mask=None, offsets=None, tokens=None,
         sequences=None, nonfinite="raise"):
-    """The device path of klgrad.evaluate on checked torch tensors of one device: a Run."""
+    """The device path of klgrad.evaluate on torch tensors of one device: the checks of what
+    the metadata tells and the plan on the host, then computed(): a Run."""
     check = device_checks.checked(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
                                   nonfinite)
     plan = plan_of(spec, str(logp.dtype).replace("torch.", ""))
@@ -492,6 +497,12 @@ def run(spec, logp, ref, behavior=None, mask=None, offsets=None, tokens=None,
         check.raise_missing_behavior()
     if plan.weighted and behavior is None:
         behavior = logp  # spec/presets.hpp: the preset's weight is exp(lp - sg(lp))
+    return computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences)
+
+
+def computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences):
+    """The tensor work of a run, for a plan and checked arguments: torch operations only
+    (no transfer, no data-dependent Python), so that torch.compile traces it whole."""
     flat = tokens_of(logp, ref, behavior if plan.weighted else None, mask, offsets)
     t = terms_of(plan, flat)
     n_b = segment_sum(flat, flat.valid)
