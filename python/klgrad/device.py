@@ -30,7 +30,7 @@ from . import _klgrad
 from ._klgrad import Aggregation, Estimator, Placement, Weighting, WeightLevel
 from . import device_checks
 
-__all__ = ["run", "settled", "counts", "Run"]
+__all__ = ["run", "computed", "settled", "counts", "Run", "plan_of"]
 
 
 # ---- spec -> plan -------------------------------------------------------------------------
@@ -46,7 +46,6 @@ class Plan(NamedTuple):
     weight_level: WeightLevel
     aggregation: Aggregation
     beta: float
-    text: str
 
     def __getattr__(self, name):  # the kernel plan's fields as attributes
         try:
@@ -68,7 +67,7 @@ def plan_of(spec, dtype):
     """The Plan of a klgrad.Spec for "float32" or "float64"."""
     return Plan(_klgrad.device_plan(spec, dtype), spec.estimator, spec.gradient_estimator,
                 spec.placement, spec.weighting, spec.weight_level, spec.aggregation,
-                spec.beta, str(spec))
+                spec.beta)
 
 
 # ---- batch -> tokens ----------------------------------------------------------------------
