@@ -156,8 +156,13 @@ def guarded_batch(dtype):
     return dict(logp=logp, ref=ref, behavior=behavior, mask=None)
 
 
+def unmasked_packed_batch(dtype):
+    """A packed batch without a mask (every token valid), an empty sequence first."""
+    return dict(packed_batch(dtype, lengths=(0, 3, 6), seed=4), mask=None)
+
+
 BATCHES = {"padded": padded_batch, "packed": packed_batch, "all-masked": all_masked_batch,
-           "guarded": guarded_batch}
+           "guarded": guarded_batch, "packed-unmasked": unmasked_packed_batch}
 
 
 # ---- comparison ---------------------------------------------------------------------------
