@@ -485,3 +485,23 @@ def test_the_device_path_traces_whole_under_torch_compile():
         compiled = torch.compile(coef_and_loss, fullgraph=True, backend="aot_eager")(*args)
         for a, b in zip(compiled, eager):
             torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-16)
+
+
+def test_outputs_given_are_written_in_place():
+    b = padded_batch(torch.float64)
+    value, coef = torch.empty_like(b["logp"]), torch.empty_like(b["logp"])
+    r = klgrad.evaluate("k2-as-loss,level=sequence", **b, value=value, coef=coef,
+                        backend="device")
+    assert r.value is value and r.coef is coef
+    k = klgrad.evaluate("k2-as-loss,level=sequence", **b, backend="kernel")
+    assert normwise(coef, k.coef) <= 1e-12 and normwise(value, k.value) <= 1e-12
+
+
+def test_counts_are_the_kernels():
+    """device.counts (what global_counts all-reduces) equals the kernel's tokens and
+    sequences, padded and packed, masked or not."""
+    for make in BATCHES.values():
+        b = make(torch.float64)
+        k = klgrad.evaluate("k1-in-reward", **b, backend="kernel")
+        got = device.counts(b["logp"], b["mask"], b.get("offsets")).tolist()
+        assert got == [k.tokens, k.sequences]
