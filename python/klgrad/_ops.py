@@ -3,9 +3,10 @@ klgrad::kl_penalty and klgrad::logits_loss.
 
 Each op's CPU kernel calls only the public functions klgrad.evaluate and
 klgrad.logits_divergence on the tensors it is given; kl_loss and kl_penalty take the device
-path (klgrad.device) for tensors on another device (registered for "cuda" with
-register_kernel, and the default for any other) or where backend="device" asks for it on the
-CPU (how the tests run opcheck on it); a fake (meta) kernel gives the output
+path (klgrad.device) for tensors on another device (their implementation is registered for
+"cuda" too, with register_kernel, where backend="auto" takes the device path and "kernel"
+refuses the tensor) or where backend="device" asks for it on the CPU (how the tests run
+opcheck on it); a fake (meta) kernel gives the output
 shapes and dtypes to torch.compile's tracer without reading data, and an autograd formula
 gives d(loss)/d(input) = grad_loss * (the coefficient or gradient the forward kernel wrote),
 so torch.compile(fullgraph=True) traces a training step through them with no graph break.
@@ -49,28 +50,26 @@ def _empty_like_rows(x, dtype=None):
 
 # ---- klgrad::kl_loss ----------------------------------------------------------------------
 
-@torch.library.custom_op("klgrad::kl_loss", mutates_args=(),
-                         schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, "
-                                "Tensor? mask, Tensor? offsets, SymInt? tokens, "
-                                "SymInt? sequences, str backend=\"auto\") "
-                                "-> (Tensor, Tensor, Tensor)")
-def kl_loss_op(logp, ref, spec, behavior, mask, offsets, tokens, sequences, backend="auto"):
-    """(loss, value, coef) of one klgrad.evaluate call: loss a 0-dim tensor of logp's dtype,
-    value and coef per token (logp's shape and dtype)."""
+def _kl_loss(logp, ref, spec, behavior, mask, offsets, tokens, sequences, backend="auto"):
+    """(loss, value, coef) of one evaluation: loss a 0-dim tensor of logp's dtype, value and
+    coef per token (logp's shape and dtype). The C++ kernel (one klgrad.evaluate call), or
+    the device path where backend= sends logp (checked with one transfer, or none where the
+    counts are given: device.settled)."""
     if klgrad.uses_device(backend, logp):
-        return _kl_loss_device(logp, ref, spec, behavior, mask, offsets, tokens, sequences)
+        r = device.settled(_parsed(spec), logp, ref, behavior, mask, offsets, tokens, sequences)
+        return r.loss.to(logp.dtype), r.value, r.coef
     r = klgrad.evaluate(_parsed(spec), logp, ref, behavior=behavior, mask=mask,
                         offsets=offsets, tokens=tokens, sequences=sequences, backend="kernel")
     return torch.tensor(r.loss, dtype=logp.dtype), r.value, r.coef
 
 
-@kl_loss_op.register_kernel("cuda")
-def _kl_loss_device(logp, ref, spec, behavior, mask, offsets, tokens, sequences,
-                    backend="auto"):
-    """kl_loss on the device path: loss, value and coef computed where logp is (checked
-    with one transfer, or none where the counts are given: device.settled)."""
-    r = device.settled(_parsed(spec), logp, ref, behavior, mask, offsets, tokens, sequences)
-    return r.loss.to(logp.dtype), r.value, r.coef
+kl_loss_op = torch.library.custom_op(
+    "klgrad::kl_loss", _kl_loss, mutates_args=(),
+    schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, "
+           "Tensor? offsets, SymInt? tokens, SymInt? sequences, str backend=\"auto\") "
+           "-> (Tensor, Tensor, Tensor)")
+# The CUDA kernel: backend="auto" takes the device path there, "kernel" refuses the tensor.
+kl_loss_op.register_kernel("cuda", _kl_loss)
 
 
 @kl_loss_op.register_fake
@@ -117,26 +116,23 @@ kl_loss_op.register_autograd(_kl_loss_backward, setup_context=_kl_loss_setup)
 
 # ---- klgrad::kl_penalty -------------------------------------------------------------------
 
-@torch.library.custom_op("klgrad::kl_penalty", mutates_args=(),
-                         schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, "
-                                "Tensor? mask, Tensor? offsets, str backend=\"auto\") -> Tensor")
-def kl_penalty_op(logp, ref, spec, behavior, mask, offsets, backend="auto"):
-    """beta * value per token (logp's shape and dtype), not differentiable."""
+def _kl_penalty(logp, ref, spec, behavior, mask, offsets, backend="auto"):
+    """beta * value per token (logp's shape and dtype), not differentiable: the kernel's, or
+    the device path's (no transfer: its checks are device assertions)."""
+    parsed = _parsed(spec)
     if klgrad.uses_device(backend, logp):
-        return _kl_penalty_device(logp, ref, spec, behavior, mask, offsets)
-    parsed = _parsed(spec)
-    r = klgrad.evaluate(parsed, logp, ref, behavior=behavior, mask=mask, offsets=offsets,
-                        backend="kernel")
-    return r.value.mul_(parsed.beta)  # value is the kernel's new array: scaled in place
+        r = device.settled(parsed, logp, ref, behavior, mask, offsets, None, None, needs=False)
+    else:
+        r = klgrad.evaluate(parsed, logp, ref, behavior=behavior, mask=mask, offsets=offsets,
+                            backend="kernel")
+    return r.value.mul_(parsed.beta)  # value is a new tensor: scaled in place
 
 
-@kl_penalty_op.register_kernel("cuda")
-def _kl_penalty_device(logp, ref, spec, behavior, mask, offsets, backend="auto"):
-    """kl_penalty on the device path (no transfer: its checks are device assertions)."""
-    parsed = _parsed(spec)
-    r = device.settled(parsed, logp, ref, behavior, mask, offsets, None, None,
-                       needs=False)
-    return r.value.mul_(parsed.beta)
+kl_penalty_op = torch.library.custom_op(
+    "klgrad::kl_penalty", _kl_penalty, mutates_args=(),
+    schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, "
+           "Tensor? offsets, str backend=\"auto\") -> Tensor")
+kl_penalty_op.register_kernel("cuda", _kl_penalty)
 
 
 @kl_penalty_op.register_fake
