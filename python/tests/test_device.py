@@ -505,3 +505,16 @@ def test_counts_are_the_kernels():
         k = klgrad.evaluate("k1-in-reward", **b, backend="kernel")
         got = device.counts(b["logp"], b["mask"], b.get("offsets")).tolist()
         assert got == [k.tokens, k.sequences]
+
+
+def test_layouts_the_kernel_cannot_read_in_place_are_taken_as_they_are():
+    """The one deliberate difference in refusals: the kernel refuses rows that are not
+    contiguous (it reads memory in place); torch operations take any strides, so the device
+    path computes on them, equal to the kernel on contiguous copies."""
+    b = padded_batch(torch.float64)
+    strided = {n: (x.t().contiguous().t() if n in ("logp", "ref") else x) for n, x in b.items()}
+    with pytest.raises(klgrad.ShapeError):
+        klgrad.evaluate("k3-as-loss", **strided, backend="kernel")
+    d = klgrad.evaluate("k3-as-loss", **strided, backend="device")
+    k = klgrad.evaluate("k3-as-loss", **b, backend="kernel")
+    assert normwise(d.coef, k.coef) <= 1e-12 and d.tokens == k.tokens
