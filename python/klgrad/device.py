@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import _klgrad
+from . import _int64_of, _klgrad
 from ._klgrad import Aggregation, Estimator, Placement, Weighting, WeightLevel
 from . import device_checks
 
@@ -488,7 +488,9 @@ def counts(logp, mask=None, offsets=None):
 def run(spec, logp, ref, behavior=None, mask=None, offsets=None, tokens=None,
         sequences=None, nonfinite="raise"):
     """The device path of klgrad.evaluate on torch tensors of one device: the checks of what
-    the metadata tells and the plan on the host, then computed(): a Run."""
+    the metadata tells and the plan on the host, then computed(): a Run. Integer offsets of
+    another dtype are taken as int64, as evaluate() takes them."""
+    offsets = _int64_of(offsets)
     check = device_checks.checked(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
                                   nonfinite)
     plan = plan_of(spec, str(logp.dtype).replace("torch.", ""))

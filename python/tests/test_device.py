@@ -497,6 +497,16 @@ def test_outputs_given_are_written_in_place():
     assert normwise(coef, k.coef) <= 1e-12 and normwise(value, k.value) <= 1e-12
 
 
+def test_int32_offsets_serve_both_paths_of_the_op():
+    q = packed_batch(torch.float64)
+    offsets = q["offsets"].to(torch.int32)
+    for backend in ("kernel", "device"):
+        loss, _ = kt.kl_loss("k1-in-reward,level=to-go", q["logp"], q["ref"], mask=q["mask"],
+                             offsets=offsets, backend=backend)
+        k = klgrad.evaluate("k1-in-reward,level=to-go", **q, backend="kernel")
+        assert abs(loss.item() - k.loss) <= 1e-12 * abs(k.loss)
+
+
 def test_counts_are_the_kernels():
     """device.counts (what global_counts all-reduces) equals the kernel's tokens and
     sequences, padded and packed, masked or not."""
