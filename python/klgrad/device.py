@@ -166,6 +166,18 @@ def saturated(x):
     return x.clamp(-top, top)
 
 
+def saturated_dot(a, b):
+    """sum(a * b) of float64 a, b, saturated: where the plain sum is not finite (a product or
+    the sum overflowed, or +inf met -inf), the sum of the products of a / 2^64 and b / 2^64,
+    scaled back and clamped. Finite terms never give NaN; beyond the range, the sign of the
+    exact sum (the kernel saturates after each sequence, so its result there depends on the
+    order of the sequences; docs/python.md, "Devices")."""
+    plain = (a * b).sum()
+    tiny = 2.0 ** -64
+    scaled = saturated(((a * tiny) * (b * tiny)).sum() / tiny) / tiny
+    return saturated(torch.where(torch.isfinite(plain), plain, scaled))
+
+
 # ---- tokens -> terms ----------------------------------------------------------------------
 
 def _k3(s, series):
@@ -517,10 +529,11 @@ def computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences)
     nonempty = n_b > 0
     totals = torch.where(nonempty, saturated(segment_sum(flat, value)),
                          torch.zeros_like(n_b))
-    loss = saturated((scale.to(torch.float64) * totals).sum())
+    loss = saturated_dot(scale.to(torch.float64), totals)
     guarded = t.guarded.sum() + (0 if sequence_guarded is None else sequence_guarded.sum())
-    summary = torch.stack([saturated(totals.sum()), local_tokens, local_sequences,
-                           guarded.to(torch.float64), t.dropped.sum().to(torch.float64)])
+    total = saturated_dot(totals, torch.ones_like(totals))
+    summary = torch.stack([total, local_tokens, local_sequences, guarded.to(torch.float64),
+                           t.dropped.sum().to(torch.float64)])
     flags = check.flags(flat, local_tokens, local_sequences, plan.weighted)
     # An empty sequence gets zeros (passes.hpp's run_sequence).
     nonempty_token = nonempty[flat.sequence]

@@ -223,6 +223,39 @@ def test_sweep_matches_the_kernel(dtype):
     assert not bad, bad
 
 
+# Scales at the ends of the range: beta and agg-scale near the largest double or float, a norm
+# near the smallest double (the kernel saturates at the dtype's largest value).
+EXTREMES = ["k3-both,beta=1e30", "k3-as-loss,beta=1e308",
+            "k1-in-reward,agg=token-sum-norm,agg-norm=1e-300,beta=1e10",
+            "k1-in-reward,level=to-go,beta=1e30,agg=token-sum",
+            "k3-in-reward,level=sequence,beta=1e300",
+            "k2-as-loss,is=differentiable,is-level=prefix,beta=1e300",
+            "k1-in-reward,is=detached,is-level=per-decision,beta=1e38",
+            "k1-in-reward,agg=seq-mean-token-sum,agg-scale=1e308,beta=1e300"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saturated_scales_match_and_never_give_nan(dtype):
+    """At the ends of the range the device path saturates as the kernel does: value, coef
+    and the summary match (no NaN from finite inputs), except a loss whose exact sum lies
+    beyond the largest double: the kernel saturates it after each sequence, so its figure
+    depends on the order of the sequences (seen: -7.18e307 where the exact sum is below
+    -1.8e308); the device path gives the saturated exact sum, of the same sign."""
+    top = torch.finfo(torch.float64).max
+    for text in EXTREMES:
+        for name, make in BATCHES.items():
+            batch = make(dtype)
+            found, kernel = errors(klgrad.Spec(text), batch)
+            d = klgrad.evaluate(text, **batch, backend="device")
+            assert not (d.coef.isnan().any() or d.value.isnan().any() or math.isnan(d.loss))
+            for field, error in found.items():
+                if field == "loss" and error > TOLERANCE[dtype]:
+                    assert abs(kernel.loss) > top / 100 and abs(d.loss) == top, (text, name)
+                    assert math.copysign(1, d.loss) == math.copysign(1, kernel.loss)
+                else:
+                    assert error <= TOLERANCE[dtype], (text, name, field, error)
+
+
 def test_sweep_covers_every_axis():
     """The sweep's sample names every value of every axis of the grammar."""
     specs, _ = sweep_specs()
