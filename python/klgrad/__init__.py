@@ -134,7 +134,7 @@ def _int64_of(x):
 
 
 def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=None,
-             sequences=None, nonfinite="raise", value=None, coef=None):
+             sequences=None, nonfinite="raise", value=None, coef=None, backend="auto"):
     """Evaluates a spec on a batch: for every token the value the configuration logs and the
     coefficient coef = d(loss)/d(logp) to back-propagate (loss = sum(coef * logp) up to a
     constant), and the summary.
@@ -147,8 +147,14 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
     first bad token) or "propagate". value, coef: arrays to write into (else new ones).
     torch tensors, numpy arrays and DLPack producers are read in place, mixed as you like;
     new results are torch tensors when logp is one, else numpy arrays.
+    backend: "auto" (the C++ kernel for CPU tensors and arrays, the device path for torch
+    tensors on another device), "kernel" or "device" (klgrad.device: torch operations where
+    the tensors are, CPU included; docs/python.md, "Devices").
     """
     spec = _spec_of(spec)
+    if uses_device(backend, logp):
+        return _evaluate_on_device(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
+                                   nonfinite, value, coef)
     logp = _crossing(logp, "logp")
     args = [_crossing(x, n) for x, n in ((ref, "ref"), (behavior, "behavior"))]
     mask, offsets = _mask_of(_crossing(mask, "mask")), _int64_of(_crossing(offsets, "offsets"))
@@ -159,6 +165,35 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
         coef = _empty(logp, shape, dtype) if coef is None else coef
     fields = _klgrad.evaluate(spec, logp, args[0], args[1], mask, offsets, tokens, sequences,
                               nonfinite, value, coef)
+    return Result((value, coef) + tuple(fields))
+
+
+_BACKENDS = ("auto", "kernel", "device")
+
+
+def uses_device(backend, logp):
+    """Whether backend= sends a call with this logp to the device path: "device" always,
+    "auto" for a torch tensor that is not on the CPU, "kernel" never."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend= must be \"auto\", \"kernel\" or \"device\", got {backend!r}")
+    if backend == "auto":
+        return _is_tensor(logp) and logp.device.type != "cpu"
+    return backend == "device"
+
+
+def _evaluate_on_device(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
+                        nonfinite, value, coef):
+    """evaluate() on the device path (klgrad.device): the kernel's Result, its summary
+    fetched in one transfer; value and coef written into the given tensors if any."""
+    from . import device, device_checks
+    for out, name in ((value, "value"), (coef, "coef")):
+        if _is_tensor(logp):  # else the device path refuses logp first
+            device_checks.require_output(out, name, logp)
+    detached = [x.detach() if _is_tensor(x) else x for x in (logp, ref, behavior, mask)]
+    r = device.run(spec, *detached, _int64_of(offsets), tokens, sequences, nonfinite)
+    fields = r.fetch()
+    value = r.value if value is None else value.copy_(r.value)
+    coef = r.coef if coef is None else coef.copy_(r.coef)
     return Result((value, coef) + tuple(fields))
 
 

@@ -2,7 +2,11 @@
 klgrad::kl_penalty and klgrad::logits_loss.
 
 Each op's CPU kernel calls only the public functions klgrad.evaluate and
-klgrad.logits_divergence on the tensors it is given; a fake (meta) kernel gives the output
+klgrad.logits_divergence on the tensors it is given; kl_loss and kl_penalty take the device
+path (klgrad.device) for tensors on another device (their implementation is registered for
+"cuda" too, with register_kernel, where backend="auto" takes the device path and "kernel"
+refuses the tensor) or where backend="device" asks for it on the CPU (how the tests run
+opcheck on it); a fake (meta) kernel gives the output
 shapes and dtypes to torch.compile's tracer without reading data, and an autograd formula
 gives d(loss)/d(input) = grad_loss * (the coefficient or gradient the forward kernel wrote),
 so torch.compile(fullgraph=True) traces a training step through them with no graph break.
@@ -10,10 +14,10 @@ so torch.compile(fullgraph=True) traces a training step through them with no gra
 Schemas (docs/python.md, "Custom ops and torch.compile"):
 
     klgrad::kl_loss(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask,
-                    Tensor? offsets, SymInt? tokens, SymInt? sequences)
-        -> (Tensor loss, Tensor value, Tensor coef)
+                    Tensor? offsets, SymInt? tokens, SymInt? sequences,
+                    str backend="auto") -> (Tensor loss, Tensor value, Tensor coef)
     klgrad::kl_penalty(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask,
-                       Tensor? offsets) -> Tensor
+                       Tensor? offsets, str backend="auto") -> Tensor
     klgrad::logits_loss(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask,
                         float temperature, float lam, SymInt? top_k)
         -> (Tensor loss, Tensor value, Tensor grad)
@@ -28,6 +32,7 @@ import functools
 import torch
 
 import klgrad
+from klgrad import device
 
 __all__ = ["kl_loss_op", "kl_penalty_op", "logits_loss_op"]
 
@@ -45,20 +50,31 @@ def _empty_like_rows(x, dtype=None):
 
 # ---- klgrad::kl_loss ----------------------------------------------------------------------
 
-@torch.library.custom_op("klgrad::kl_loss", mutates_args=(),
-                         schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, "
-                                "Tensor? mask, Tensor? offsets, SymInt? tokens, "
-                                "SymInt? sequences) -> (Tensor, Tensor, Tensor)")
-def kl_loss_op(logp, ref, spec, behavior, mask, offsets, tokens, sequences):
-    """(loss, value, coef) of one klgrad.evaluate call: loss a 0-dim tensor of logp's dtype,
-    value and coef per token (logp's shape and dtype)."""
+def _kl_loss(logp, ref, spec, behavior, mask, offsets, tokens, sequences, backend="auto"):
+    """(loss, value, coef) of one evaluation: loss a 0-dim tensor of logp's dtype, value and
+    coef per token (logp's shape and dtype). The C++ kernel (one klgrad.evaluate call), or
+    the device path where backend= sends logp (checked with one transfer, or none where the
+    counts are given: device.settled)."""
+    if klgrad.uses_device(backend, logp):
+        r = device.settled(_parsed(spec), logp, ref, behavior, mask, offsets, tokens, sequences)
+        return r.loss.to(logp.dtype), r.value, r.coef
     r = klgrad.evaluate(_parsed(spec), logp, ref, behavior=behavior, mask=mask,
-                        offsets=offsets, tokens=tokens, sequences=sequences)
+                        offsets=offsets, tokens=tokens, sequences=sequences, backend="kernel")
     return torch.tensor(r.loss, dtype=logp.dtype), r.value, r.coef
 
 
+kl_loss_op = torch.library.custom_op(
+    "klgrad::kl_loss", _kl_loss, mutates_args=(),
+    schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, "
+           "Tensor? offsets, SymInt? tokens, SymInt? sequences, str backend=\"auto\") "
+           "-> (Tensor, Tensor, Tensor)")
+# The CUDA kernel: backend="auto" takes the device path there, "kernel" refuses the tensor.
+kl_loss_op.register_kernel("cuda", _kl_loss)
+
+
 @kl_loss_op.register_fake
-def _kl_loss_fake(logp, ref, spec, behavior, mask, offsets, tokens, sequences):
+def _kl_loss_fake(logp, ref, spec, behavior, mask, offsets, tokens, sequences,
+                  backend="auto"):
     _parsed(spec)
     return logp.new_empty(()), _empty_like_rows(logp), _empty_like_rows(logp)
 
@@ -92,7 +108,7 @@ def _kl_loss_backward(ctx, grad_loss, grad_value, grad_coef):
     _, coef = ctx.saved_tensors
     # Everything but logp is data: nothing flows into ref or behavior (for is=differentiable
     # the weight's derivative is already in coef).
-    return _scaled(grad_loss, coef), None, None, None, None, None, None, None
+    return _scaled(grad_loss, coef), None, None, None, None, None, None, None, None
 
 
 kl_loss_op.register_autograd(_kl_loss_backward, setup_context=_kl_loss_setup)
@@ -100,18 +116,27 @@ kl_loss_op.register_autograd(_kl_loss_backward, setup_context=_kl_loss_setup)
 
 # ---- klgrad::kl_penalty -------------------------------------------------------------------
 
-@torch.library.custom_op("klgrad::kl_penalty", mutates_args=(),
-                         schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, "
-                                "Tensor? mask, Tensor? offsets) -> Tensor")
-def kl_penalty_op(logp, ref, spec, behavior, mask, offsets):
-    """beta * value per token (logp's shape and dtype), not differentiable."""
+def _kl_penalty(logp, ref, spec, behavior, mask, offsets, backend="auto"):
+    """beta * value per token (logp's shape and dtype), not differentiable: the kernel's, or
+    the device path's (no transfer: its checks are device assertions)."""
     parsed = _parsed(spec)
-    r = klgrad.evaluate(parsed, logp, ref, behavior=behavior, mask=mask, offsets=offsets)
-    return r.value.mul_(parsed.beta)  # value is the kernel's new array: scaled in place
+    if klgrad.uses_device(backend, logp):
+        r = device.settled(parsed, logp, ref, behavior, mask, offsets, None, None, needs=False)
+    else:
+        r = klgrad.evaluate(parsed, logp, ref, behavior=behavior, mask=mask, offsets=offsets,
+                            backend="kernel")
+    return r.value.mul_(parsed.beta)  # value is a new tensor: scaled in place
+
+
+kl_penalty_op = torch.library.custom_op(
+    "klgrad::kl_penalty", _kl_penalty, mutates_args=(),
+    schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, "
+           "Tensor? offsets, str backend=\"auto\") -> Tensor")
+kl_penalty_op.register_kernel("cuda", _kl_penalty)
 
 
 @kl_penalty_op.register_fake
-def _kl_penalty_fake(logp, ref, spec, behavior, mask, offsets):
+def _kl_penalty_fake(logp, ref, spec, behavior, mask, offsets, backend="auto"):
     _parsed(spec)
     return _empty_like_rows(logp)
 
@@ -121,7 +146,7 @@ def _kl_penalty_setup(ctx, inputs, output):
 
 
 def _kl_penalty_backward(ctx, grad):
-    return None, None, None, None, None, None
+    return None, None, None, None, None, None, None
 
 
 kl_penalty_op.register_autograd(_kl_penalty_backward, setup_context=_kl_penalty_setup)

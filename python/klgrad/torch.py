@@ -4,44 +4,32 @@ logits, the same of a linear head's logits without holding them (linear_logits_l
 klgrad.linear), and the data-parallel counts. kl_loss, kl_penalty, logits_loss and
 linear_logits_loss each call one torch.library custom op (klgrad::kl_loss,
 klgrad::kl_penalty, klgrad::logits_loss in klgrad._ops, klgrad::linear_logits_loss in
-klgrad.linear), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
-bfloat16 or float16, widened to float32 by the kernels).
+klgrad.linear), so torch.compile traces them. Tensors float32 or float64 (logits also
+bfloat16 or float16, widened to float32 by the kernels); kl_loss and kl_penalty on any
+device: backend="auto" takes the C++ kernel for CPU tensors and the device path
+(klgrad.device) for others, backend="kernel" or "device" forces one (docs/python.md,
+"Devices").
 """
 import torch
 
 import klgrad
-from klgrad import _ops
+from klgrad import _ops, device
 from klgrad.linear import linear_logits_loss
 
 __all__ = ["kl_loss", "kl_penalty", "logits_loss", "linear_logits_loss", "global_counts"]
 
 
-def _local_counts(logp, mask, offsets):
-    """(valid tokens, non-empty sequences) of this shard's batch."""
-    valid = None if mask is None else torch.as_tensor(mask) != 0
-    if offsets is None:  # padded B x T
-        if valid is None:
-            rows, positions = logp.shape
-            return rows * positions, rows if positions > 0 else 0
-        return int(valid.sum()), int(valid.any(dim=1).sum())
-    offsets = torch.as_tensor(offsets, dtype=torch.int64)
-    if valid is None:
-        lengths = offsets[1:] - offsets[:-1]
-        return int(offsets[-1]), int((lengths > 0).sum())
-    running = torch.cat([torch.zeros(1, dtype=torch.int64), valid.to(torch.int64).cumsum(0)])
-    per_sequence = running[offsets[1:]] - running[offsets[:-1]]
-    return int(per_sequence.sum()), int((per_sequence > 0).sum())
-
-
 def global_counts(logp, *, mask=None, offsets=None, process_group=None):
     """(tokens, sequences) summed over the process group's shards, for evaluate()'s tokens=
     and sequences=: each shard's coefficients then equal the unsharded batch's. None for a
-    count that is 0 over the whole group (nothing to divide)."""
+    count that is 0 over the whole group (nothing to divide). The local counts are counted
+    and all-reduced as a tensor on logp's device (NCCL for GPU tensors, gloo for CPU ones);
+    the two sums then cross to the host, the call's one synchronisation."""
     import torch.distributed as dist
 
-    counts = torch.tensor(_local_counts(logp, mask, offsets), dtype=torch.int64)
+    counts = device.counts(logp, mask, offsets)
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=process_group)
-    tokens, sequences = (int(c) if c > 0 else None for c in counts)
+    tokens, sequences = (c if c > 0 else None for c in counts.tolist())
     return tokens, sequences
 
 
@@ -66,13 +54,13 @@ def _spec_text(spec):
 
 
 def kl_loss(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=None,
-            sequences=None, process_group=None):
+            sequences=None, process_group=None, backend="auto"):
     """(loss, value): loss a 0-dim tensor whose gradient with respect to logp is klgrad's
     coef for the spec; value the detached per-token value to log. One call of the custom op
     klgrad::kl_loss (torch.compile traces it with no graph break; docs/python.md). With
     process_group= (a torch.distributed group, or True for the default group) the local
     token and sequence counts are all-reduced first, so that each shard's gradient is its
-    share of the unsharded batch's."""
+    share of the unsharded batch's. backend: "auto", "kernel" or "device" (module doc)."""
     text = _spec_text(spec)
     if process_group is not None:
         if tokens is not None or sequences is not None:
@@ -81,16 +69,18 @@ def kl_loss(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=N
             logp, mask=mask, offsets=offsets,
             process_group=None if process_group is True else process_group)
     loss, value, _ = _ops.kl_loss_op(logp, _detached(ref), text, _detached(behavior),
-                                     _detached(mask), _detached(offsets), tokens, sequences)
+                                     _detached(mask), _detached(offsets), tokens, sequences,
+                                     backend)
     return loss, value
 
 
-def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None):
+def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None, backend="auto"):
     """The detached per-token penalty beta * value for reward shaping (in-reward placements:
     the trainer subtracts it from each token's reward). Masked tokens get 0. The custom op
-    klgrad::kl_penalty."""
+    klgrad::kl_penalty; backend as kl_loss's."""
     return _ops.kl_penalty_op(_detached(logp), _detached(ref), _spec_text(spec),
-                              _detached(behavior), _detached(mask), _detached(offsets))
+                              _detached(behavior), _detached(mask), _detached(offsets),
+                              backend)
 
 
 def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, temperature=1.0,

@@ -1,5 +1,6 @@
 // The module klgrad._klgrad: the version, the exception types, the enums (built from the C++
-// tables of names), Spec, and the functions of the other source files (evaluate.cpp, ...).
+// tables of names), Spec, and the functions of the other source files (evaluate.cpp,
+// plan.cpp, ...).
 // The Python package (klgrad/) wraps it.
 #include "binding.hpp"
 
@@ -15,6 +16,7 @@ namespace klgrad::python {
 void bind_evaluate(nb::module_& m);
 void bind_logits(nb::module_& m);
 void bind_tools(nb::module_& m);
+void bind_plan(nb::module_& m);
 
 namespace {
 
@@ -140,4 +142,5 @@ NB_MODULE(_klgrad, m) {
   bind_evaluate(m);
   bind_logits(m);
   bind_tools(m);
+  bind_plan(m);
 }

@@ -180,6 +180,11 @@ def test_torch_refusals_name_device_and_dtype():
     with pytest.raises(TypeError, match="ref= has dtype float16"):
         klgrad.evaluate("k3-as-loss", torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float16))
     with pytest.raises(TypeError, match="logp= is on device meta"):
+        klgrad.evaluate("k3-as-loss", torch.zeros(2, 3, device="meta"), torch.zeros(2, 3),
+                        backend="kernel")
+    # backend="auto" sends a tensor off the CPU to the device path, which wants every tensor
+    # where logp is (python/tests/test_device.py compares it with the kernel).
+    with pytest.raises(TypeError, match="ref= is on device cpu but logp= is on device meta"):
         klgrad.evaluate("k3-as-loss", torch.zeros(2, 3, device="meta"), torch.zeros(2, 3))
 
 
