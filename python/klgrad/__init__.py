@@ -392,13 +392,15 @@ def _triton_divergence(logits, ref_logits, *, divergence, lam, top_k, temperatur
         z, ref_logits.detach(), divergence=divergence, lam=lam, top_k=top_k,
         temperature=temperature, mask=None if mask is None else mask.detach(), grad=grad)
     loss = float(loss)
+    grad = grad if target is None else target
     return LogitsResult((value, grad, indices, loss, loss, int(rows), int(sequences)))
 
 
 def _check_on_empty(logits, ref_logits, divergence, lam, top_k, temperature, mask):
-    """The binding's checks of a call (dtypes, shapes, divergence, top_k, lam, temperature,
-    mask), run by the C++ kernel on empty CPU slices: it refuses what it would refuse with
-    the data, in the same words, and reads nothing."""
+    """The binding's checks of a call (dtypes, shapes, divergence, top_k, lam, temperature),
+    run by the C++ kernel on empty CPU slices: it refuses what it would refuse with the
+    data, in the same words, and reads nothing. The shapes it cannot see on a slice (the
+    rows of ref_logits and mask) are checked here, in its words."""
     if logits.dim() not in (2, 3):
         raise ShapeError(f"logits= has shape {tuple(logits.shape)}; logits are N x V or "
                          f"B x T x V")
@@ -410,13 +412,12 @@ def _check_on_empty(logits, ref_logits, divergence, lam, top_k, temperature, mas
         raise ShapeError(f"mask= has shape {tuple(mask.shape)} but logits= has shape "
                          f"{tuple(logits.shape)} (one entry per row)")
 
-    def empty(x, like_rows=True):
-        shape = (0,) + tuple(x.shape[1:]) if like_rows else (0,)
-        return _torch().empty(shape, dtype=x.dtype)
+    def empty(x):
+        return _torch().empty((0,) + tuple(x.shape[1:]), dtype=x.dtype)
 
-    m = None if mask is None else empty(mask, like_rows=mask.dim() == len(rows))
+    # The mask's shape is checked above and any dtype is taken (mask != 0).
     _kernel_divergence(empty(logits), empty(ref_logits), divergence=divergence, lam=lam,
-                       top_k=top_k, temperature=temperature, mask=m, log_probs=False,
+                       top_k=top_k, temperature=temperature, mask=None, log_probs=False,
                        gradient=False, grad_dtype=None, target=None)
 
 

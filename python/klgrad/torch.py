@@ -3,7 +3,8 @@ exact coefficient, the detached in-reward penalty, the exact full-vocabulary div
 logits, and the data-parallel counts. kl_loss, kl_penalty and logits_loss each call one
 torch.library custom op (klgrad::kl_loss, klgrad::kl_penalty, klgrad::logits_loss, defined
 in klgrad._ops), so torch.compile traces them. CPU tensors, float32 or float64 (logits also
-bfloat16 or float16, widened to float32 by the kernels).
+bfloat16 or float16, widened to float32 by the kernels); logits_loss also CUDA tensors
+(float32, bfloat16, float16), computed by the Triton kernels.
 """
 import torch
 
@@ -91,15 +92,17 @@ def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None):
 
 
 def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, temperature=1.0,
-                lam=0.5, top_k=None):
+                lam=0.5, top_k=None, backend="auto"):
     """(loss, value): the exact full-vocabulary divergence between softmax(logits / tau) and
     softmax(ref_logits / tau) (on-policy distillation, GKD), loss the mean over valid rows
     as a 0-dim tensor whose gradient to logits is the kernel's exact gradient (nothing flows
     into ref_logits), value the detached per-row divergence. divergence and top_k as
     klgrad.logits_divergence (the top-k forms: forward-kl-top-k, reverse-kl-top-k,
     forward-kl-top-k-tail, reverse-kl-top-k-tail). 16-bit logits: loss and value float32,
-    the gradient in the logits' dtype. One call of the custom op klgrad::logits_loss."""
+    the gradient in the logits' dtype. backend: "auto" (the Triton kernels on CUDA
+    tensors, the C++ kernel on the CPU), "kernel" or "triton" (klgrad.logits_divergence).
+    One call of the custom op klgrad::logits_loss."""
     loss, value, _ = _ops.logits_loss_op(logits, _detached(ref_logits), divergence,
                                          _detached(mask), float(temperature), float(lam),
-                                         top_k)
+                                         top_k, backend)
     return loss, value

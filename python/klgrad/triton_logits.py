@@ -85,11 +85,12 @@ def _sorted_indices(idx, chooser):
     return idx.gather(1, order)
 
 
-def _place(r, positions, masked):
-    """' (sequence b, position t)' for a row of a B x T batch or of a masked N x V one."""
-    if positions:
-        return f" (sequence {r // positions}, position {r % positions})"
-    return f" (sequence 0, position {r})" if masked else ""
+def _place(r, positions, batches, masked):
+    """' (sequence b, position t)' where the C++ kernel says it: for a masked batch or one of
+    several sequences (positions: T of B x T x V logits, else N; batches: B)."""
+    if not masked and batches <= 1:
+        return ""
+    return f" (sequence {r // positions}, position {r % positions})"
 
 
 def _raise_for_row(k, status, r, rows, place):
@@ -157,7 +158,9 @@ def divergence_rows(logits, ref_logits, *, divergence, lam, top_k, temperature, 
         bad = torch.nonzero(status).flatten()
         if len(bad):
             r = int(bad[0])
-            _raise_for_row(k, int(status[r]), r, (z, zr), _place(r, positions, m is not None))
+            batches = logits.shape[0] if positions else 1
+            _raise_for_row(k, int(status[r]), r, (z, zr),
+                           _place(r, positions or n, batches, m is not None))
     if idx is not None:
         idx = _sorted_indices(idx, chooser)
     loss = value.double().sum() / rows.clamp(min=1)

@@ -1,0 +1,81 @@
+"""klgrad.torch.logits_loss and the op klgrad::logits_loss on the Triton backend (under the
+interpreter, on CPU tensors), against the same calls on the C++ kernel; the op's CUDA
+registration; the errors of a backend that cannot run."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import klgrad
+import klgrad.torch as kt
+from test_triton_logits import TOL, grad_error, logits
+
+# float16 gradients: each backend rounds its float32 gradient (equal to ~1e-6) to float16
+# once, so they can differ by one float16 unit in the last place: 2^-10 relative.
+TOL16 = 2.0 ** -10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("divergence,top_k", [("jensen-shannon", None),
+                                              ("forward-kl-top-k-tail", 7)])
+def test_logits_loss_backward_matches_the_kernel(divergence, top_k, dtype):
+    z, zr = logits(rows=6, vocab=500, seed=11, dtype=dtype)
+    mask = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    grads, losses = [], []
+    for backend in ("triton", "kernel"):
+        x = z.clone().requires_grad_(True)
+        loss, value = kt.logits_loss(x, zr, divergence=divergence, top_k=top_k, mask=mask,
+                                     temperature=0.7, lam=0.3, backend=backend)
+        (2 * loss).backward()
+        assert loss.dtype == torch.float32 and value.shape == (6,)
+        grads.append(x.grad)
+        losses.append(float(loss))
+    assert grads[0].dtype == dtype
+    assert grad_error(grads[0], grads[1]) <= (TOL if dtype == torch.float32 else TOL16)
+    assert abs(losses[0] - losses[1]) <= TOL * abs(losses[1])
+
+
+def test_opcheck_on_the_triton_backend():
+    """Schema, fake kernel and autograd registration hold for backend="triton"."""
+    z, zr = logits(rows=2, vocab=40, seed=12)
+    args = (z.requires_grad_(True), zr, "reverse-kl", None, 0.8, 0.5, None, "triton")
+    torch.library.opcheck(torch.ops.klgrad.logits_loss.default, args)
+
+
+def test_the_op_has_a_cuda_kernel_of_its_own():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("klgrad::logits_loss", "CUDA")
+
+
+def run_python(code, env):
+    """(exit code, stderr) of `code` in a fresh interpreter with this package importable."""
+    paths = [os.path.dirname(os.path.dirname(klgrad.__file__))] + sys.path
+    env = dict(env, PYTHONPATH=os.pathsep.join(paths))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    return out.returncode, out.stderr
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    rc, err = run_python("""
+        import torch, klgrad
+        z = torch.randn(2, 5)
+        klgrad.logits_divergence(z, z, backend="triton")
+        """, env)
+    assert rc == 1 and "runs only under Triton's interpreter: set TRITON_INTERPRET=1" in err
+
+
+def test_without_triton_the_error_says_to_install_it():
+    """triton made unimportable (sys.modules["triton"] = None): the Triton backend's first
+    use says what is missing (on a CUDA tensor "auto" takes this same path)."""
+    rc, err = run_python("""
+        import sys
+        sys.modules["triton"] = None
+        import torch, klgrad
+        z = torch.randn(2, 5)
+        klgrad.logits_divergence(z, z, backend="triton")
+        """, dict(os.environ))
+    assert rc == 1 and "Triton, which is not installed: pip install triton" in err
