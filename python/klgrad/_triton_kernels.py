@@ -91,6 +91,24 @@ def _log_add(a, b):
 
 
 @triton.jit
+def _expm1(d):
+    """exp(d) - 1 to a few ulps for small d too: (u - 1) d / log(u), u = exp(d) (the
+    rounding of u cancels between u - 1 and log u); d where u rounds to 1, -1 where it is
+    0, +inf where it overflows."""
+    u = tl.exp(d)
+    ratio = tl.where((u == 0.0) | (u == float("inf")), u - 1.0, (u - 1.0) * d / tl.log(u))
+    return tl.where(u == 1.0, d, ratio)
+
+
+@triton.jit
+def _minus(p, q, log_ratio):
+    """p - q for probabilities p and q = p exp(log_ratio), as -p expm1(log_ratio): the
+    difference keeps its digits where p and q are close; p - q itself where q is far above
+    p (no digit to lose, and exp(log_ratio) may overflow), or p is 0."""
+    return tl.where((p > 0) & (log_ratio < 80.0), -p * _expm1(log_ratio), p - q)
+
+
+@triton.jit
 def _bad(raw):
     """1 where a block holds a NaN or +inf logit, else 0."""
     return tl.max(((raw != raw) | (raw == float("inf"))).to(tl.int32), 0)
@@ -178,6 +196,7 @@ def _pair_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
         lse_b = _f64(_shift(mb)) + tl.log(sb)
         lsa = _log_sum(ma, lse_a)
         lsb = _log_sum(mb, lse_b)
+        gap = (lse_a - lse_b).to(tl.float32)
         shift_term = (lse_a - lse_b + value).to(tl.float32)  # log pi - log ref - value + (b - a)
         ties = tl.zeros([], tl.int32)
         for j0 in range(0, V, BLOCK):
@@ -197,7 +216,7 @@ def _pair_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
             if REVERSE:  # d/dx: p (log p - log q - value), p = softmax(a), q = softmax(b)
                 g = tl.where(p > 0, c * p * ((a - b) - shift_term), 0.0)
             else:  # d/dx of KL(softmax(a) || softmax(x)): softmax(x) - softmax(a)
-                g = c * (tl.exp((b - _shift(mb)) - lsb) - p)
+                g = c * _minus(tl.exp((b - _shift(mb)) - lsb), p, (a - b) - gap)
             tl.store(g_row + offs, g.to(g_row.dtype.element_ty), mask=inside)
     return value, status
 
@@ -341,9 +360,11 @@ def _tail_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
             h = tl.where(la_tail == float("-inf"), 0.0,
                          la_tail - lb_tail - value).to(tl.float32)
         else:
-            # off K: pi - exp(log pi + log R - log P); where P = 0 every pi off K is 0
-            d = tl.where(lb_tail == float("-inf"), float("-inf"),
-                         la_tail - lb_tail).to(tl.float32)
+            # off K: pi (1 - R / P), the factor taken in float64 (it cancels where R ~ P);
+            # where P = 0 every pi off K is 0
+            off_k = (1.0 - tl.exp(tl.where(lb_tail == float("-inf"), float("-inf"),
+                                           la_tail - lb_tail))).to(tl.float32)
+            gap_rz = (lse_r - lse_z).to(tl.float32)
         ties = tl.zeros([], tl.int32)
         for j0 in range(0, V, BLOCK):
             offs = j0 + cols
@@ -358,7 +379,7 @@ def _tail_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
                 g = tl.where(p > 0, c * p * tl.where(in_k, (x - y) - on_shift, h), 0.0)
             else:
                 ref = tl.exp((y - _shift(mr)) - lsr)
-                g = c * tl.where(in_k, p - ref, p - tl.exp(lp + d))
+                g = c * tl.where(in_k, _minus(p, ref, (y - x) - gap_rz), p * off_k)
             tl.store(g_row + offs, g.to(g_row.dtype.element_ty), mask=inside)
     return value, status
 

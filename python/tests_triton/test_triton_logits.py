@@ -19,6 +19,8 @@ import pytest
 import torch
 
 import klgrad
+from klgrad.testing import relative_error as value_error
+from klgrad.testing import row_relative_error as grad_error
 
 FULL = ["reverse-kl", "forward-kl", "jensen-shannon"]
 TOP_K = ["forward-kl-top-k", "reverse-kl-top-k", "forward-kl-top-k-tail",
@@ -26,7 +28,7 @@ TOP_K = ["forward-kl-top-k", "reverse-kl-top-k", "forward-kl-top-k-tail",
 TOL = 1e-5
 
 
-def logits(rows=8, vocab=3001, seed=0, masked_vocab=False, dtype=torch.float32):
+def logits(rows=4, vocab=3001, seed=0, masked_vocab=False, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(rows, vocab, generator=g) * 2
     zr = z + torch.randn(rows, vocab, generator=g)
@@ -34,17 +36,6 @@ def logits(rows=8, vocab=3001, seed=0, masked_vocab=False, dtype=torch.float32):
         z[:, 5::11] = -float("inf")
         zr[:, 5::11] = -float("inf")
     return z.to(dtype), zr.to(dtype)
-
-
-def value_error(a, b):
-    a, b = a.double(), b.double()
-    return float(((a - b).abs() / b.abs().clamp(min=1e-300)).max())
-
-
-def grad_error(a, b):
-    a, b = a.double().flatten(0, -2), b.double().flatten(0, -2)
-    scale = b.abs().max(dim=1).values.clamp(min=1e-300)
-    return float(((a - b).abs().max(dim=1).values / scale).max())
 
 
 def both(z, zr, **kw):
