@@ -4,7 +4,8 @@ imported only when the Triton backend is used. Under TRITON_INTERPRET=1 (set bef
 is imported) the kernels run on CPU tensors, which is how the tests run them.
 
 One program per row streams the row in blocks of BLOCK entries with an online maximum and
-sum of exponentials, in float32 whatever the logits' dtype (float32, bfloat16, float16):
+sum of exponentials, element-wise in float32 whatever the logits' dtype (float32, bfloat16,
+float16), the row's sums across blocks and its value in float64:
 
 * reverse-kl, forward-kl and the renormalised top-k forms: one pass for the log-sum-exps
   and the value (the KL accumulated against running shifts, as the C++ kernel's online
@@ -26,9 +27,11 @@ import triton.language as tl
 
 # The forms (constexpr: a kernel reads no other global); FORMS maps the divergences' names
 # to their codes.
-RKL, FKL, JSD, FKL_TOP_K, RKL_TOP_K, FKL_TAIL, RKL_TAIL = (tl.constexpr(i) for i in range(7))
-FORMS = {"reverse-kl": 0, "forward-kl": 1, "jensen-shannon": 2, "forward-kl-top-k": 3,
-         "reverse-kl-top-k": 4, "forward-kl-top-k-tail": 5, "reverse-kl-top-k-tail": 6}
+_NAMES = ("reverse-kl", "forward-kl", "jensen-shannon", "forward-kl-top-k", "reverse-kl-top-k",
+          "forward-kl-top-k-tail", "reverse-kl-top-k-tail")
+RKL, FKL, JSD, FKL_TOP_K, RKL_TOP_K, FKL_TAIL, RKL_TAIL = (tl.constexpr(i)
+                                                          for i in range(len(_NAMES)))
+FORMS = {name: code for code, name in enumerate(_NAMES)}
 
 # Row statuses (the C++ driver's row_status): the host raises for the first bad row.
 OK, BAD_Z, BAD_REF, INFINITE_RKL = (tl.constexpr(i) for i in range(4))
