@@ -28,6 +28,7 @@ bench/gpu_check.py imports this module and calls run(cpu); standalone:
     python bench/gpu_check_logits.py [--cpu]
 """
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -111,6 +112,13 @@ def eager_composite(divergence):
     return loss
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_composite(divergence):
+    """torch.compile of the eager composite, one per divergence for the whole run (dynamic
+    shapes: a new V does not recompile it, a new dtype does)."""
+    return torch.compile(eager_composite(divergence), dynamic=True)
+
+
 def liger_methods(divergence, hidden_size=4096):
     """liger-kernel's methods for the divergence, or a note saying why there are none."""
     if divergence != "jensen-shannon":
@@ -154,7 +162,7 @@ def methods_for(divergence, backend, device):
                "PyTorch eager": eager}
     notes = []
     if device == "cuda":
-        methods["torch.compile"] = torch.compile(eager, dynamic=True)
+        methods["torch.compile"] = compiled_composite(divergence)
         liger, note = liger_methods(divergence)
         methods.update(liger)
         notes.append(note)
