@@ -96,3 +96,14 @@ if [[ $python_rc -ne 0 ]]; then
   echo "=== python: FAILED (pytest exit code ${python_rc}; 5 means no test ran)" >&2
   exit 1
 fi
+# The Triton kernels, in a pytest process of their own: its conftest sets TRITON_INTERPRET=1
+# before triton is imported, so they run on the CPU (docs/logits.md, "The GPU path").
+echo "=== python: Triton kernels under TRITON_INTERPRET=1 (python/tests_triton)"
+triton_rc=0
+"$root/build-ci-python/venv/bin/python" -m pytest -q -p no:cacheprovider python/tests_triton ||
+  triton_rc=$?
+summaries+=("python (Triton interpreter): pytest exit code ${triton_rc}")
+if [[ $triton_rc -ne 0 ]]; then
+  echo "=== python (Triton interpreter): FAILED (pytest exit code ${triton_rc})" >&2
+  exit 1
+fi

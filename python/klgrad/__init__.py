@@ -217,6 +217,10 @@ def _grad_as(logits, grad, grad_dtype):
                 return grad.astype(grad_dtype, copy=False)
         except TypeError:
             pass
+    _refuse_grad_dtype(logits, grad_dtype)
+
+
+def _refuse_grad_dtype(logits, grad_dtype):
     raise ValueError(f"grad_dtype={grad_dtype!r}: the gradient comes as float32 or in the "
                      f"logits' dtype ({logits.dtype}); pass None, float32 or "
                      f"logits.dtype")
@@ -295,39 +299,178 @@ class LogitsResult:
 
 def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, top_k=None,
                       temperature=1.0, mask=None, log_probs=False, gradient=True,
-                      grad_dtype=None, process_group=None):
+                      grad_dtype=None, grad=None, grad_in_place=False, backend="auto",
+                      process_group=None):
     """The exact per-row divergence between softmax(logits / temperature) and
     softmax(ref_logits / temperature) over the full vocabulary (reverse-kl, forward-kl,
     jensen-shannon with the reference's share lam), or a top-k form with top_k
     (forward-kl-top-k, reverse-kl-top-k, forward-kl-top-k-tail, reverse-kl-top-k-tail;
     docs/logits.md; indices: K, the reference's top k or, for the reverse forms, the
-    policy's), and with
-    gradient=True its exact gradient with respect to logits (of the loss: the mean over
-    valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero = valid).
-    16-bit logits (torch.bfloat16, torch.float16, numpy.float16; ref_logits of the same
-    dtype) are read in place and widened to float32: value and grad are float32, or grad in
-    the logits' dtype with grad_dtype=logits.dtype (docs/logits.md). process_group= (a
-    torch.distributed group, or True for the default one): logits and ref_logits are this
-    rank's contiguous slice of the vocabulary, value and loss the full vocabulary's, grad this
-    slice's (klgrad.shards; docs/logits.md, "Vocabulary-parallel shards")."""
+    policy's), and with gradient=True its exact gradient with respect to logits (of the
+    loss: the mean over valid rows). logits: N x V or B x T x V; mask: N or B x T (nonzero
+    = valid). 16-bit logits (torch.bfloat16, torch.float16, numpy.float16; ref_logits of the
+    same dtype) are read in place and widened to float32: value and grad are float32, or
+    grad in the logits' dtype with grad_dtype=logits.dtype (docs/logits.md).
+
+    The gradient goes to a new array, to grad= (an array of the logits' shape, float32 /
+    float64 as the kernel computes or the logits' own dtype), or with grad_in_place=True
+    over the logits themselves. backend: "kernel" (the C++ kernel, CPU arrays), "triton"
+    (the Triton kernels: torch tensors on CUDA, or on the CPU under TRITON_INTERPRET=1;
+    float32 / bfloat16 / float16 logits, log_probs=False), "auto" (Triton for CUDA tensors,
+    else the C++ kernel). Every backend takes the same arguments and checks them alike.
+
+    process_group= (a torch.distributed group, or True for the default one): logits and
+    ref_logits are this rank's contiguous slice of the vocabulary, value and loss the full
+    vocabulary's, grad this slice's (klgrad.shards, torch operations on the logits' device;
+    docs/logits.md, "Vocabulary-parallel shards"). It takes no grad=, grad_in_place= or
+    backend=."""
     if process_group is not None:
+        if grad is not None or grad_in_place or backend != "auto":
+            raise ValueError("process_group= runs the vocabulary shards' own path (torch "
+                             "operations on the logits' device): pass no grad=, "
+                             "grad_in_place= or backend= with it")
         from . import shards
         return shards.logits_divergence(
             logits, ref_logits, divergence=divergence, lam=lam, top_k=top_k,
             temperature=temperature, mask=mask, log_probs=log_probs, gradient=gradient,
             grad_dtype=grad_dtype, process_group=process_group)
+    target = _gradient_target(logits, gradient, grad, grad_in_place, grad_dtype)
+    call = dict(divergence=divergence, lam=lam, top_k=top_k, temperature=temperature,
+                mask=mask, log_probs=log_probs, gradient=gradient, grad_dtype=grad_dtype,
+                target=target)
+    if _backend_of(backend, logits) == "triton":
+        return _triton_divergence(logits, ref_logits, **call)
+    return _kernel_divergence(logits, ref_logits, **call)
+
+
+_BACKENDS = ("auto", "kernel", "triton")
+
+
+def _backend_of(backend, logits):
+    """The backend a logits_divergence call runs on: "kernel" or "triton"."""
+    if not isinstance(backend, str) or backend not in _BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; backends: auto, kernel, triton")
+    if backend == "auto":
+        on_cuda = _is_tensor(logits) and logits.device.type == "cuda"
+        return "triton" if on_cuda else "kernel"
+    if backend == "triton" and not _is_tensor(logits):
+        raise TypeError(f"backend='triton' takes torch tensors; logits= is a "
+                        f"{type(logits).__name__}")
+    return backend
+
+
+def _gradient_target(logits, gradient, grad, grad_in_place, grad_dtype):
+    """The array the caller has the gradient written into (grad=, or the logits for
+    grad_in_place=True), checked, or None for a new one."""
+    if not gradient and (grad is not None or grad_in_place):
+        raise ValueError("grad= and grad_in_place=True need gradient=True")
+    if grad is not None and grad_in_place:
+        raise ValueError("pass grad= or grad_in_place=True, not both")
+    target, name = (logits, "logits") if grad_in_place else (grad, "grad")
+    if target is None:
+        return None
+    if grad_dtype is not None and grad_dtype != target.dtype:
+        raise ValueError(f"grad_dtype={grad_dtype!r} but the gradient goes to {name}= of "
+                         f"dtype {target.dtype}; pass grad_dtype=None")
+    if grad is not None:
+        if tuple(grad.shape) != tuple(logits.shape):
+            raise ShapeError(f"grad= has shape {tuple(grad.shape)} but logits= has shape "
+                             f"{tuple(logits.shape)}")
+        allowed = (_dtype_name(logits), _COMPUTE.get(_dtype_name(logits)))
+        if _dtype_name(grad) not in allowed:
+            raise TypeError(f"grad= has dtype {_dtype_name(grad)}; the gradient comes in "
+                            f"{allowed[1]} or in the logits' dtype ({_dtype_name(logits)})")
+    return target
+
+
+def _kernel_divergence(logits, ref_logits, *, divergence, lam, top_k, temperature, mask,
+                       log_probs, gradient, grad_dtype, target):
+    """logits_divergence on the C++ kernel. A target in the kernel's own dtype is written
+    in place; a 16-bit one, or the logits (grad_in_place), get the kernel's gradient copied
+    in (the kernel reads the logits while it writes)."""
     z, zr = _crossing(logits, "logits"), _crossing(ref_logits, "ref_logits")
     m = _row_mask(mask)
     compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
     value = grad = indices = None
+    direct = (target is not None and target is not logits
+              and _dtype_name(target) == compute)
     if compute is not None and rows is not None:  # else the binding refuses logits, naming it
         value = _empty(z, rows, compute)
-        grad = _empty(z, tuple(z.shape), compute) if gradient else None
+        if gradient:
+            grad = _crossing(target, "grad") if direct else _empty(z, tuple(z.shape), compute)
         if top_k is not None and isinstance(top_k, int) and 0 < top_k <= z.shape[-1]:
             indices = _empty(z, rows + (top_k,), "int64")
     fields = _klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
                                        log_probs, value, grad, indices)
-    return LogitsResult((value, _grad_as(logits, grad, grad_dtype), indices) + tuple(fields))
+    if target is None:
+        grad = _grad_as(logits, grad, grad_dtype)
+    else:
+        if not direct:
+            _copy_into(target, grad)
+        grad = target
+    return LogitsResult((value, grad, indices) + tuple(fields))
+
+
+def _copy_into(target, source):
+    """target[...] = source (the kernel's gradient into the caller's array)."""
+    if _is_tensor(target):
+        target.detach().copy_(_torch().as_tensor(source))
+    else:
+        _np.copyto(target, source, casting="same_kind")
+
+
+def _triton_divergence(logits, ref_logits, *, divergence, lam, top_k, temperature, mask,
+                       log_probs, gradient, grad_dtype, target):
+    """logits_divergence on the Triton kernels (klgrad.triton_logits), the arguments first
+    checked by the binding on empty CPU slices of the same dtypes and row shapes."""
+    from . import triton_logits
+
+    triton_logits.check_runnable(logits)
+    if log_probs:
+        raise ValueError("log_probs=True runs on the C++ kernel only (backend='kernel')")
+    if not _is_tensor(ref_logits) or (mask is not None and not _is_tensor(mask)):
+        raise TypeError("backend='triton' takes torch tensors (ref_logits=, mask=)")
+    _check_on_empty(logits, ref_logits, divergence, lam, top_k, temperature, mask)
+    z = logits.detach()
+    grad = None
+    if target is not None:
+        grad = target.detach()
+    elif gradient:  # a new gradient, written by the kernel in the dtype asked for
+        dtype = _torch().float32 if grad_dtype is None else grad_dtype
+        if dtype not in (_torch().float32, z.dtype):
+            _refuse_grad_dtype(logits, grad_dtype)
+        grad = _torch().empty(z.shape, dtype=dtype, device=z.device)
+    value, indices, loss, rows, sequences = triton_logits.divergence_rows(
+        z, ref_logits.detach(), divergence=divergence, lam=lam, top_k=top_k,
+        temperature=temperature, mask=None if mask is None else mask.detach(), grad=grad)
+    loss = float(loss)
+    grad = grad if target is None else target
+    return LogitsResult((value, grad, indices, loss, loss, int(rows), int(sequences)))
+
+
+def _check_on_empty(logits, ref_logits, divergence, lam, top_k, temperature, mask):
+    """The binding's checks of a call (dtypes, shapes, divergence, top_k, lam, temperature),
+    run by the C++ kernel on empty CPU slices: it refuses what it would refuse with the
+    data, in the same words, and reads nothing. The shapes it cannot see on a slice (the
+    rows of ref_logits and mask) are checked here, in its words."""
+    if logits.dim() not in (2, 3):
+        raise ShapeError(f"logits= has shape {tuple(logits.shape)}; logits are N x V or "
+                         f"B x T x V")
+    if tuple(ref_logits.shape) != tuple(logits.shape):
+        raise ShapeError(f"ref_logits= has shape {tuple(ref_logits.shape)} but logits= has "
+                         f"shape {tuple(logits.shape)}")
+    rows = tuple(logits.shape[:-1])
+    if mask is not None and tuple(mask.shape) not in (rows, (_np.prod(rows, dtype=int),)):
+        raise ShapeError(f"mask= has shape {tuple(mask.shape)} but logits= has shape "
+                         f"{tuple(logits.shape)} (one entry per row)")
+
+    def empty(x):
+        return _torch().empty((0,) + tuple(x.shape[1:]), dtype=x.dtype)
+
+    # The mask's shape is checked above and any dtype is taken (mask != 0).
+    _kernel_divergence(empty(logits), empty(ref_logits), divergence=divergence, lam=lam,
+                       top_k=top_k, temperature=temperature, mask=None, log_probs=False,
+                       gradient=False, grad_dtype=None, target=None)
 
 
 def _sampled_args(logits, ids, mask):

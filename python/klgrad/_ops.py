@@ -19,8 +19,12 @@ Schemas (docs/python.md, "Custom ops and torch.compile"):
     klgrad::kl_penalty(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask,
                        Tensor? offsets, str backend="auto") -> Tensor
     klgrad::logits_loss(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask,
-                        float temperature, float lam, SymInt? top_k)
+                        float temperature, float lam, SymInt? top_k, str backend="auto")
         -> (Tensor loss, Tensor value, Tensor grad)
+
+klgrad::logits_loss has a CUDA kernel of its own (torch.library.register_kernel): the Triton
+kernels of klgrad.triton_logits; its CPU kernel is the C++ kernel, or the Triton kernels
+under TRITON_INTERPRET=1 with backend="triton".
 
 The spec crosses as a string (a klgrad.Spec as its canonical str(spec)); each op parses it
 once per distinct string (functools.lru_cache), the fake kernels too, so that a bad spec is
@@ -157,21 +161,40 @@ kl_penalty_op.register_autograd(_kl_penalty_backward, setup_context=_kl_penalty_
 _SIXTEEN = (torch.bfloat16, torch.float16)
 
 
-@torch.library.custom_op("klgrad::logits_loss", mutates_args=(),
-                         schema="(Tensor logits, Tensor ref_logits, str divergence, "
-                                "Tensor? mask, float temperature, float lam, SymInt? top_k) "
-                                "-> (Tensor, Tensor, Tensor)")
-def logits_loss_op(logits, ref_logits, divergence, mask, temperature, lam, top_k):
+def _logits_loss(logits, ref_logits, divergence, mask, temperature, lam, top_k,
+                 backend="auto"):
     """(loss, value, grad) of one klgrad.logits_divergence call: loss 0-dim and value per row
-    in the kernel's dtype (float32 for 16-bit logits), grad in the logits' shape and dtype."""
+    in the kernel's dtype (float32 for 16-bit logits), grad in the logits' shape and dtype.
+    backend: as logits_divergence's (on CPU tensors "auto" is the C++ kernel)."""
     r = klgrad.logits_divergence(logits, ref_logits, divergence=divergence, lam=lam,
                                  top_k=top_k, temperature=temperature, mask=mask,
-                                 gradient=True, grad_dtype=logits.dtype)
-    return torch.tensor(r.loss, dtype=r.value.dtype), r.value, r.grad
+                                 gradient=True, grad_dtype=logits.dtype, backend=backend)
+    loss = torch.tensor(r.loss, dtype=r.value.dtype, device=logits.device)
+    return loss, r.value, r.grad
+
+
+logits_loss_op = torch.library.custom_op(
+    "klgrad::logits_loss", mutates_args=(),
+    schema="(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask, "
+           "float temperature, float lam, SymInt? top_k, str backend=\"auto\") "
+           "-> (Tensor, Tensor, Tensor)")(_logits_loss)
+
+
+@logits_loss_op.register_kernel("cuda")
+def _logits_loss_cuda(logits, ref_logits, divergence, mask, temperature, lam, top_k,
+                      backend="auto"):
+    """The CUDA kernel: the Triton kernels (klgrad.triton_logits; "kernel" is refused, the
+    C++ kernel computes on the CPU)."""
+    if backend == "kernel":
+        raise TypeError(f"backend='kernel' computes on the CPU but logits= is on "
+                        f"{logits.device}; pass backend='auto' or 'triton'")
+    return _logits_loss(logits, ref_logits, divergence, mask, temperature, lam, top_k,
+                        "triton")
 
 
 @logits_loss_op.register_fake
-def _logits_loss_fake(logits, ref_logits, divergence, mask, temperature, lam, top_k):
+def _logits_loss_fake(logits, ref_logits, divergence, mask, temperature, lam, top_k,
+                      backend="auto"):
     kernel = torch.float32 if logits.dtype in _SIXTEEN else logits.dtype
     value = logits.new_empty(logits.shape[:-1], dtype=kernel)
     return logits.new_empty((), dtype=kernel), value, _empty_like_rows(logits)
@@ -187,7 +210,7 @@ def _logits_loss_backward(ctx, grad_loss, grad_value, grad_grad):
     _, grad = ctx.saved_tensors
     # 16-bit logits: grad is already the logits' dtype (the float32 kernel gradient rounded
     # once); a grad_loss other than 1 scales it in that dtype.
-    return _scaled(grad_loss, grad), None, None, None, None, None, None
+    return _scaled(grad_loss, grad), None, None, None, None, None, None, None
 
 
 logits_loss_op.register_autograd(_logits_loss_backward, setup_context=_logits_loss_setup)

@@ -13,7 +13,26 @@ import torch
 
 import klgrad
 
-__all__ = ["assert_matches", "identify", "grid", "candidates", "Match", "Matches", "Mismatch"]
+__all__ = ["assert_matches", "identify", "grid", "candidates", "Match", "Matches", "Mismatch",
+           "relative_error", "row_relative_error"]
+
+
+# --- comparing a kernel's per-row results with a reference ---------------------------------
+
+def relative_error(a, b):
+    """max |a - b| / |b| over the entries (values, losses), in float64."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return float(((a - b).abs() / b.abs().clamp(min=1e-300)).max())
+
+
+def row_relative_error(a, b):
+    """max over rows of max |a - b| / max |b| (rows: the last dimension), in float64: a
+    gradient's error on the scale of its own row (entries far below it carry no relative
+    accuracy in float32, whichever kernel computes them)."""
+    a, b = a.double().flatten(0, -2), b.double().flatten(0, -2)
+    scale = b.abs().max(dim=1).values.clamp(min=1e-300)
+    return float(((a - b).abs().max(dim=1).values / scale).max())
+
 
 # --- the grid ------------------------------------------------------------------------------
 #

@@ -8,7 +8,8 @@ klgrad.linear), so torch.compile traces them. Tensors float32 or float64 (logits
 bfloat16 or float16, widened to float32 by the kernels); kl_loss and kl_penalty on any
 device: backend="auto" takes the C++ kernel for CPU tensors and the device path
 (klgrad.device) for others, backend="kernel" or "device" forces one (docs/python.md,
-"Devices").
+"Devices"); logits_loss and linear_logits_loss on CUDA tensors (float32, bfloat16,
+float16) take the Triton kernels.
 """
 import torch
 
@@ -84,23 +85,28 @@ def kl_penalty(spec, logp, ref, *, behavior=None, mask=None, offsets=None, backe
 
 
 def logits_loss(logits, ref_logits, *, divergence="reverse-kl", mask=None, temperature=1.0,
-                lam=0.5, top_k=None, process_group=None):
+                lam=0.5, top_k=None, backend="auto", process_group=None):
     """(loss, value): the exact full-vocabulary divergence between softmax(logits / tau) and
     softmax(ref_logits / tau) (on-policy distillation, GKD), loss the mean over valid rows
     as a 0-dim tensor whose gradient to logits is the kernel's exact gradient (nothing flows
     into ref_logits), value the detached per-row divergence. divergence and top_k as
     klgrad.logits_divergence (the top-k forms: forward-kl-top-k, reverse-kl-top-k,
     forward-kl-top-k-tail, reverse-kl-top-k-tail). 16-bit logits: loss and value float32,
-    the gradient in the logits' dtype. One call of the custom op klgrad::logits_loss.
-    process_group= (a torch.distributed group, or True for the default one): the logits are
-    this rank's contiguous slice of the vocabulary (tensor parallelism), the loss and value
-    the full vocabulary's, the gradient this slice's (klgrad.shards; eager, no custom op)."""
+    the gradient in the logits' dtype. backend: "auto" (the Triton kernels on CUDA
+    tensors, the C++ kernel on the CPU), "kernel" or "triton" (klgrad.logits_divergence).
+    One call of the custom op klgrad::logits_loss. process_group= (a torch.distributed
+    group, or True for the default one): the logits are this rank's contiguous slice of the
+    vocabulary (tensor parallelism), the loss and value the full vocabulary's, the gradient
+    this slice's (klgrad.shards; eager, no custom op; no backend=)."""
     if process_group is not None:
+        if backend != "auto":
+            raise ValueError("process_group= runs the vocabulary shards' own path (torch "
+                             "operations on the logits' device): pass no backend= with it")
         from klgrad import shards
         return shards.logits_loss(logits, ref_logits, divergence=divergence, mask=mask,
                                   temperature=temperature, lam=lam, top_k=top_k,
                                   process_group=process_group)
     loss, value, _ = _ops.logits_loss_op(logits, _detached(ref_logits), divergence,
                                          _detached(mask), float(temperature), float(lam),
-                                         top_k)
+                                         top_k, backend)
     return loss, value

@@ -125,6 +125,16 @@ def test_top_k_forms_with_k_equal_v_are_the_full_divergence(divergence, full):
         assert (part.value <= whole.value).all()
 
 
+@pytest.mark.parametrize("shape,mask_shape", [((0, 5), (0,)), ((0, 3, 5), (0, 3))])
+def test_a_batch_with_no_row_and_a_mask(shape, mask_shape):
+    """No row, with a mask of no entry: empty outputs and a zero loss (a 2-D batch of no row
+    once made a 1 x 0 mask visit one row of nothing and crash the process)."""
+    z = torch.zeros(shape)
+    r = klgrad.logits_divergence(z, z, mask=torch.ones(mask_shape, dtype=torch.bool))
+    assert r.value.shape == shape[:-1] and r.grad.shape == shape
+    assert (r.loss, r.rows, r.sequences) == (0.0, 0, 0)
+
+
 def test_selective_log_softmax_and_sampled_gradient_match_autograd():
     z, _ = logits(5, 7)
     ids = RNG.integers(0, 7, 5)

@@ -577,7 +577,10 @@ auto logit_rows(const Eigen::DenseBase<Z>& z, const Eigen::DenseBase<R>& z_ref,
         "; a B x T mask needs N = B * T"));
   b.sequences = b.mask.rows;
   b.positions = b.mask.cols;
-  if (b.positions == 0) b.positions = 1;
+  if (b.positions == 0) {  // B sequences of no position: no row to visit (not B rows of 1)
+    b.positions = 1;
+    b.sequences = 0;
+  }
   return b;
 }
 
