@@ -168,17 +168,22 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
     return Result((value, coef) + tuple(fields))
 
 
-_BACKENDS = ("auto", "kernel", "device")
+def _chosen_backend(backend, x, accelerated, runs_on):
+    """The backend a call on x runs on: "kernel" or `accelerated` ("device" for the sampled
+    paths, "triton" for logits), as backend= asks; "auto" takes `accelerated` for a torch
+    tensor on a device type runs_on accepts."""
+    if not isinstance(backend, str) or backend not in ("auto", "kernel", accelerated):
+        raise ValueError(f'backend= must be "auto", "kernel" or "{accelerated}", '
+                         f"got {backend!r}")
+    if backend == "auto":
+        return accelerated if _is_tensor(x) and runs_on(x.device.type) else "kernel"
+    return backend
 
 
 def uses_device(backend, logp):
     """Whether backend= sends a call with this logp to the device path: "device" always,
     "auto" for a torch tensor that is not on the CPU, "kernel" never."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend= must be \"auto\", \"kernel\" or \"device\", got {backend!r}")
-    if backend == "auto":
-        return _is_tensor(logp) and logp.device.type != "cpu"
-    return backend == "device"
+    return _chosen_backend(backend, logp, "device", lambda kind: kind != "cpu") == "device"
 
 
 def _evaluate_on_device(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
@@ -343,20 +348,14 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     return _kernel_divergence(logits, ref_logits, **call)
 
 
-_BACKENDS = ("auto", "kernel", "triton")
-
-
 def _backend_of(backend, logits):
-    """The backend a logits_divergence call runs on: "kernel" or "triton"."""
-    if not isinstance(backend, str) or backend not in _BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown; backends: auto, kernel, triton")
-    if backend == "auto":
-        on_cuda = _is_tensor(logits) and logits.device.type == "cuda"
-        return "triton" if on_cuda else "kernel"
-    if backend == "triton" and not _is_tensor(logits):
+    """The backend a logits_divergence call runs on: "kernel" or "triton" (for "auto":
+    Triton for CUDA tensors)."""
+    chosen = _chosen_backend(backend, logits, "triton", lambda kind: kind == "cuda")
+    if chosen == "triton" and not _is_tensor(logits):
         raise TypeError(f"backend='triton' takes torch tensors; logits= is a "
                         f"{type(logits).__name__}")
-    return backend
+    return chosen
 
 
 def _gradient_target(logits, gradient, grad, grad_in_place, grad_dtype):

@@ -3,11 +3,10 @@ klgrad::kl_penalty and klgrad::logits_loss.
 
 Each op's CPU kernel calls only the public functions klgrad.evaluate and
 klgrad.logits_divergence on the tensors it is given; kl_loss and kl_penalty take the device
-path (klgrad.device) for tensors on another device (their implementation is registered for
-"cuda" too, with register_kernel, where backend="auto" takes the device path and "kernel"
-refuses the tensor) or where backend="device" asks for it on the CPU (how the tests run
-opcheck on it); a fake (meta) kernel gives the output
-shapes and dtypes to torch.compile's tracer without reading data, and an autograd formula
+path (klgrad.device) for tensors on another device (one implementation, registered for
+every device, where backend="auto" takes the device path and "kernel" refuses the tensor)
+or where backend="device" asks for it on the CPU (how the tests run opcheck on it); a fake
+(meta) kernel gives the output shapes and dtypes to torch.compile's tracer without reading data, and an autograd formula
 gives d(loss)/d(input) = grad_loss * (the coefficient or gradient the forward kernel wrote),
 so torch.compile(fullgraph=True) traces a training step through them with no graph break.
 
@@ -22,7 +21,7 @@ Schemas (docs/python.md, "Custom ops and torch.compile"):
                         float temperature, float lam, SymInt? top_k, str backend="auto")
         -> (Tensor loss, Tensor value, Tensor grad)
 
-klgrad::logits_loss has a CUDA kernel of its own (torch.library.register_kernel): the Triton
+klgrad::logits_loss has a CUDA kernel of its own (torch.library.impl for "cuda"): the Triton
 kernels of klgrad.triton_logits; its CPU kernel is the C++ kernel, or the Triton kernels
 under TRITON_INTERPRET=1 with backend="triton".
 
@@ -52,6 +51,21 @@ def _empty_like_rows(x, dtype=None):
     return x.new_empty(x.shape, dtype=x.dtype if dtype is None else dtype)
 
 
+def _define(name, schema, kernel, *, cuda=None, fake, backward, setup):
+    """Defines the op klgrad::name with torch.library's define / impl / register_fake /
+    register_autograd, and returns it (an OpOverload). kernel serves every device, cuda (if
+    given) CUDA tensors. Not torch.library.custom_op, whose wrapper about doubles the
+    per-call time of a small call (bench/op_overhead.py); the registrations are the same."""
+    qualname = "klgrad::" + name
+    torch.library.define(qualname, schema)
+    torch.library.impl(qualname, "default", kernel)
+    if cuda is not None:
+        torch.library.impl(qualname, "cuda", cuda)
+    torch.library.register_fake(qualname, fake)
+    torch.library.register_autograd(qualname, backward, setup_context=setup)
+    return getattr(torch.ops.klgrad, name).default
+
+
 # ---- klgrad::kl_loss ----------------------------------------------------------------------
 
 def _kl_loss(logp, ref, spec, behavior, mask, offsets, tokens, sequences, backend="auto"):
@@ -67,16 +81,6 @@ def _kl_loss(logp, ref, spec, behavior, mask, offsets, tokens, sequences, backen
     return torch.tensor(r.loss, dtype=logp.dtype), r.value, r.coef
 
 
-kl_loss_op = torch.library.custom_op(
-    "klgrad::kl_loss", _kl_loss, mutates_args=(),
-    schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, "
-           "Tensor? offsets, SymInt? tokens, SymInt? sequences, str backend=\"auto\") "
-           "-> (Tensor, Tensor, Tensor)")
-# The CUDA kernel: backend="auto" takes the device path there, "kernel" refuses the tensor.
-kl_loss_op.register_kernel("cuda", _kl_loss)
-
-
-@kl_loss_op.register_fake
 def _kl_loss_fake(logp, ref, spec, behavior, mask, offsets, tokens, sequences,
                   backend="auto"):
     _parsed(spec)
@@ -98,12 +102,13 @@ def _traced(t):
 
 
 def _scaled(grad_loss, g):
-    """grad_loss * g. In eager mode with grad_loss == 1 (the usual loss.backward()), g itself:
-    without retain_graph autograd has released the saved g by the time it accumulates it,
-    so the kernel's array becomes the gradient without a copy or a pass over it."""
+    """grad_loss * g. In eager mode with a CPU grad_loss == 1 (the usual loss.backward()), g
+    itself: without retain_graph autograd has released the saved g by the time it
+    accumulates it, so the kernel's array becomes the gradient without a copy or a pass over
+    it. On another device reading grad_loss would synchronise: the multiplication runs."""
     if grad_loss is None:
         return None
-    if not _traced(grad_loss) and grad_loss.item() == 1.0:
+    if not _traced(grad_loss) and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
         return g
     return grad_loss * g
 
@@ -115,7 +120,14 @@ def _kl_loss_backward(ctx, grad_loss, grad_value, grad_coef):
     return _scaled(grad_loss, coef), None, None, None, None, None, None, None, None
 
 
-kl_loss_op.register_autograd(_kl_loss_backward, setup_context=_kl_loss_setup)
+# One implementation for every device, CUDA named (the device path's registration): there
+# backend="auto" takes the device path and "kernel" refuses the tensor.
+kl_loss_op = _define(
+    "kl_loss",
+    "(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, Tensor? offsets, "
+    "SymInt? tokens, SymInt? sequences, str backend=\"auto\") -> (Tensor, Tensor, Tensor)",
+    _kl_loss, cuda=_kl_loss, fake=_kl_loss_fake, backward=_kl_loss_backward,
+    setup=_kl_loss_setup)
 
 
 # ---- klgrad::kl_penalty -------------------------------------------------------------------
@@ -132,14 +144,6 @@ def _kl_penalty(logp, ref, spec, behavior, mask, offsets, backend="auto"):
     return r.value.mul_(parsed.beta)  # value is a new tensor: scaled in place
 
 
-kl_penalty_op = torch.library.custom_op(
-    "klgrad::kl_penalty", _kl_penalty, mutates_args=(),
-    schema="(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, "
-           "Tensor? offsets, str backend=\"auto\") -> Tensor")
-kl_penalty_op.register_kernel("cuda", _kl_penalty)
-
-
-@kl_penalty_op.register_fake
 def _kl_penalty_fake(logp, ref, spec, behavior, mask, offsets, backend="auto"):
     _parsed(spec)
     return _empty_like_rows(logp)
@@ -153,7 +157,12 @@ def _kl_penalty_backward(ctx, grad):
     return None, None, None, None, None, None, None
 
 
-kl_penalty_op.register_autograd(_kl_penalty_backward, setup_context=_kl_penalty_setup)
+kl_penalty_op = _define(
+    "kl_penalty",
+    "(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, Tensor? offsets, "
+    "str backend=\"auto\") -> Tensor",
+    _kl_penalty, cuda=_kl_penalty, fake=_kl_penalty_fake, backward=_kl_penalty_backward,
+    setup=_kl_penalty_setup)
 
 
 # ---- klgrad::logits_loss ------------------------------------------------------------------
@@ -173,14 +182,6 @@ def _logits_loss(logits, ref_logits, divergence, mask, temperature, lam, top_k,
     return loss, r.value, r.grad
 
 
-logits_loss_op = torch.library.custom_op(
-    "klgrad::logits_loss", mutates_args=(),
-    schema="(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask, "
-           "float temperature, float lam, SymInt? top_k, str backend=\"auto\") "
-           "-> (Tensor, Tensor, Tensor)")(_logits_loss)
-
-
-@logits_loss_op.register_kernel("cuda")
 def _logits_loss_cuda(logits, ref_logits, divergence, mask, temperature, lam, top_k,
                       backend="auto"):
     """The CUDA kernel: the Triton kernels (klgrad.triton_logits; "kernel" is refused, the
@@ -192,7 +193,6 @@ def _logits_loss_cuda(logits, ref_logits, divergence, mask, temperature, lam, to
                         "triton")
 
 
-@logits_loss_op.register_fake
 def _logits_loss_fake(logits, ref_logits, divergence, mask, temperature, lam, top_k,
                       backend="auto"):
     kernel = torch.float32 if logits.dtype in _SIXTEEN else logits.dtype
@@ -213,4 +213,9 @@ def _logits_loss_backward(ctx, grad_loss, grad_value, grad_grad):
     return _scaled(grad_loss, grad), None, None, None, None, None, None, None
 
 
-logits_loss_op.register_autograd(_logits_loss_backward, setup_context=_logits_loss_setup)
+logits_loss_op = _define(
+    "logits_loss",
+    "(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask, float temperature, "
+    "float lam, SymInt? top_k, str backend=\"auto\") -> (Tensor, Tensor, Tensor)",
+    _logits_loss, cuda=_logits_loss_cuda, fake=_logits_loss_fake,
+    backward=_logits_loss_backward, setup=_logits_loss_setup)

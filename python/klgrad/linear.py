@@ -118,12 +118,17 @@ def _fused(hidden, weight, bias, ref_logits, ref_hidden, ref_weight, ref_bias, d
     total = rows if valid is None else int(valid.sum())
     value = torch.zeros(rows, dtype=dtype, device=hidden.device)
     grads = _Gradients(student, hidden, weight, bias)
+    # The Triton kernels write the gradient over the chunk's own (new) logits, which holds
+    # one chunk less; the C++ kernel would copy its gradient over them, so it keeps its own.
+    in_place = "process_group" not in options and (
+        hidden.device.type == "cuda" or options.get("backend") == "triton")
     for start in _chunk_starts(rows, chunk_rows):
         stop = min(start + chunk_rows, rows)
         chunk_valid = None if valid is None else valid[start:stop]
         r = klgrad.logits_divergence(student.logits(start, stop), teacher.logits(start, stop),
                                      divergence=divergence, lam=lam, top_k=top_k,
-                                     temperature=temperature, mask=chunk_valid, **options)
+                                     temperature=temperature, mask=chunk_valid,
+                                     grad_in_place=in_place, **options)
         value[start:stop] = r.value
         if r.rows > 0:
             grads.add(start, stop, r.grad, chunk_valid, r.rows / total)

@@ -193,8 +193,6 @@ std::string replaced(std::string message, std::string_view from, std::string_vie
 std::string python_words(std::string message) {
   constexpr std::pair<std::string_view, std::string_view> words[] = {
       {"pass nonfinite_policy::propagate", "pass nonfinite=\"propagate\""},
-      {"add them with .with_behavior(lb)", "pass behavior= (the log-probs of the policy that "
-                                           "sampled the tokens)"},
       {"jensen-shannon needs 0 < lambda < 1", "divergence=\"jensen-shannon\" needs 0 < lam < 1"},
   };
   for (const auto& [from, to] : words) message = replaced(std::move(message), from, to);

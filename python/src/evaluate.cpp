@@ -124,8 +124,18 @@ evaluate_call checked_call(const spec& s, nb::handle logp, nb::handle ref, nb::h
 
 summary run_checked(const evaluate_call& c) {
   const bool single = element_of(c.logp) == element::f32;
-  return c.packed ? (single ? evaluate_packed<float>(c) : evaluate_packed<double>(c))
-                  : (single ? evaluate_padded<float>(c) : evaluate_padded<double>(c));
+  try {
+    return c.packed ? (single ? evaluate_packed<float>(c) : evaluate_packed<double>(c))
+                    : (single ? evaluate_padded<float>(c) : evaluate_padded<double>(c));
+  } catch (const input_error& e) {
+    if (e.reason != input_reason::missing_behavior) throw;
+    // The kernel says what is missing (its reason and argument); the words are Python's.
+    throw argument_error{python_error::input,
+                         detail::cat("spec '", to_string(*c.s), "' weights tokens by pi/mu "
+                                     "(is=", to_string(c.s->importance.mode), ") but the "
+                                     "batch has no behavior log-probs; pass behavior= (the "
+                                     "log-probs of the policy that sampled the tokens)")};
+  }
 }
 
 /// (loss, kl, kl_sequence, tokens, sequences, guarded, dropped); value and coef written.

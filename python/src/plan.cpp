@@ -41,7 +41,10 @@ template <class T>
 nb::dict plan_of(const spec& s) {
   return visit(s.term.value_estimator, [&](auto a) {
     return visit(s.term.gradient_estimator, [&](auto b) {
-      const detail::plan<T> p = detail::make_plan<decltype(a), decltype(b), T>(s, options{});
+      // Planned as for a batch with behaviour log-probs: where a batch has none, device.py
+      // decides as the kernel's behavior_source_for() does, from behavior_is_logp below.
+      const detail::plan<T> p =
+          detail::make_plan<decltype(a), decltype(b), T>(s, options{}, /*batch_has_behavior=*/true);
       const clamp_policy& c = p.clamp;
       nb::dict d;
       d["pass"] = pass_name(p.pass);
