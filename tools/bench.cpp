@@ -216,24 +216,33 @@ void print_table(const nlohmann::json& out) {
               "exp-sum of the same logits (rows); docs/performance.md\n");
 }
 
+/// Each kernel measured in turn, a row of JSON each; the progress line, if any, is cleared
+/// when they are done.
+nlohmann::json measure_rows(const bench_options& o, const bench::batch_shape& b,
+                            bench::number_format f, const bench::settings& base) {
+  std::vector<std::pair<bj::kind, std::string>> kernels;
+  for (const std::string& s : o.specs) kernels.emplace_back(bj::kind::spec, s);
+  for (const std::string& d : o.divergences) kernels.emplace_back(bj::kind::logits, d);
+  nlohmann::json rows = nlohmann::json::array();
+  progress_line progress(kernels.size());
+  for (std::size_t i = 0; i < kernels.size(); ++i) {
+    const bj::kind k = kernels[i].first;
+    const std::string& name = kernels[i].second;
+    bench::settings how = base;
+    how.progress = [&, i](double fraction) { progress.at(i, name, fraction); };
+    rows.push_back(bj::result_json(k, measure(k, name, b, f, how)));
+  }
+  return rows;
+}
+
 void run_bench(const bench_options& o) {
   const bench::batch_shape b = batch_of(o);
-  const bench::settings base = settings_of(o);
+  const bench::settings how = settings_of(o);
   const bench::number_format f = format_of(o);
-  std::vector<std::pair<bj::kind, std::string>> rows;
-  for (const std::string& s : o.specs) rows.emplace_back(bj::kind::spec, s);
-  for (const std::string& d : o.divergences) rows.emplace_back(bj::kind::logits, d);
-  nlohmann::json out = {{"command", "bench"}, {"batch", batch_text(b, !o.specs.empty())},
-                        {"dtype", o.dtype}, {"threads", o.threads}, {"seconds", o.seconds},
-                        {"allocations_counted", counts_allocations()},
-                        {"rows", nlohmann::json::array()}};
-  progress_line progress(rows.size());
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    bench::settings how = base;
-    const std::string& name = rows[i].second;
-    how.progress = [&, i](double fraction) { progress.at(i, name, fraction); };
-    out["rows"].push_back(bj::result_json(rows[i].first, measure(rows[i].first, name, b, f, how)));
-  }
+  const nlohmann::json out = {{"command", "bench"}, {"batch", batch_text(b, !o.specs.empty())},
+                              {"dtype", o.dtype}, {"threads", o.threads}, {"seconds", o.seconds},
+                              {"allocations_counted", counts_allocations()},
+                              {"rows", measure_rows(o, b, f, how)}};
   if (o.format == "json") std::cout << out.dump() << "\n";
   else print_table(out);
 }
@@ -264,7 +273,8 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "float or double; for --logits also bf16 or fp16")
       ->check(CLI::IsMember({"float", "double", "bf16", "fp16"}));
   cmd->add_option("--threads", o->threads,
-                  "threads sharing each call, each over its own slice of whole sequences");
+                  "threads sharing each call, each over its own slice of the batch (whole sequences; rows "
+                  "for --logits)");
   cmd->add_option("--seconds", o->seconds, "time budget per kernel (default 1)");
   cmd->add_option("--format", o->format, "table (default) or json")
       ->check(CLI::IsMember({"table", "json"}));

@@ -60,6 +60,12 @@ check "threads: exits 0" test $? -eq 0
 check "threads: fields" fields "$out" 'rows[0]["threads"] == 2 and rows[0]["items"] == 1024' \
   "$sane" "$no_allocations"
 
+# ---- logits rows are split between threads whatever the sequences: 1 x 4 rows, 2 threads
+out=$("$klgrad" bench --logits forward-kl --shape 1x4 --vocab 16 --threads 2 "${tiny[@]}" --format json)
+check "logits threads: exits 0" test $? -eq 0
+check "logits threads: fields" fields "$out" 'rows[0]["threads"] == 2 and rows[0]["items"] == 4' \
+  "$sane" "$no_allocations"
+
 # ---- logits, bf16: a row reads z and ref (2 x 64 x 2 bytes), writes a float gradient row and
 # a value (65 x 4); the floor reads the logits (256)
 out=$("$klgrad" bench --logits reverse-kl --logits jensen-shannon --shape 2x3 --vocab 64 --dtype bf16 "${tiny[@]}" --format json)

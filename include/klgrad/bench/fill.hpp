@@ -1,6 +1,6 @@
 // Synthetic inputs for throughput measurements: a cheap deterministic generator (the values
 // only need to be ordinary log-probabilities and logits, not random in any deeper sense) and
-// the split of a batch's sequences between threads.
+// the split of a batch's sequences or rows between threads.
 #pragma once
 
 #include "settings.hpp"
@@ -28,9 +28,9 @@ void fill_uniform(S* x, Index n, double lo, double hi, uniform& u) {
   for (Index i = 0; i < n; ++i) x[i] = S(float(lo + (hi - lo) * u()));
 }
 
-/// Sequences [first, last) of slice i of `slices` near-equal slices of `sequences`.
-inline std::pair<Index, Index> slice_of(Index sequences, int i, int slices) {
-  return {sequences * i / slices, sequences * (i + 1) / slices};
+/// Items [first, last) of slice i of `slices` near-equal slices of n items (sequences, rows).
+inline std::pair<Index, Index> slice_of(Index n, int i, int slices) {
+  return {n * i / slices, n * (i + 1) / slices};
 }
 
 }  // namespace klgrad::bench::detail

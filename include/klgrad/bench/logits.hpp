@@ -1,5 +1,5 @@
 // The full-vocabulary measurement: synthetic rows of policy and reference logits (N x V,
-// float, double or 16-bit), split by whole sequences between threads, and their floor, the
+// float, double or 16-bit), split into runs of rows between threads, and their floor, the
 // read-and-exp-sum: one pass that reads both rows and sums their exponentials, the least
 // work any exact divergence over them must do.
 #pragma once
@@ -73,23 +73,24 @@ result measure_logits(divergence which, const batch_shape& shape, const settings
   check_settings(how);
   check_shape(shape, true);
   logits_data<S> d(shape);
-  const int slices = int(std::min<Index>(how.threads, std::max<Index>(1, d.sequences())));
+  // Rows are independent: each thread takes a run of them, seen as one sequence, with the
+  // whole batch's counts.
+  const int slices = int(std::min<Index>(how.threads, d.rows));
   logits_options opt;
   if (slices > 1) opt.counts = {d.rows, d.sequences()};
   workers team(slices);
   std::vector<double> sums(static_cast<std::size_t>(slices));  // each slice's, stored as volatile
   auto kernel_slice = [&](int i) {
-    const auto [first, last] = slice_of(d.sequences(), i, slices);
-    const Index r0 = first * d.positions, n = (last - first) * d.positions, v = d.vocabulary;
+    const auto [r0, r1] = slice_of(d.rows, i, slices);
+    const Index n = r1 - r0, v = d.vocabulary;
     const Eigen::Map<const rows> z(d.z.get() + r0 * v, n, v), ref(d.ref.get() + r0 * v, n, v);
     Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> value(d.value.get() + r0, n);
     Eigen::Map<out_rows> grad(d.grad.get() + r0 * v, n, v);
-    logits_divergence(which, logit_rows(z, ref, d.positions), value, grad, opt);
+    logits_divergence(which, logit_rows(z, ref, slices > 1 ? 0 : d.positions), value, grad, opt);
   };
   auto floor_slice = [&](int i) {
-    const auto [first, last] = slice_of(d.sequences(), i, slices);
-    static_cast<volatile double&>(sums[std::size_t(i)]) =
-        exp_sum(d, first * d.positions, last * d.positions);
+    const auto [r0, r1] = slice_of(d.rows, i, slices);
+    static_cast<volatile double&>(sums[std::size_t(i)]) = exp_sum(d, r0, r1);
   };
   const paired_times t =
       interleave([&] { team.run(kernel_slice); }, [&] { team.run(floor_slice); }, how);

@@ -55,8 +55,9 @@ struct settings {
   /// least min_rounds rounds run whatever it says.
   double seconds = 1.0;
   int min_rounds = 5;
-  /// Threads sharing each call: the batch is split into this many slices of whole sequences,
-  /// each run by its own thread with the global counts (as data-parallel shards are), and the
+  /// Threads sharing each call: the batch is split into this many slices (of whole sequences
+  /// for sampled tokens, of rows for logits; at most one per sequence or row), each run by
+  /// its own thread with the whole batch's counts (as data-parallel shards are), and the
   /// floor is split alike.
   int threads = 1;
   /// Heap allocations so far in this program (a counter that a program's replaced
