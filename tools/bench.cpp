@@ -174,8 +174,8 @@ std::string si(double x) {
     ++p;
   }
   char text[32];
-  std::snprintf(text, sizeof text, "%.4g %s", x, prefixes[p]);
-  return text;
+  std::snprintf(text, sizeof text, "%.4g", x);
+  return p > 0 ? std::string(text) + " " + prefixes[p] : std::string(text);
 }
 
 /// "0" for a whole number of allocations per call, "n/a" when not counted.

@@ -15,6 +15,7 @@ namespace klgrad::python {
 void bind_evaluate(nb::module_& m);
 void bind_logits(nb::module_& m);
 void bind_tools(nb::module_& m);
+void bind_bench(nb::module_& m);
 
 namespace {
 
@@ -140,4 +141,5 @@ NB_MODULE(_klgrad, m) {
   bind_evaluate(m);
   bind_logits(m);
   bind_tools(m);
+  bind_bench(m);
 }
