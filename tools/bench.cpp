@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -192,8 +193,14 @@ void print_table(const nlohmann::json& out) {
               "same rounds\n", out["batch"].get<std::string>().c_str(),
               out["dtype"].get<std::string>().c_str(), out["threads"].get<int>(),
               out["seconds"].get<double>());
-  std::printf("%-32s %10s %22s %7s  %-7s %7s %8s %14s %7s %6s\n", "kernel (unit)", "per second",
-              "[q1, q3]", "GB/s", "floor", "GB/s", "of floor", "[q1, q3]", "allocs", "rounds");
+  auto label = [](const nlohmann::json& r) {
+    return r["kernel"].get<std::string>() + " (" + r["unit"].get<std::string>() + ")";
+  };
+  int width = 32;
+  for (const auto& r : out["rows"]) width = std::max(width, int(label(r).size()));
+  std::printf("%-*s %10s %22s %7s  %-7s %7s %8s %14s %7s %6s\n", width, "kernel (unit)",
+              "per second", "[q1, q3]", "GB/s", "floor", "GB/s", "of floor", "[q1, q3]", "allocs",
+              "rounds");
   for (const auto& r : out["rows"]) {
     const auto& rate = r["items_per_second"];
     const auto& ratio = r["of_floor"];
@@ -204,8 +211,8 @@ void print_table(const nlohmann::json& out) {
     char ratios[32];
     std::snprintf(ratios, sizeof ratios, "[%.2f, %.2f]", ratio["q1"].get<double>(),
                   ratio["q3"].get<double>());
-    std::printf("%-32s %10s %22s %7.2f  %-7s %7.2f %8.2f %14s %7s %6lld\n",
-                (r["kernel"].get<std::string>() + " (" + r["unit"].get<std::string>() + ")").c_str(),
+    std::printf("%-*s %10s %22s %7.2f  %-7s %7.2f %8.2f %14s %7s %6lld\n", width,
+                label(r).c_str(),
                 si(rate["median"]).c_str(), interval.c_str(), gb,
                 r["floor"].get<std::string>().c_str(), floor_gb, ratio["median"].get<double>(),
                 ratios, allocations_text(r["allocations_per_call"]).c_str(),

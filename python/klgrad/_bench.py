@@ -204,14 +204,16 @@ class BenchResult(list):
     title = "klgrad.bench"
 
     def __str__(self):
+        labels = [f"{r['kernel']} ({r['unit']})" for r in self]
+        width = max([32] + [len(label) for label in labels])
         lines = [self.title,
-                 f"{'row (unit)':64s} {'per second':>10s} {'[q1, q3]':>22s} {'of floor':>8s} "
-                 f"{'[q1, q3]':>14s} {'rounds':>6s}"]
-        for r in self:
+                 f"{'row (unit)':{width}s} {'per second':>10s} {'[q1, q3]':>22s} "
+                 f"{'of floor':>8s} {'[q1, q3]':>14s} {'rounds':>6s}"]
+        for label, r in zip(labels, self):
             rate, ratio = r["items_per_second"], r["of_floor"]
             interval = f"[{_si(rate['q1'])}, {_si(rate['q3'])}]"
             ratios = f"[{ratio['q1']:.2f}, {ratio['q3']:.2f}]"
-            lines.append(f"{r['kernel'] + ' (' + r['unit'] + ')':64s} {_si(rate['median']):>10s} "
+            lines.append(f"{label:{width}s} {_si(rate['median']):>10s} "
                          f"{interval:>22s} {ratio['median']:8.2f} {ratios:>14s} "
                          f"{r['rounds']:6d}")
         lines.append("of floor: floor time / row time in each round (median, quartiles); the "
