@@ -273,10 +273,10 @@ def bench(spec=None, *, logits=None, shape=None, tokens=None, lengths=None, voca
                              "float64")
     rows = BenchResult()
     rows.title = _title(batch, vocab, dtype, threads, seconds, logp)
+    torch_batch = None if logp is None else _TorchBatch(logp, ref, mask, old)
     for name in specs:
         kernel = _kernel_row("spec", name, batch, 0, dtype, threads, seconds)
-        if logp is not None:
-            torch_batch = _TorchBatch(logp, ref, mask, old)
+        if torch_batch is not None:
             rows += _torch_rows(torch_batch, name, fn, kernel["bytes_per_item"], seconds, backend)
         rows.append(kernel)
     for name in divergences:
