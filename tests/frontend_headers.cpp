@@ -3,6 +3,7 @@
 // (one namespace klgrad::frontend, its detail beside klgrad::detail), as in the Python
 // extension, which includes several of them. Each error type is a usage_error.
 #include <klgrad_frontend/audit_json.hpp>
+#include <klgrad_frontend/bench_json.hpp>
 #include <klgrad_frontend/errors.hpp>
 #include <klgrad_frontend/eval_json.hpp>
 #include <klgrad_frontend/explain_json.hpp>

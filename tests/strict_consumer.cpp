@@ -3,6 +3,8 @@
 // instantiates, for float and double, padded and packed. Compiled, never run: a warning
 // any of these instantiations gives in a header fails the build.
 #include <klgrad/klgrad.hpp>
+// Not in the umbrella (it brings <thread>): a user includes it alone.
+#include <klgrad/bench.hpp>
 // Each header again, so that one the umbrella forgets is still checked (the deprecated
 // forwarding headers at the old paths are checked by the self-containment test).
 #include <klgrad/controllers.hpp>
@@ -146,6 +148,23 @@ double logit_paths_16bit() {
   return total + double(logp.sum()) + double(grad.sum());
 }
 
+// Throughput measurement (bench.hpp): every format, the typed and the runtime entries.
+double bench_paths() {
+  klgrad::bench::batch_shape shape;
+  shape.sequences = 2;
+  shape.positions = 3;
+  shape.vocabulary = 8;
+  const klgrad::spec s = klgrad::parse_spec("k3-as-loss");
+  double total = 0;
+  for (const auto f : {klgrad::bench::number_format::float32, klgrad::bench::number_format::float64}) {
+    total += klgrad::bench::run(s, shape, f).of_floor.median;
+    total += klgrad::bench::run<klgrad::k3, klgrad::k2>(s, shape, f).of_floor.median;
+  }
+  for (const auto f : klgrad::bench::number_format_names)
+    total += klgrad::bench::run_logits(klgrad::divergence::reverse_kl, shape, f.value).of_floor.median;
+  return total;
+}
+
 }  // namespace strict_consumer
 
 // Referenced from a function of external linkage, so that nothing above is discarded unseen.
@@ -156,5 +175,5 @@ double klgrad_strict_consumer() {
          strict_consumer::logit_paths<float>() + strict_consumer::logit_paths<double>() +
          strict_consumer::logit_paths_16bit<Eigen::bfloat16>() +
          strict_consumer::logit_paths_16bit<Eigen::half>() +
-         c.update(1.0, 64) + f.update(1.0, 64);
+         strict_consumer::bench_paths() + c.update(1.0, 64) + f.update(1.0, 64);
 }

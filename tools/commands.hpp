@@ -11,5 +11,6 @@ void add_eval(CLI::App& app);
 void add_audit(CLI::App&);
 void add_explain(CLI::App&);
 void add_report(CLI::App&);
+void add_bench(CLI::App&);
 
 }  // namespace klgrad::cli

@@ -1,4 +1,5 @@
-// The klgrad program: evaluates, audits and reports on KL terms from the command line.
+// The klgrad program: evaluates, audits, explains, reports on and benchmarks KL terms from the
+// command line.
 #include "commands.hpp"
 
 #include <klgrad/version.hpp>
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   klgrad::cli::add_audit(app);
   klgrad::cli::add_explain(app);
   klgrad::cli::add_report(app);
+  klgrad::cli::add_bench(app);
   // Every failure is a message and status 2, never an uncaught exception.
   try {
     const std::string unknown = unknown_command(app, argc, argv);

@@ -12,13 +12,16 @@ from . import _klgrad
 from ._klgrad import (Aggregation, Estimator, InputError, Level, NonFiniteError, Placement,
                       Preset, ShapeError, Spec, SpecError, WeightLevel, Weighting)
 
+from ._bench import BenchResult, bench
+
 __version__ = _klgrad.__version__
 
 __all__ = [
     "Spec", "parse_spec", "SpecError", "ShapeError", "InputError", "NonFiniteError",
     "Estimator", "Placement", "Weighting", "WeightLevel", "Level", "Aggregation", "Preset",
     "Result", "evaluate", "explain", "from_trainer_config", "audit", "LogitsResult",
-    "logits_divergence", "selective_log_softmax", "sampled_logits_gradient", "__version__",
+    "logits_divergence", "selective_log_softmax", "sampled_logits_gradient", "bench",
+    "BenchResult", "__version__",
 ]
 
 

@@ -17,6 +17,7 @@ void bind_evaluate(nb::module_& m);
 void bind_logits(nb::module_& m);
 void bind_tools(nb::module_& m);
 void bind_plan(nb::module_& m);
+void bind_bench(nb::module_& m);
 
 namespace {
 
@@ -143,4 +144,5 @@ NB_MODULE(_klgrad, m) {
   bind_logits(m);
   bind_tools(m);
   bind_plan(m);
+  bind_bench(m);
 }
