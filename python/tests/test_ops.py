@@ -294,6 +294,23 @@ def test_compiled_grpo_step_matches_eager():
     assert_close_grads(twice, [2 * e for e in eager], 1e-5)  # second backward, retained graph
 
 
+def test_a_spec_object_breaks_the_graph_and_its_string_does_not():
+    """docs/python.md: dynamo cannot wrap the nanobind Spec's methods, so kl_loss(spec=Spec)
+    inside torch.compile(fullgraph=True) raises; str(spec) made outside compiles (this test
+    keeps that sentence true as torch changes)."""
+    spec = klgrad.Spec(f"k3-as-loss,beta={BETA}")
+    text = str(spec)
+    lp, lr = torch.randn(2, 3), torch.randn(2, 3)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(lambda a, b: kt.kl_loss(spec, a, b)[0], fullgraph=True,
+                      backend="aot_eager")(lp, lr)
+    torch._dynamo.reset()
+    got = torch.compile(lambda a, b: kt.kl_loss(text, a, b)[0], fullgraph=True,
+                        backend="aot_eager")(lp, lr)
+    assert got.item() == kt.kl_loss(text, lp, lr)[0].item()
+
+
 def test_compiled_distillation_step_matches_eager():
     g = torch.Generator().manual_seed(8)
     rows, steps, features, vocab = 3, 4, 6, 13
