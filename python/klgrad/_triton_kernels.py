@@ -21,6 +21,12 @@ ties go to the smaller index, as in the C++ kernel): each pass recomputes member
 the chooser's logits with a running count, so no V-sized mask exists. The first pass
 writes K's indices in index order. The gradient is written to g (which may be the logits
 themselves: each block is read before it is written) in g's dtype.
+
+The row functions (_pair_row, _jsd_row, _tail_row) share their steps as @triton.jit
+helpers, which Triton inlines (constexpr flags pass through): a block of both rows
+(_load_pair), its membership in K (_top_k_block), the orientation (a, b) (_orient), the
+online states (_lse_step, _kl_step), the normalisers and probabilities (_normalisers,
+_prob) and the row's status (_status).
 """
 import triton
 import triton.language as tl
@@ -118,6 +124,13 @@ def _bad(raw):
 
 
 @triton.jit
+def _note_bad(bad_z, bad_r, zraw, rraw):
+    """The row pair's bad-logit flags (_bad: 1 once a block held a NaN or +inf logit) after
+    the blocks zraw of the policy's row and rraw of ref's."""
+    return tl.maximum(bad_z, _bad(zraw)), tl.maximum(bad_r, _bad(rraw))
+
+
+@triton.jit
 def _in_top_k(chooser, inside, thr, take, ties_before):
     """Membership of a block's entries in K: above the threshold, or equal to it and among
     the first `take` such entries of the row. Returns (in K, the block's ties)."""
@@ -144,11 +157,124 @@ def _load(row, offs, inside, inv_tau):
 
 
 @triton.jit
+def _load_pair(z_row, r_row, j0, V, inv_tau, BLOCK: tl.constexpr):
+    """The block of both rows at j0: (offs, inside = offs < V, the policy's raw logits, x
+    = them / tau, ref's raw logits, y = them / tau) (see _load)."""
+    offs = j0 + tl.arange(0, BLOCK)
+    inside = offs < V
+    zraw, x = _load(z_row, offs, inside, inv_tau)
+    rraw, y = _load(r_row, offs, inside, inv_tau)
+    return offs, inside, zraw, x, rraw, y
+
+
+@triton.jit
+def _top_k_block(z_row, r_row, j0, V, inv_tau, thr, take, ties,
+                 REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """_load_pair's block with its membership in K (_in_top_k; the chooser is the policy's
+    row for a reverse form, ref's for a forward one) and the row's count of ties after it:
+    (offs, inside, zraw, x, rraw, y, in_k, ties)."""
+    offs, inside, zraw, x, rraw, y = _load_pair(z_row, r_row, j0, V, inv_tau, BLOCK)
+    in_k, n = _in_top_k(zraw if REVERSE else rraw, inside, thr, take, ties)
+    return offs, inside, zraw, x, rraw, y, in_k, ties + n
+
+
+@triton.jit
+def _orient(x, y, REVERSE: tl.constexpr):
+    """(a, b) = (x, y) for a reverse form, (y, x) for a forward one; the same swap takes a
+    pair of a's and b's to the policy's and ref's."""
+    if REVERSE:
+        a, b = x, y
+    else:
+        a, b = y, x
+    return a, b
+
+
+@triton.jit
+def _pair_block(z_row, r_row, j0, V, inv_tau, thr, take, ties,
+                REVERSE: tl.constexpr, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+    """_pair_row's block at j0: (offs, inside, zraw, rraw, a, b, in_k, ties), (a, b) as
+    _orient's, and for the top-k forms a -inf outside K (_top_k_block's in_k and ties; else
+    in_k = inside and ties unchanged)."""
+    if TOP_K:
+        offs, inside, zraw, x, rraw, y, in_k, ties = _top_k_block(
+            z_row, r_row, j0, V, inv_tau, thr, take, ties, REVERSE, BLOCK)
+    else:
+        offs, inside, zraw, x, rraw, y = _load_pair(z_row, r_row, j0, V, inv_tau, BLOCK)
+        in_k = inside
+    a, b = _orient(x, y, REVERSE)
+    if TOP_K:
+        a = tl.where(in_k, a, float("-inf"))
+    return offs, inside, zraw, rraw, a, b, in_k, ties
+
+
+@triton.jit
+def _store_grad(g_row, offs, inside, g):
+    """Writes a block of the gradient (float32) in g's dtype."""
+    tl.store(g_row + offs, g.to(g_row.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _lse_start():
+    """An empty online log-sum-exp state (see _lse_step): the maximum -inf (float32), the
+    sum 0 (float64)."""
+    return tl.full([], float("-inf"), tl.float32), tl.zeros([], tl.float64)
+
+
+@triton.jit
+def _scan_start():
+    """The int32 counters of a first pass, all 0: (bad_z, bad_r, ties, kept)."""
+    return (tl.zeros([], tl.int32), tl.zeros([], tl.int32), tl.zeros([], tl.int32),
+            tl.zeros([], tl.int32))
+
+
+@triton.jit
+def _lse(m, s):
+    """The log-sum-exp (float64) of a finished online state (m, s)."""
+    return _f64(_shift(m)) + tl.log(s)
+
+
+@triton.jit
 def _log_sum(m, lse):
     """The float32 log-sum of a row's log-sum-exp lse (float64) against the shift of its
     maximum m: log-probabilities are then (x - shift) - log-sum, exact to the log-sum's
     rounding whatever the size of the logits."""
     return (lse - _f64(_shift(m))).to(tl.float32)
+
+
+@triton.jit
+def _normalisers(ma, sa, mb, sb):
+    """From the finished log-sum-exp states of a and b: (lse_a, lse_b, their log-sums
+    (_log_sum), lse_a - lse_b in float32)."""
+    lse_a = _lse(ma, sa)
+    lse_b = _lse(mb, sb)
+    return lse_a, lse_b, _log_sum(ma, lse_a), _log_sum(mb, lse_b), (lse_a - lse_b).to(tl.float32)
+
+
+@triton.jit
+def _prob(v, m, log_sum):
+    """Probabilities exp((v - shift) - log-sum) of a block v of a row with maximum m."""
+    return tl.exp((v - _shift(m)) - log_sum)
+
+
+@triton.jit
+def _status(bad_z, empty_z, bad_r, empty_r, Z_FIRST: tl.constexpr):
+    """A row's status: BAD_Z where the policy's row holds a bad logit (_note_bad's flag) or
+    no mass (empty_z), BAD_REF likewise for ref's row, the policy's row checked first where
+    Z_FIRST (else ref's), OK where neither is bad."""
+    z = (bad_z != 0) | empty_z
+    r = (bad_r != 0) | empty_r
+    if Z_FIRST:
+        status = tl.where(z, BAD_Z, tl.where(r, BAD_REF, OK))
+    else:
+        status = tl.where(r, BAD_REF, tl.where(z, BAD_Z, OK))
+    return status
+
+
+@triton.jit
+def _infinite_rkl(status, value):
+    """A reverse form's status with a gradient: INFINITE_RKL where the row is otherwise OK
+    and its value is +inf."""
+    return tl.where((status == OK) & (value == float("inf")), INFINITE_RKL, status)
 
 
 @triton.jit
@@ -160,67 +286,35 @@ def _pair_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
     full). c = scale / tau. Returns (value, status)."""
     REVERSE: tl.constexpr = FORM == RKL or FORM == RKL_TOP_K
     TOP_K: tl.constexpr = FORM == FKL_TOP_K or FORM == RKL_TOP_K
-    cols = tl.arange(0, BLOCK)
-    ma = tl.full([], float("-inf"), tl.float32)
-    mb = tl.full([], float("-inf"), tl.float32)
-    sa = tl.zeros([], tl.float64)
-    sb = tl.zeros([], tl.float64)
+    ma, sa = _lse_start()
+    mb, sb = _lse_start()
     w = tl.zeros([], tl.float64)
-    bad_z = tl.zeros([], tl.int32)
-    bad_r = tl.zeros([], tl.int32)
-    ties = tl.zeros([], tl.int32)
-    kept = tl.zeros([], tl.int32)
+    bad_z, bad_r, ties, kept = _scan_start()
     for j0 in range(0, V, BLOCK):
-        offs = j0 + cols
-        inside = offs < V
-        zraw, x = _load(z_row, offs, inside, inv_tau)
-        rraw, y = _load(r_row, offs, inside, inv_tau)
-        bad_z = tl.maximum(bad_z, _bad(zraw))
-        bad_r = tl.maximum(bad_r, _bad(rraw))
-        if REVERSE:
-            a, b = x, y
-        else:
-            a, b = y, x
+        offs, inside, zraw, rraw, a, b, in_k, ties = _pair_block(
+            z_row, r_row, j0, V, inv_tau, thr, take, ties, REVERSE, TOP_K, BLOCK)
+        bad_z, bad_r = _note_bad(bad_z, bad_r, zraw, rraw)
         if TOP_K:
-            in_k, n = _in_top_k(zraw if REVERSE else rraw, inside, thr, take, ties)
-            ties += n
             kept = _store_indices(idx_row, offs, in_k, kept)
-            a = tl.where(in_k, a, float("-inf"))
         ma, sa, mb, sb, w = _kl_step(ma, sa, mb, sb, w, a, b)
     value = w / sa - tl.log(sa) + tl.log(sb)
-    bad_a = (bad_z if REVERSE else bad_r) | (sa == 0).to(tl.int32)
-    bad_b = (bad_r if REVERSE else bad_z) | (sb == 0).to(tl.int32)
-    status = tl.where(bad_a != 0, BAD_Z if REVERSE else BAD_REF,
-                      tl.where(bad_b != 0, BAD_REF if REVERSE else BAD_Z, OK))
+    empty_z, empty_r = _orient(sa == 0, sb == 0, REVERSE)
+    status = _status(bad_z, empty_z, bad_r, empty_r, REVERSE)  # a's row checked first
     if WRITE_GRAD:
         if REVERSE:
-            status = tl.where((status == OK) & (value == float("inf")), INFINITE_RKL, status)
-        lse_a = _f64(_shift(ma)) + tl.log(sa)
-        lse_b = _f64(_shift(mb)) + tl.log(sb)
-        lsa = _log_sum(ma, lse_a)
-        lsb = _log_sum(mb, lse_b)
-        gap = (lse_a - lse_b).to(tl.float32)
+            status = _infinite_rkl(status, value)
+        lse_a, lse_b, lsa, lsb, gap = _normalisers(ma, sa, mb, sb)
         shift_term = (lse_a - lse_b + value).to(tl.float32)  # log pi - log ref - value + (b - a)
         ties = tl.zeros([], tl.int32)
         for j0 in range(0, V, BLOCK):
-            offs = j0 + cols
-            inside = offs < V
-            zraw, x = _load(z_row, offs, inside, inv_tau)
-            rraw, y = _load(r_row, offs, inside, inv_tau)
-            if REVERSE:
-                a, b = x, y
-            else:
-                a, b = y, x
-            if TOP_K:
-                in_k, n = _in_top_k(zraw if REVERSE else rraw, inside, thr, take, ties)
-                ties += n
-                a = tl.where(in_k, a, float("-inf"))
-            p = tl.exp((a - _shift(ma)) - lsa)
+            offs, inside, _, _, a, b, _, ties = _pair_block(
+                z_row, r_row, j0, V, inv_tau, thr, take, ties, REVERSE, TOP_K, BLOCK)
+            p = _prob(a, ma, lsa)
             if REVERSE:  # d/dx: p (log p - log q - value), p = softmax(a), q = softmax(b)
                 g = tl.where(p > 0, c * p * ((a - b) - shift_term), 0.0)
             else:  # d/dx of KL(softmax(a) || softmax(x)): softmax(x) - softmax(a)
-                g = c * _minus(tl.exp((b - _shift(mb)) - lsb), p, (a - b) - gap)
-            tl.store(g_row + offs, g.to(g_row.dtype.element_ty), mask=inside)
+                g = c * _minus(_prob(b, mb, lsb), p, (a - b) - gap)
+            _store_grad(g_row, offs, inside, g)
     return value, status
 
 
@@ -241,55 +335,37 @@ def _jsd_row(z_row, r_row, g_row, V, inv_tau, c, lam,
              WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     """jensen-shannon: lam KL(ref || M) + (1 - lam) KL(pi || M), M = lam ref + (1 - lam) pi;
     gradient (1 - lam) pi (log pi - log M - KL(pi || M)) / tau. Returns (value, status)."""
-    cols = tl.arange(0, BLOCK)
-    mx = tl.full([], float("-inf"), tl.float32)
-    my = tl.full([], float("-inf"), tl.float32)
-    sx = tl.zeros([], tl.float64)
-    sy = tl.zeros([], tl.float64)
+    mx, sx = _lse_start()
+    my, sy = _lse_start()
     bad_z = tl.zeros([], tl.int32)
     bad_r = tl.zeros([], tl.int32)
     for j0 in range(0, V, BLOCK):
-        offs = j0 + cols
-        inside = offs < V
-        zraw, x = _load(z_row, offs, inside, inv_tau)
-        rraw, y = _load(r_row, offs, inside, inv_tau)
-        bad_z = tl.maximum(bad_z, _bad(zraw))
-        bad_r = tl.maximum(bad_r, _bad(rraw))
+        _, _, zraw, x, rraw, y = _load_pair(z_row, r_row, j0, V, inv_tau, BLOCK)
+        bad_z, bad_r = _note_bad(bad_z, bad_r, zraw, rraw)
         mx, sx = _lse_step(mx, sx, x)
         my, sy = _lse_step(my, sy, y)
-    lse_x = _f64(_shift(mx)) + tl.log(sx)
-    lse_y = _f64(_shift(my)) + tl.log(sy)
-    lsx = _log_sum(mx, lse_x)
-    lsy = _log_sum(my, lse_y)
-    gap = (lse_x - lse_y).to(tl.float32)
+    lse_x, lse_y, lsx, lsy, gap = _normalisers(mx, sx, my, sy)
     log_lam = tl.log(lam)
     log_rest = tl.log(1.0 - lam)
     kl_pm = tl.zeros([], tl.float64)
     kl_rm = tl.zeros([], tl.float64)
     for j0 in range(0, V, BLOCK):
-        offs = j0 + cols
-        inside = offs < V
-        _, x = _load(z_row, offs, inside, inv_tau)
-        _, y = _load(r_row, offs, inside, inv_tau)
+        _, _, _, x, _, y = _load_pair(z_row, r_row, j0, V, inv_tau, BLOCK)
         pm, rm = _log_ratios_to_mix(x, y, gap, log_lam, log_rest)
-        p = tl.exp((x - _shift(mx)) - lsx)
-        r = tl.exp((y - _shift(my)) - lsy)
+        p = _prob(x, mx, lsx)
+        r = _prob(y, my, lsy)
         kl_pm += _f64(tl.sum(tl.where(p > 0, p * pm, 0.0), 0))
         kl_rm += _f64(tl.sum(tl.where(r > 0, r * rm, 0.0), 0))
     value = lam * kl_rm + (1.0 - lam) * kl_pm
-    status = tl.where((bad_z != 0) | (sx == 0), BAD_Z,
-                      tl.where((bad_r != 0) | (sy == 0), BAD_REF, OK))
+    status = _status(bad_z, sx == 0, bad_r, sy == 0, True)
     if WRITE_GRAD:
         kl = kl_pm.to(tl.float32)
         for j0 in range(0, V, BLOCK):
-            offs = j0 + cols
-            inside = offs < V
-            _, x = _load(z_row, offs, inside, inv_tau)
-            _, y = _load(r_row, offs, inside, inv_tau)
+            offs, inside, _, x, _, y = _load_pair(z_row, r_row, j0, V, inv_tau, BLOCK)
             pm, _ = _log_ratios_to_mix(x, y, gap, log_lam, log_rest)
-            p = tl.exp((x - _shift(mx)) - lsx)
+            p = _prob(x, mx, lsx)
             g = tl.where(p > 0, (c * (1.0 - lam)) * p * (pm - kl), 0.0)
-            tl.store(g_row + offs, g.to(g_row.dtype.element_ty), mask=inside)
+            _store_grad(g_row, offs, inside, g)
     return value, status
 
 
@@ -300,43 +376,27 @@ def _tail_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
     to the other side's, both with their full-vocabulary probabilities; (a, b) = (x, y)
     for the reverse form (K the policy's), (y, x) for the forward one. The tails'
     log-masses are summed directly over the entries outside K. Returns (value, status)."""
-    cols = tl.arange(0, BLOCK)
-    mka = tl.full([], float("-inf"), tl.float32)  # K's entries of a and b: the KL state
-    mkb = tl.full([], float("-inf"), tl.float32)
-    ska = tl.zeros([], tl.float64)
-    skb = tl.zeros([], tl.float64)
+    mka, ska = _lse_start()  # K's entries of a and b: the KL state
+    mkb, skb = _lse_start()
     wk = tl.zeros([], tl.float64)
-    mta = tl.full([], float("-inf"), tl.float32)  # the tails' log-sum-exp states
-    mtb = tl.full([], float("-inf"), tl.float32)
-    sta = tl.zeros([], tl.float64)
-    stb = tl.zeros([], tl.float64)
-    bad_z = tl.zeros([], tl.int32)
-    bad_r = tl.zeros([], tl.int32)
-    ties = tl.zeros([], tl.int32)
-    kept = tl.zeros([], tl.int32)
+    mta, sta = _lse_start()  # the tails' log-sum-exp states
+    mtb, stb = _lse_start()
+    bad_z, bad_r, ties, kept = _scan_start()
     for j0 in range(0, V, BLOCK):
-        offs = j0 + cols
-        inside = offs < V
-        zraw, x = _load(z_row, offs, inside, inv_tau)
-        rraw, y = _load(r_row, offs, inside, inv_tau)
-        bad_z = tl.maximum(bad_z, _bad(zraw))
-        bad_r = tl.maximum(bad_r, _bad(rraw))
-        in_k, n = _in_top_k(zraw if REVERSE else rraw, inside, thr, take, ties)
-        ties += n
+        offs, inside, zraw, x, rraw, y, in_k, ties = _top_k_block(
+            z_row, r_row, j0, V, inv_tau, thr, take, ties, REVERSE, BLOCK)
+        bad_z, bad_r = _note_bad(bad_z, bad_r, zraw, rraw)
         kept = _store_indices(idx_row, offs, in_k, kept)
-        if REVERSE:
-            a, b = x, y
-        else:
-            a, b = y, x
+        a, b = _orient(x, y, REVERSE)
         mka, ska, mkb, skb, wk = _kl_step(mka, ska, mkb, skb, wk,
                                           tl.where(in_k, a, float("-inf")),
                                           tl.where(in_k, b, float("-inf")))
         mta, sta = _lse_step(mta, sta, tl.where(in_k, float("-inf"), a))
         mtb, stb = _lse_step(mtb, stb, tl.where(in_k, float("-inf"), b))
-    lka = _f64(_shift(mka)) + tl.log(ska)  # log-masses (unnormalised) of K and of the tail
-    lkb = _f64(_shift(mkb)) + tl.log(skb)
-    lta = _f64(_shift(mta)) + tl.log(sta)
-    ltb = _f64(_shift(mtb)) + tl.log(stb)
+    lka = _lse(mka, ska)  # log-masses (unnormalised) of K and of the tail
+    lkb = _lse(mkb, skb)
+    lta = _lse(mta, sta)
+    ltb = _lse(mtb, stb)
     lse_a = _log_add(lka, lta)
     lse_b = _log_add(lkb, ltb)
     # K's bins: sum_K e^(a - lse_a) ((a - lse_a) - (b - lse_b)), from the KL state.
@@ -346,17 +406,14 @@ def _tail_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
     lb_tail = ltb - lse_b
     tail_mass = tl.exp(la_tail)
     value = k_terms + tl.where(tail_mass > 0, tail_mass * (la_tail - lb_tail), 0.0)
-    lse_z = lse_a if REVERSE else lse_b
-    lse_r = lse_b if REVERSE else lse_a
-    status = tl.where((bad_z != 0) | (lse_z == float("-inf")), BAD_Z,
-                      tl.where((bad_r != 0) | (lse_r == float("-inf")), BAD_REF, OK))
+    lse_z, lse_r = _orient(lse_a, lse_b, REVERSE)
+    status = _status(bad_z, lse_z == float("-inf"), bad_r, lse_r == float("-inf"), True)
     if WRITE_GRAD:
-        mz = tl.maximum(mka, mta) if REVERSE else tl.maximum(mkb, mtb)
-        mr = tl.maximum(mkb, mtb) if REVERSE else tl.maximum(mka, mta)
+        mz, mr = _orient(tl.maximum(mka, mta), tl.maximum(mkb, mtb), REVERSE)
         lsz = _log_sum(mz, lse_z)
         lsr = _log_sum(mr, lse_r)
         if REVERSE:
-            status = tl.where((status == OK) & (value == float("inf")), INFINITE_RKL, status)
+            status = _infinite_rkl(status, value)
             # on K: pi ((x - y) - (lse_z - lse_r) - value); off K: pi (log P - log R - value),
             # 0 where P = 0 (every pi off K is then 0)
             on_shift = (lse_z - lse_r + value).to(tl.float32)
@@ -370,20 +427,15 @@ def _tail_row(z_row, r_row, g_row, idx_row, thr, take, V, inv_tau, c,
             gap_rz = (lse_r - lse_z).to(tl.float32)
         ties = tl.zeros([], tl.int32)
         for j0 in range(0, V, BLOCK):
-            offs = j0 + cols
-            inside = offs < V
-            zraw, x = _load(z_row, offs, inside, inv_tau)
-            rraw, y = _load(r_row, offs, inside, inv_tau)
-            in_k, n = _in_top_k(zraw if REVERSE else rraw, inside, thr, take, ties)
-            ties += n
-            lp = (x - _shift(mz)) - lsz
-            p = tl.exp(lp)
+            offs, inside, _, x, _, y, in_k, ties = _top_k_block(
+                z_row, r_row, j0, V, inv_tau, thr, take, ties, REVERSE, BLOCK)
+            p = _prob(x, mz, lsz)
             if REVERSE:
                 g = tl.where(p > 0, c * p * tl.where(in_k, (x - y) - on_shift, h), 0.0)
             else:
-                ref = tl.exp((y - _shift(mr)) - lsr)
-                g = c * tl.where(in_k, _minus(p, ref, (y - x) - gap_rz), p * off_k)
-            tl.store(g_row + offs, g.to(g_row.dtype.element_ty), mask=inside)
+                g = c * tl.where(in_k, _minus(p, _prob(y, mr, lsr), (y - x) - gap_rz),
+                                 p * off_k)
+            _store_grad(g_row, offs, inside, g)
     return value, status
 
 
@@ -395,8 +447,7 @@ def _zero_row(g_row, idx_row, V, K, WRITE_GRAD: tl.constexpr, TOP_K: tl.constexp
     if WRITE_GRAD:
         for j0 in range(0, V, BLOCK):
             offs = j0 + cols
-            tl.store(g_row + offs, tl.zeros([BLOCK], tl.float32).to(g_row.dtype.element_ty),
-                     mask=offs < V)
+            _store_grad(g_row, offs, offs < V, tl.zeros([BLOCK], tl.float32))
     if TOP_K:
         for j0 in range(0, K, BLOCK):
             offs = j0 + cols
