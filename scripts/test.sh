@@ -86,24 +86,21 @@ run_config "gcc ASan+UBSan" build-ci-asan "-LE build" -- \
 # collected) fails the stage like any other non-zero code.
 echo "=== python: install (scripts/python.sh build-ci-python/venv)"
 bash scripts/python.sh "$python_venv"
+# Runs pytest on one test folder with the venv's python, records its exit code in the
+# summary and stops on a failure. $1: its name in the summary, $2: the folder; assignments
+# written before the call reach pytest's environment.
+run_pytest() {
+  local name=$1 folder=$2 rc=0
+  "$root/build-ci-python/venv/bin/python" -m pytest -q -p no:cacheprovider "$folder" || rc=$?
+  summaries+=("${name}: pytest exit code ${rc}")
+  if [[ $rc -ne 0 ]]; then
+    echo "=== ${name}: FAILED (pytest exit code ${rc}; 5 means no test ran)" >&2
+    exit 1
+  fi
+}
 echo "=== python: test"
-python_rc=0
-KLGRAD="$root/build-ci-gcc/tools/klgrad" \
-  "$root/build-ci-python/venv/bin/python" -m pytest -q -p no:cacheprovider python/tests ||
-  python_rc=$?
-summaries+=("python: pytest exit code ${python_rc}")
-if [[ $python_rc -ne 0 ]]; then
-  echo "=== python: FAILED (pytest exit code ${python_rc}; 5 means no test ran)" >&2
-  exit 1
-fi
+KLGRAD="$root/build-ci-gcc/tools/klgrad" run_pytest python python/tests
 # The Triton kernels, in a pytest process of their own: its conftest sets TRITON_INTERPRET=1
 # before triton is imported, so they run on the CPU (docs/logits.md, "The GPU path").
 echo "=== python: Triton kernels under TRITON_INTERPRET=1 (python/tests_triton)"
-triton_rc=0
-"$root/build-ci-python/venv/bin/python" -m pytest -q -p no:cacheprovider python/tests_triton ||
-  triton_rc=$?
-summaries+=("python (Triton interpreter): pytest exit code ${triton_rc}")
-if [[ $triton_rc -ne 0 ]]; then
-  echo "=== python (Triton interpreter): FAILED (pytest exit code ${triton_rc})" >&2
-  exit 1
-fi
+run_pytest "python (Triton interpreter)" python/tests_triton
