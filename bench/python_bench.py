@@ -33,6 +33,7 @@ import torch
 
 import klgrad
 import klgrad.torch as kt
+from klgrad._bench import _clock, _interleaved
 
 
 def least_seconds(fn, repeats):
@@ -48,19 +49,10 @@ def least_seconds(fn, repeats):
 
 def interleaved(candidates, rounds, warmup=2):
     """{name: [seconds per round]}: each candidate (name -> callable) once per round, the
-    order rotating by one every round, after `warmup` untimed calls of each."""
-    names = list(candidates)
-    for name in names:
-        for _ in range(warmup):
-            candidates[name]()
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            start = time.perf_counter()
-            candidates[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
+    order rotating by one every round, after `warmup` untimed calls of each; wall-clock
+    times. The rounds of klgrad.bench (klgrad._bench._interleaved), a fixed number of them."""
+    return _interleaved(candidates, 0.0, _clock(torch.device("cpu")), min_rounds=rounds,
+                        warmup=warmup)
 
 
 def quartiles(xs):

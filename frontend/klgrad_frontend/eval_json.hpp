@@ -302,6 +302,14 @@ nlohmann::json evaluate_json(const spec& s, const nlohmann::json& in, const opti
   for (const char* key : {"logp", "ref"})
     if (!in.contains(key)) throw schema_error(std::string("input has no '") + key + "'");
   const bool has_behavior = in.contains("behavior"), has_mask = in.contains("mask");
+  // One batch (padded: `positions` per sequence; packed: 0) into value and coef, with the
+  // behaviour log-probs lb when the input has them, its errors in the CLI's words.
+  auto run = [&](auto batch, const auto& lb, auto& value, auto& coef, Index positions) {
+    return in_cli_words([&] {
+      return has_behavior ? evaluate(s, batch.with_behavior(lb), value, coef, opt)
+                          : evaluate(s, batch, value, coef, opt);
+    }, positions, &s);
+  };
   nlohmann::json out;
   if (in.contains("offsets")) {
     const auto lp = vector<T>(in["logp"], "logp", number<T>);
@@ -310,13 +318,8 @@ nlohmann::json evaluate_json(const spec& s, const nlohmann::json& in, const opti
     column<T> value(lp.size()), coef(lp.size());
     const auto mask = has_mask ? vector<T>(in["mask"], "mask", mask_entry<T>) : column<T>();
     const auto lb = has_behavior ? vector<T>(in["behavior"], "behavior", number<T>) : column<T>();
-    auto run = [&](auto batch) {
-      return in_cli_words([&] {
-        return has_behavior ? evaluate(s, batch.with_behavior(lb), value, coef, opt)
-                            : evaluate(s, batch, value, coef, opt);
-      }, 0, &s);
-    };
-    const summary r = has_mask ? run(packed(lp, lr, offsets, mask)) : run(packed(lp, lr, offsets));
+    const summary r = has_mask ? run(packed(lp, lr, offsets, mask), lb, value, coef, 0)
+                               : run(packed(lp, lr, offsets), lb, value, coef, 0);
     out = summary_json(s, r);
     out["value"] = to_json(value.data(), {value.size()});
     out["coef"] = to_json(coef.data(), {coef.size()});
@@ -326,13 +329,8 @@ nlohmann::json evaluate_json(const spec& s, const nlohmann::json& in, const opti
     rows<T> value(lp.rows(), lp.cols()), coef(lp.rows(), lp.cols());
     const auto mask = has_mask ? matrix<T>(in["mask"], "mask", mask_entry<T>) : rows<T>();
     const auto lb = has_behavior ? matrix<T>(in["behavior"], "behavior", number<T>) : rows<T>();
-    auto run = [&](auto batch) {
-      return in_cli_words([&] {
-        return has_behavior ? evaluate(s, batch.with_behavior(lb), value, coef, opt)
-                            : evaluate(s, batch, value, coef, opt);
-      }, lp.cols(), &s);
-    };
-    const summary r = has_mask ? run(padded(lp, lr, mask)) : run(padded(lp, lr));
+    const summary r = has_mask ? run(padded(lp, lr, mask), lb, value, coef, lp.cols())
+                               : run(padded(lp, lr), lb, value, coef, lp.cols());
     out = summary_json(s, r);
     out["value"] = to_json(value.data(), {value.rows(), value.cols()});
     out["coef"] = to_json(coef.data(), {coef.rows(), coef.cols()});

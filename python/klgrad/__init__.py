@@ -194,8 +194,8 @@ def _evaluate_on_device(spec, logp, ref, behavior, mask, offsets, tokens, sequen
     """evaluate() on the device path (klgrad.device): the kernel's Result, its summary
     fetched in one transfer; value and coef written into the given tensors if any."""
     from . import device, device_checks
-    for out, name in ((value, "value"), (coef, "coef")):
-        if _is_tensor(logp):  # else the device path refuses logp first
+    if _is_tensor(logp):  # else the device path refuses logp first
+        for out, name in ((value, "value"), (coef, "coef")):
             device_checks.require_output(out, name, logp)
     detached = [x.detach() if _is_tensor(x) else x for x in (logp, ref, behavior, mask)]
     r = device.run(spec, *detached, _int64_of(offsets), tokens, sequences, nonfinite)

@@ -438,9 +438,9 @@ def aggregation_weight(plan, n_b, tokens, sequences):
     }
     a = weights[mode]()
     count = tokens if mode == Aggregation.TOKEN_MEAN else sequences
-    if mode not in (Aggregation.TOKEN_SUM, Aggregation.TOKEN_SUM_NORM):
+    if plan.uses_batch_count:
         a = torch.where(count == 0, torch.zeros_like(a), a)
-    if mode == Aggregation.SEQ_MEAN_TOKEN_MEAN:
+    if plan.uses_sequence_count:
         a = torch.where(n_b == 0, torch.zeros_like(a), a)
     return (plan.scale * a).clamp(max=torch.finfo(torch.float64).max)
 
@@ -544,13 +544,12 @@ def computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences)
 
 
 def needs_counts(plan, tokens, sequences):
-    """Whether the aggregation divides by a count the caller did not give (kernel/plan.hpp's
-    needs_tokens, needs_sequences): N_tokens for token-mean, B for the sequence means."""
-    if plan.aggregation == Aggregation.TOKEN_MEAN:
-        return tokens is None
-    if plan.aggregation in (Aggregation.TOKEN_SUM, Aggregation.TOKEN_SUM_NORM):
+    """Whether the aggregation divides by a batch count the caller did not give
+    (core/aggregation.hpp's uses_batch_count, read from the plan): N_tokens for token-mean,
+    B for the sequence means."""
+    if not plan.uses_batch_count:
         return False
-    return sequences is None
+    return (tokens if plan.aggregation == Aggregation.TOKEN_MEAN else sequences) is None
 
 
 def settled(spec, logp, ref, behavior=None, mask=None, offsets=None, tokens=None,

@@ -70,6 +70,8 @@ nb::dict plan_of(const spec& s) {
       d["eps"] = p.constants.eps;
       d["seq_eps"] = p.constants.seq_eps;
       d["scale"] = p.constants.scale;
+      d["uses_batch_count"] = uses_batch_count(s.aggregation);
+      d["uses_sequence_count"] = uses_sequence_count(s.aggregation);
       d["behavior_is_logp"] = behavior_defaults_to_logp(s.preset);
       d["k3"] = k3_series_of<T>();
       return d;
