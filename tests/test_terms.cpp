@@ -183,3 +183,49 @@ TEMPLATE_TEST_CASE("score_function: the adapter type against closed forms and ag
   check("k3~k2-as-loss,is=detached,is-clip=1.05,agg=token-sum",
         score_function<as_loss<k3, k2>, weighting::detached>{}, 1.05);
 }
+
+TEMPLATE_TEST_CASE("evaluate<Term>: a term type runs the kernel its spec names, bit for bit",
+                   "[terms]", float, double) {
+  // evaluate<as_loss<k3>>(s) with s's own term replaced against evaluate() of the spec that
+  // names the term: the same kernel, so the outputs and the summary are identical. The
+  // weighted specs take the multi-pass paths (adapt()), the plain ones the fused pass.
+  using T = TestType;
+  using A = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  A logp(2, 5), ref(2, 5), behavior(2, 5), mask(2, 5);
+  logp << T(-1.2), T(-0.7), T(-2.1), T(-0.4), T(-3.0), T(-0.9), T(-1.5), T(-0.2), T(-2.2), T(-0.6);
+  ref << T(-1.0), T(-0.9), T(-1.8), T(-0.5), T(-2.0), T(-1.1), T(-1.4), T(-0.3), T(-2.0), T(-0.8);
+  behavior = logp + T(0.1);
+  mask << 1, 1, 1, 0, 0, 1, 1, 1, 1, 1;
+  const auto batch = padded(logp, ref, mask).with_behavior(behavior);
+  auto check = [&](auto term, const char* named, const char* other) {
+    using Term = decltype(term);
+    A value(2, 5), coef(2, 5), want_value(2, 5), want_coef(2, 5);
+    const summary got = evaluate<Term>(parse_spec(other), batch, value, coef);
+    const summary want = evaluate(parse_spec(named), batch, want_value, want_coef);
+    INFO(named << " as a type, given '" << other << "'");
+    CHECK((value == want_value).all());
+    CHECK((coef == want_coef).all());
+    CHECK(got.loss == want.loss);
+    CHECK(got.kl == want.kl);
+    CHECK(got.tokens == want.tokens);
+  };
+  check(as_loss<k3>{}, "k3-as-loss", "k1-in-reward");
+  check(in_reward<k1>{}, "k1-in-reward,beta=0.1", "k2-both,beta=0.1");
+  check(both<k2>{}, "k2-both,agg=seq-mean-token-mean", "k3-as-loss,agg=seq-mean-token-mean");
+  check(as_loss<k3, k2>{}, "k3~k2-as-loss,is=detached", "k1-both,is=detached");
+  check(as_loss<k3>{}, "k3-as-loss,is=differentiable,is-level=prefix",
+        "k2-both,is=differentiable,is-level=prefix");
+  check(in_reward<k3>{}, "k3-in-reward,level=to-go,gamma=0.9", "k3-in-reward,level=to-go,gamma=0.9");
+  check(as_loss<k1>{}, "k1-as-loss,level=sequence", "k3-both,level=sequence");
+}
+
+TEST_CASE("evaluate<Term>: the spec is checked again with the term's placement", "[terms]") {
+  // level=to-go sums in-reward penalties: valid for k1-in-reward, not for an as-loss term.
+  Eigen::ArrayXXd logp = Eigen::ArrayXXd::Constant(1, 3, -1.0), ref = logp - 0.2;
+  Eigen::ArrayXXd value(1, 3), coef(1, 3);
+  const spec s = parse_spec("k1-in-reward,level=to-go");
+  CHECK_NOTHROW(evaluate<in_reward<k1>>(s, padded(logp, ref), value, coef));
+  CHECK_THROWS_WITH(evaluate<as_loss<k3>>(s, padded(logp, ref), value, coef),
+                    Catch::Contains("spec 'k3-as-loss,level=to-go") &&
+                        Catch::Contains("level=to-go sums in-reward penalties"));
+}

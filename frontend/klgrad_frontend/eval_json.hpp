@@ -256,6 +256,9 @@ inline batch_error in_cli_words(const input_error& e, Index positions, const spe
       if (e.column >= 0)
         return refused(at + " is " + json_number(e.value) + " in a valid row; a logit is "
                        "a finite number or \"-inf\" (null only in masked rows)");
+      if (e.argument == "coef")
+        return refused(at + " is " + json_number(e.value) + " in a valid row; a "
+                       "coefficient is a finite number (null only in masked rows)");
       return refused(at + " is " + json_number(e.value) + ", not finite, in a valid token; "
                      "set mask" + row + " to 0, or pass --nonfinite propagate to compute "
                      "anyway");

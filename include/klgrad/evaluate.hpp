@@ -40,7 +40,8 @@ summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& v
 /// back-propagates. The spec gives everything else (placement, weights, clamps, level,
 /// aggregation, beta); its estimator names are not used. The runtime path runs the same
 /// kernel, with the shipped estimators' types.
-template <class Ev, class Eg = Ev, class Batch, class V, class C>
+template <class Ev, class Eg = Ev, class Batch, class V, class C,
+          std::enable_if_t<!is_kl_term_v<Ev>, int> = 0>
 summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& value,
                  const Eigen::DenseBase<C>& coef, const options& opt = {}) {
   static_assert(require_estimator<Ev>() && require_estimator<Eg>());
@@ -49,6 +50,26 @@ summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& v
                 "klgrad: value and coef must have the batch's scalar type");
   return detail::run<Ev, Eg>(s, batch, detail::output_view(batch, value, "value"),
                              detail::output_view(batch, coef, "coef"), opt);
+}
+
+/// evaluate() of a term type (core/terms.hpp): evaluate<as_loss<k3>>(s, ...) gives the
+/// coefficients of Term::coefficient() under the spec's weights, clamps, level and
+/// aggregation. The term's placement and estimators replace the spec's term, and the spec
+/// is checked again with that placement (spec_error, as parse_spec() words it).
+template <class Term, class Batch, class V, class C,
+          std::enable_if_t<is_kl_term_v<Term>, int> = 0>
+summary evaluate(const spec& s, const Batch& batch, const Eigen::DenseBase<V>& value,
+                 const Eigen::DenseBase<C>& coef, const options& opt = {}) {
+  spec config = s;
+  config.term.where = Term::where;
+  using Ev = typename Term::value_estimator;
+  using Eg = typename Term::gradient_estimator;
+  if constexpr (has_runtime_id<Ev>::value && has_runtime_id<Eg>::value) {
+    config.term.value_estimator = Ev::id;
+    config.term.gradient_estimator = Eg::id;
+  }
+  detail::validate(config, to_string(config));
+  return evaluate<Ev, Eg>(config, batch, value, coef, opt);
 }
 
 }  // namespace klgrad

@@ -168,6 +168,14 @@ def test_logits_refusals():
         klgrad.logits_divergence(bad, zr)
     with pytest.raises(klgrad.InputError, match="ids"):
         klgrad.selective_log_softmax(z, np.full(6, 99))
+    coef = np.ones(6)
+    coef[4] = np.inf
+    with pytest.raises(klgrad.NonFiniteError, match="^coef row 4 is inf, not finite"):
+        klgrad.sampled_logits_gradient(z, np.zeros(6, dtype=np.int64), coef)
+    masked = np.ones(6, dtype=bool)
+    masked[4] = False  # a masked row's coefficient is never read
+    assert np.isfinite(klgrad.sampled_logits_gradient(z, np.zeros(6, dtype=np.int64), coef,
+                                                      mask=masked)).all()
 
 
 def test_explain_gives_the_documented_verdicts():

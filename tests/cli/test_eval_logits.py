@@ -445,7 +445,12 @@ error("a sampled key", {**good, "offsets": [0, 1]}, "unknown key 'offsets'")
 error("ids out of the vocabulary", {**good, "ids": [2]}, "ids row 0 is 2, outside the vocabulary [0, 2)")
 error("ids not integers", {**good, "ids": [0.5]}, "ids[0] must be an integer, got 0.5")
 error("coef without ids", {**good, "coef": [1.0]}, "coef needs ids")
-error("coef NaN in a valid row", {**good, "ids": [0], "coef": [None]}, "coef row 0 is nan")
+error("coef NaN in a valid row", {**good, "ids": [0], "coef": [None]},
+      "coef[0] is null (NaN) in a valid row; a coefficient is a finite number")
+error("coef NaN in a valid row of a padded batch",
+      {"logits": [[[0.0, 1.0], [1.0, 0.0]]], "ref_logits": [[[1.0, 0.0], [0.0, 1.0]]],
+       "ids": [[0, 1]], "coef": [[1.0, None]]},
+      "coef[0][1] is null (NaN) in a valid row")
 error("a sampled spec", good, "--spec takes only agg=, agg-norm=, agg-eps=, agg-seq-eps=, "
       "agg-scale= and beta=", "'k3-as-loss'",
       args=("--spec", "k3-as-loss,agg=token-sum"))

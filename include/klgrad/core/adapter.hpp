@@ -14,14 +14,15 @@ namespace klgrad {
 /// emit returns, so that the caller picks an expression once and reuses it (the kernel's
 /// packet loop, explain's weights).
 ///
-/// placed(): [reward] r + [loss] l, the placement's sum of its parts. With r = R, l = D it is
-/// the coefficient of a token no weight multiplies; with r = R, l = A it is X, what a
-/// differentiable weight multiplies in the surrogate (sum_t u_t X_t).
+/// placed(): [reward] r + [loss] l, the run-time placement's sum of its parts (placed_sum,
+/// core/terms.hpp). With r = R, l = D it is the coefficient of a token no weight multiplies;
+/// with r = R, l = A it is X, what a differentiable weight multiplies in the surrogate
+/// (sum_t u_t X_t).
 template <class R, class L, class Emit>
 decltype(auto) placed(placement where, const R& reward_part, const L& loss_part, Emit&& emit) {
-  if (has_reward_part(where) && has_loss_part(where)) return emit(reward_part + loss_part);
-  if (has_reward_part(where)) return emit(reward_part);
-  return emit(loss_part);
+  return visit(where, [&](auto at) -> decltype(auto) {
+    return emit(placed_sum<decltype(at)::value>(reward_part, loss_part));
+  });
 }
 
 /// with_weight_gradient(): C = W + [loss] u D under a differentiable weight, W the part that

@@ -50,9 +50,9 @@ void write_coefficient_through_weights(chunk<T>& c, const plan<T>& p, const W& w
   });
 }
 
-/// The inputs of fused_pass()'s coefficient as symbols for placed(): functors of the
-/// packets (v, g) = (k_a(s), k_b'(s)), so that the placement's expression is chosen once per
-/// sequence and inlined into the packet loop.
+/// The inputs of fused_pass()'s coefficient as symbols for a term's coefficient_of()
+/// (core/terms.hpp): functors of the packets (v, g) = (k_a(s), k_b'(s)), so that the term's
+/// expression is chosen once per sequence and inlined into the packet loop.
 struct packet_value {
   template <class P>
   P operator()(const P& v, const P&) const { return v; }

@@ -14,8 +14,9 @@ namespace klgrad::detail {
 /// The token-level path without weights (the common case: k in reward, k as loss,
 /// on-policy, with or without a clamp before the weight) in one pass: each packet of
 /// log-ratios becomes value and coefficient,
-///   value = k_a(s),  coef = scale * valid * placed(k_a(s), k_b'(s)),
-/// (each clamped where the policy acts on it) stored straight into the caller's arrays
+///   value = k_a(s),  coef = scale * valid * Term::coefficient_of(k_a(s), k_b'(s)),
+/// Term the spec's term type (term_of<Where, Ev, Eg>: as_loss<k3> for k3-as-loss), each
+/// estimate clamped where the policy acts on it, stored straight into the caller's arrays
 /// (write_coefficient() with weight 1, without the chunk buffers in between). Returns the
 /// summed value; adds the guarded tokens to `guarded` and the valid ones to `valid_tokens`.
 template <class Ev, class Eg, class T, class M>
@@ -61,7 +62,9 @@ double fused_pass(const sequence_view<T, M>& q, T* value, T* coef, const plan<T>
   // The scale multiplies the coefficient last: with both parts, scale * v and scale * g may
   // overflow with opposite signs where their sum does not (k3-both, beta = 1e30).
   const P factor = pset1<P>(scale);
-  return placed(p.where, packet_value{}, packet_derivative{}, [&](auto part) {
+  return visit(p.where, [&](auto where) {
+    using Term = term_of<decltype(where)::value, Ev, Eg>;
+    const auto part = Term::coefficient_of(packet_value{}, packet_derivative{});
     return pass([&](const P& v, const P& g) { return pmul(factor, part(v, g)); });
   });
 }
@@ -95,20 +98,27 @@ struct sequence_passes {
       f(i0, n);
     }
   }
+  /// A sweep that writes each chunk's weighted values u k_a(s) (masked tokens have s = 0,
+  /// and k(0) = 0 for every estimator) and then calls f(i0, n); returns the summed value.
+  template <class F>
+  double value_sweep(bool count, F&& f) {
+    double total = 0.0;
+    sweep(count, [&](Index i0, Index n) {
+      total += weighted_values(c);
+      map(value + i0, n) = c.m(c.scratch);
+      f(i0, n);
+    });
+    return total;
+  }
   auto constant(T x) const { return chunk<T>::array::Constant(c.n, x); }
 
   /// Each token's own weight multiplies its terms: token weights, detached prefix or
   /// sequence-mean weights, clamps, or a mode that divides by n_b.
   double token() {
-    double total = 0.0;
-    sweep(true, [&](Index i0, Index n) {
-      // Masked tokens have s = 0, and k(0) = 0 for every estimator.
-      total += weighted_values(c);
-      map(value + i0, n) = c.m(c.scratch);
+    return value_sweep(true, [&](Index i0, Index) {
       write_coefficient(c, p, c.m(c.estimate), c.m(c.estimate), c.m(c.derivative), scale,
                         coef + i0);
     });
-    return total;
   }
 
   /// An as-loss term clamped after the weight: L = clamp(u k_a, lo, hi), whose coefficient
@@ -136,10 +146,7 @@ struct sequence_passes {
   /// Per-decision weights: c_t = sum_{t'>=t} gamma^(t'-t) used_t' b_t', b = k_a: the
   /// weighted penalties into coef, then the discounted backward sum, then the scale.
   double per_decision() {
-    double total = 0.0;
-    sweep(true, [&](Index i0, Index n) {
-      total += weighted_values(c);
-      map(value + i0, n) = c.m(c.scratch);
+    const double total = value_sweep(true, [&](Index i0, Index n) {
       map(coef + i0, n) = c.m(c.valid) * c.m(c.scratch);
     });
     sum_to_go(q.mask, q.size, coef, p.gamma);
@@ -152,10 +159,7 @@ struct sequence_passes {
   /// R = A = k_a); then the sum to go, the weight-gradient part of every earlier token;
   /// sweep 2: each token's own part.
   double prefix() {
-    double total = 0.0;
-    sweep(true, [&](Index i0, Index n) {
-      total += weighted_values(c);
-      map(value + i0, n) = c.m(c.scratch);
+    const double total = value_sweep(true, [&](Index i0, Index n) {
       placed(p.where, c.m(c.estimate), c.m(c.estimate), [&](const auto& x) {
         map(coef + i0, n) = c.m(c.valid) * c.m(c.grad) * x;
       });
@@ -171,10 +175,8 @@ struct sequence_passes {
   /// A differentiable sequence-mean weight: d w_seq / d lp_j = w_seq / n_b, so every token
   /// gets (grad / n_b) sum_t X_t.
   double sequence_mean() {
-    double total = 0.0, penalty = 0.0;
-    sweep(true, [&](Index i0, Index n) {
-      total += weighted_values(c);
-      map(value + i0, n) = c.m(c.scratch);
+    double penalty = 0.0;
+    const double total = value_sweep(true, [&](Index, Index) {
       c.m(c.scratch) = c.m(c.valid) * c.m(c.estimate);
       penalty = saturated(penalty + saturated_sum(c, c.scratch));
     });
@@ -190,19 +192,15 @@ struct sequence_passes {
   /// Level to-go. Sweep 1: penalties k_a(s_t) into coef; then the reward-to-go backwards
   /// over valid tokens; sweep 2: weights and scale.
   double to_go() {
-    double total = 0.0;
     sweep(true, [&](Index i0, Index n) {
       map(coef + i0, n) = c.m(c.valid) * c.m(c.estimate);
     });
     sum_to_go(q.mask, q.size, coef, p.gamma);
-    sweep(false, [&](Index i0, Index n) {
-      total += weighted_values(c);
-      map(value + i0, n) = c.m(c.scratch);
+    return value_sweep(false, [&](Index i0, Index n) {
       // write_coefficient writes over coef, which holds R: copy R into the chunk first.
       c.m(c.scratch) = map(coef + i0, n);
       write_coefficient(c, p, c.m(c.scratch), c.m(c.scratch), constant(T(0)), scale, coef + i0);
     });
-    return total;
   }
 
   /// Level sequence. Sweep 1: the sequence sums K = sum k_a(s_t) and S = sum s_t; sweep 2:

@@ -165,8 +165,8 @@ bool needs_tokens(const plan<T>& p) {
 }
 template <class T>
 bool needs_sequences(const plan<T>& p) {
-  return p.aggregation_mode != aggregation::token_mean &&
-         p.aggregation_mode != aggregation::token_sum && p.sequences < 0;
+  return p.aggregation_mode != aggregation::token_mean && uses_batch_count(p.aggregation_mode) &&
+         p.sequences < 0;
 }
 
 /// beta * a_{b,t} for a sequence with n_b valid tokens, in T, saturated at T's largest

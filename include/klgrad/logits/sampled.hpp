@@ -80,9 +80,14 @@ void sampled_gradient(const sampled_rows<S, Y, K>& v, const T* coef, const strid
   check_ids(v);
   const Index V = v.z.cols;
   for (Index r = 0; r < v.z.rows; ++r)
-    if (v.valid(r) && !std::isfinite(coef[r]))
-      raise<input_error>(cat("coef ", row_place(r, v.positions), " is ", coef[r],
-                             ", not finite, in a valid row"));
+    if (v.valid(r) && !std::isfinite(coef[r])) {
+      input_error e(cat("coef ", row_place(r, v.positions), " is ", coef[r],
+                        ", not finite, in a valid row"),
+                    input_reason::nonfinite, "coef");
+      locate_row(e, r, v.positions);
+      e.value = double(coef[r]);
+      raise(e);
+    }
   for_each_row_lse(
       v, it, [&](Index r) { std::fill(grad.row(r), grad.row(r) + V, T(0)); },
       [&](Index r, const S* z, const online_state<T>& state) {
