@@ -8,7 +8,9 @@
    autograd of verl's low_var_kl (k3 with the log-ratio clamped to [-20, 20] and the value
    to [-10, 10], masked mean) and against the same formula under torch.compile, and the
    floor: the bytes kl_loss must move at the rate of a triad (c = a + b) measured in the
-   same rounds;
+   same rounds; beside them klgrad.evaluate into given value and coef tensors (the kernel
+   without the op path: no new outputs, no dispatcher, no autograd), so that the op path's
+   share is a ratio of the same rounds;
 3. klgrad.torch.logits_loss (reverse KL) forward + backward at V = 151,936 against the
    eager and the compiled log_softmax + kl_div composite, and the floor: the exponentials
    of both rows (2 x rows x V) at the rate of a fused exp-and-sum measured in the same
@@ -164,6 +166,14 @@ def kl_loss_vs_torch(rounds):
             loss.backward()
         return run
 
+    value, coef = torch.empty_like(lp0), torch.empty_like(lp0)
+
+    def kernel_only(spec):
+        """The same kernel call without the op path: outputs given, no autograd."""
+        spec = klgrad.Spec(spec)
+        return lambda: klgrad.evaluate(spec, lp.detach(), lr, mask=mask, value=value,
+                                       coef=coef)
+
     # Check once that the three compute the same loss and gradient (float32 tolerances).
     ref_grad = None
     for fn in (composite(masked_mean_low_var_kl), composite(compiled),
@@ -182,6 +192,8 @@ def kl_loss_vs_torch(rounds):
         "compiled": composite(compiled),
         "verl": klgrad_loss("k3-as-loss,preset=verl"),
         "plain": klgrad_loss("k3-as-loss"),
+        "verl kernel": kernel_only("k3-as-loss,preset=verl"),
+        "plain kernel": kernel_only("k3-as-loss"),
         "triad": tri,
     }, rounds)
     # The least kl_loss can move: read logp, ref (4 bytes each) and the mask (1), write value
@@ -196,12 +208,22 @@ def kl_loss_vs_torch(rounds):
     row("the same formula under torch.compile (fwd + bwd graphs)", times["compiled"], n)
     row("klgrad.torch.kl_loss('k3-as-loss,preset=verl')", times["verl"], n)
     row("klgrad.torch.kl_loss('k3-as-loss')", times["plain"], n)
+    row("klgrad.evaluate(verl, value=, coef=): no op path", times["verl kernel"], n)
+    row("klgrad.evaluate(k3-as-loss, value=, coef=): no op path", times["plain kernel"], n)
     row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
         f"(triad {12 * (1 << 22) / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
     print("   ratios, median over rounds [quartiles]:")
     ratio_line("kl_loss(verl) of its floor (floor time / kl_loss time)",
                paired(floor, times["verl"]))
     ratio_line("kl_loss(plain) of its floor", paired(floor, times["plain"]))
+    ratio_line("evaluate(verl, value=, coef=) of the floor",
+               paired(floor, times["verl kernel"]))
+    ratio_line("evaluate(plain, value=, coef=) of the floor",
+               paired(floor, times["plain kernel"]))
+    ratio_line("kl_loss(verl) / evaluate(verl, value=, coef=)  (op path)",
+               paired(times["verl"], times["verl kernel"]))
+    ratio_line("kl_loss(plain) / evaluate(plain, value=, coef=)",
+               paired(times["plain"], times["plain kernel"]))
     ratio_line("eager / kl_loss(verl)  (speed-up over eager)", paired(times["eager"],
                                                                        times["verl"]))
     ratio_line("compiled / kl_loss(verl)  (speed-up over compiled)",
