@@ -229,11 +229,12 @@ KLGRAD_BENCH_TERM(abs_as_loss, "abs-as-loss")
 KLGRAD_BENCH_TERM(abs_both, "abs-both")
 KLGRAD_BENCH_TERM(k3_k2_as_loss, "k3~k2-as-loss")
 KLGRAD_BENCH_TERM(k3_as_loss_detached, "k3-as-loss,is=detached")
+KLGRAD_BENCH_TERM(k3_as_loss_verl, "k3-as-loss,preset=verl")
 
 // Issue 2's target, float k3-as-loss with mask at 2^26 tokens over the triad, measured in
 // pairs (21 pairs, about 2 s a benchmark). Beside it: stream5 (the access pattern itself),
 // k1-in-reward and k2-as-loss (almost no arithmetic: the ceiling of this kernel's loop), the
-// token-sum mode (no count of the mask before the pass) and double.
+// token-sum mode (no count of the mask before the pass), verl's clamps and double.
 void pairs_at_2_26(benchmark::internal::Benchmark* b) {
   b->Arg(int64_t(1) << 26)->Iterations(21)->UseManualTime()->Unit(benchmark::kMillisecond);
 }
@@ -242,6 +243,7 @@ BENCHMARK_CAPTURE(of_triad_float, k3_as_loss, "k3-as-loss")->Apply(pairs_at_2_26
 BENCHMARK_CAPTURE(of_triad_float, k1_in_reward, "k1-in-reward")->Apply(pairs_at_2_26);
 BENCHMARK_CAPTURE(of_triad_float, k2_as_loss, "k2-as-loss")->Apply(pairs_at_2_26);
 BENCHMARK_CAPTURE(of_triad_float, k3_as_loss_token_sum, "k3-as-loss,agg=token-sum")->Apply(pairs_at_2_26);
+BENCHMARK_CAPTURE(of_triad_float, k3_as_loss_verl, "k3-as-loss,preset=verl")->Apply(pairs_at_2_26);
 BENCHMARK_CAPTURE(of_triad_double, k3_as_loss, "k3-as-loss")->Apply(pairs_at_2_26);
 
 BENCHMARK_MAIN();

@@ -8,7 +8,10 @@
    autograd of verl's low_var_kl (k3 with the log-ratio clamped to [-20, 20] and the value
    to [-10, 10], masked mean) and against the same formula under torch.compile, and the
    floor: the bytes kl_loss must move at the rate of a triad (c = a + b) measured in the
-   same rounds;
+   same rounds; beside them klgrad.evaluate into given value and coef tensors (the kernel
+   without the op path: no new outputs, no dispatcher, no autograd), so that the op path's
+   share is a ratio of the same rounds (with --op-steps, that path step by step: new
+   outputs, the op without autograd, its forward with autograd);
 3. klgrad.torch.logits_loss (reverse KL) forward + backward at V = 151,936 against the
    eager and the compiled log_softmax + kl_div composite, and the floor: the exponentials
    of both rows (2 x rows x V) at the rate of a fused exp-and-sum measured in the same
@@ -138,7 +141,12 @@ def masked_mean_low_var_kl(lp, lr, maskf):
     return (verl_low_var_kl(lp, lr) * maskf).sum() / maskf.sum()
 
 
-def kl_loss_vs_torch(rounds):
+# --op-steps: the op path in steps, each timed in the same rounds as the kernel alone.
+OP_STEPS = ("k3-as-loss: evaluate, new outputs", "k3-as-loss: kl_loss op, no autograd",
+            "k3-as-loss: kl_loss forward only")
+
+
+def kl_loss_vs_torch(rounds, op_steps=False):
     g = torch.Generator().manual_seed(0)
     shape = (256, 4096)  # 2^20 tokens
     lp0 = -torch.rand(shape, generator=g) * 3
@@ -164,6 +172,22 @@ def kl_loss_vs_torch(rounds):
             loss.backward()
         return run
 
+    value, coef = torch.empty_like(lp0), torch.empty_like(lp0)
+
+    def kernel_only(spec):
+        """The same kernel call without the op path: outputs given, no autograd."""
+        spec = klgrad.Spec(spec)
+        return lambda: klgrad.evaluate(spec, lp.detach(), lr, mask=mask, value=value,
+                                       coef=coef)
+
+    def steps(spec):
+        """kernel alone -> new outputs -> the op without autograd -> its forward with autograd
+        (the graph dropped); kl_loss adds the backward."""
+        spec = klgrad.Spec(spec)
+        return dict(zip(OP_STEPS, (lambda: klgrad.evaluate(spec, lp.detach(), lr, mask=mask),
+                                   lambda: kt.kl_loss(spec, lp.detach(), lr, mask=mask),
+                                   lambda: kt.kl_loss(spec, lp, lr, mask=mask))))
+
     # Check once that the three compute the same loss and gradient (float32 tolerances).
     ref_grad = None
     for fn in (composite(masked_mean_low_var_kl), composite(compiled),
@@ -178,10 +202,13 @@ def kl_loss_vs_torch(rounds):
     composite(compiled)()
     warm = time.perf_counter() - start
     times = interleaved({
+        **(steps("k3-as-loss") if op_steps else {}),
         "eager": composite(masked_mean_low_var_kl),
         "compiled": composite(compiled),
         "verl": klgrad_loss("k3-as-loss,preset=verl"),
         "plain": klgrad_loss("k3-as-loss"),
+        "verl kernel": kernel_only("k3-as-loss,preset=verl"),
+        "plain kernel": kernel_only("k3-as-loss"),
         "triad": tri,
     }, rounds)
     # The least kl_loss can move: read logp, ref (4 bytes each) and the mask (1), write value
@@ -196,12 +223,28 @@ def kl_loss_vs_torch(rounds):
     row("the same formula under torch.compile (fwd + bwd graphs)", times["compiled"], n)
     row("klgrad.torch.kl_loss('k3-as-loss,preset=verl')", times["verl"], n)
     row("klgrad.torch.kl_loss('k3-as-loss')", times["plain"], n)
+    row("klgrad.evaluate(verl, value=, coef=): no op path", times["verl kernel"], n)
+    row("klgrad.evaluate(k3-as-loss, value=, coef=): no op path", times["plain kernel"], n)
     row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
         f"(triad {12 * (1 << 22) / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
     print("   ratios, median over rounds [quartiles]:")
     ratio_line("kl_loss(verl) of its floor (floor time / kl_loss time)",
                paired(floor, times["verl"]))
     ratio_line("kl_loss(plain) of its floor", paired(floor, times["plain"]))
+    ratio_line("evaluate(verl, value=, coef=) of the floor",
+               paired(floor, times["verl kernel"]))
+    ratio_line("evaluate(plain, value=, coef=) of the floor",
+               paired(floor, times["plain kernel"]))
+    ratio_line("kl_loss(verl) / evaluate(verl, value=, coef=)  (op path)",
+               paired(times["verl"], times["verl kernel"]))
+    ratio_line("kl_loss(plain) / evaluate(plain, value=, coef=)",
+               paired(times["plain"], times["plain kernel"]))
+    if op_steps:
+        for name in OP_STEPS:
+            ratio_line(f"{name} / the kernel alone",
+                       paired(times[name], times["plain kernel"]))
+        ratio_line("kl_loss(plain) / its forward only  (the backward)",
+                   paired(times["plain"], times[OP_STEPS[-1]]))
     ratio_line("eager / kl_loss(verl)  (speed-up over eager)", paired(times["eager"],
                                                                        times["verl"]))
     ratio_line("compiled / kl_loss(verl)  (speed-up over compiled)",
@@ -303,6 +346,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=15, help="parts 2 and 3: rounds")
     parser.add_argument("--rows", type=int, default=16, help="logits rows for part 3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (klgrad: 1)")
+    parser.add_argument("--op-steps", action="store_true",
+                        help="part 2: also time kl_loss's op path step by step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
@@ -312,7 +357,7 @@ def main():
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     evaluate_vs_kernel(args.repeats)
     op_overhead(args.repeats)
-    kl_loss_vs_torch(args.rounds)
+    kl_loss_vs_torch(args.rounds, args.op_steps)
     logits_loss_vs_torch(max(3, args.rounds * 2 // 3), args.rows)
 
 

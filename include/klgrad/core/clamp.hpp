@@ -142,16 +142,22 @@ struct packet_bounds {
 /// clamp_estimate() on a packet of s: E's clamped value and derivative, and `inside`, all
 /// bits set in the lanes whose s the log-ratio bound let through. A NaN s stays NaN in the
 /// value and gets derivative 0, as in the scalar form.
+///
+/// A lane is inside a band iff clamping leaves it unchanged (lo <= x <= hi; a NaN is
+/// neither), so one comparison of x with its clamped self tests both bounds: half the
+/// comparisons (and their mask-to-vector conversions) of testing lo and hi apart.
 template <class E, class T, class P>
 EIGEN_ALWAYS_INLINE void clamp_packet(const packet_bounds<T>& c, const P& s, P& value,
                                       P& derivative, P& inside) {
   using namespace Eigen::internal;
-  inside = pand(pcmp_le(c.log_lo, s), pcmp_le(s, c.log_hi));
-  E::packet_both(pmin(pmax(s, c.log_lo), c.log_hi), value, derivative);
+  const P s_c = pmin(pmax(s, c.log_lo), c.log_hi);
+  inside = pcmp_eq(s_c, s);
+  E::packet_both(s_c, value, derivative);
   P pass = inside;
   if (c.value_bound) {
-    pass = pand(pass, pand(pcmp_le(c.value_lo, value), pcmp_le(value, c.value_hi)));
-    value = pmin(pmax(value, c.value_lo), c.value_hi);
+    const P v_c = pmin(pmax(value, c.value_lo), c.value_hi);
+    pass = pand(pass, pcmp_eq(v_c, value));
+    value = v_c;
   }
   if (!c.pass_gradient) derivative = pand(derivative, pass);
 }
