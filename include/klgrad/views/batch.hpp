@@ -499,14 +499,8 @@ auto packed(const Eigen::DenseBase<L>& logp, const Eigen::DenseBase<R>& ref,
   using T = typename decltype(base)::scalar;
   const auto tokens = detail::with_token_mask(base.layout(), mask, "logp");
   using M = typename decltype(tokens)::mask_scalar;
-  packed_batch<T, M, std::remove_const_t<typename F::Scalar>> b;
-  b.logp = base.logp;
-  b.ref = base.ref;
-  b.offsets = base.offsets;
-  b.tokens = base.tokens;
-  b.count = base.count;
-  b.mask = tokens.mask;
-  return b;
+  return packed_batch<T, M, std::remove_const_t<typename F::Scalar>>{
+      base.logp, base.ref, nullptr, tokens.mask, base.offsets, base.tokens, base.count};
 }
 
 /// N rows of policy and reference logits (N x V, row-major; float, double, or 16-bit:
