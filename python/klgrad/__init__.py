@@ -328,7 +328,8 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
     float gradient: a float32 one is made and copied over them. backend: "kernel" (the C++
     kernel, CPU arrays), "triton" (the Triton kernels: torch tensors on CUDA, or on the CPU
     under TRITON_INTERPRET=1; float32 / bfloat16 / float16 logits, log_probs=False), "auto"
-    (Triton for CUDA tensors, else the C++ kernel). Every backend takes the same arguments and checks them alike.
+    (Triton for CUDA tensors, else the C++ kernel). Every backend takes the same arguments
+    and checks them alike.
 
     process_group= (a torch.distributed group, or True for the default one): logits and
     ref_logits are this rank's contiguous slice of the vocabulary, value and loss the full
