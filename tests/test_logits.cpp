@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "gradient_over_logits.hpp"
 #include "logits_oracle.hpp"
 
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
@@ -815,4 +816,85 @@ TEST_CASE("logits: the batch sums are added in row order, with any number of thr
     omp_set_num_threads(threads);
 #endif
   }
+}
+
+namespace {
+
+/// Every divergence (Jensen-Shannon with and without the workspace) over a batch_for()
+/// batch in T: the gradient over z against the gradient apart. Bit for bit, but for
+/// Jensen-Shannon without kept exponentials on rows that do not start at a packet-aligned
+/// address and are long enough for streaming stores: over z it computes u = log pi - log M
+/// again in the gradient's pass, whose scalar head (before the first aligned packet) takes
+/// std::exp / std::log where the value pass took Eigen's packet functions.
+template <class T>
+void check_divergences_over_z(Index V, bool log_probs, double tau) {
+  const auto b = over_logits::batch_for<T>(V, log_probs, 131);
+  const bool aligned = V * Index(sizeof(T)) < klgrad::detail::stream_store_bytes ||
+                       (V * Index(sizeof(T))) % 64 == 0;
+  std::vector<T> work(std::size_t(klgrad::jensen_shannon_workspace_size<T>(V)));
+  for (divergence d : all_divergences) {
+    for (bool workspace : {false, true}) {
+      if (workspace && d != divergence::jensen_shannon) continue;
+      INFO(klgrad::to_string(d) << (workspace ? " with" : " without") << " workspace, V = "
+                                << V << ", log_probs " << log_probs << ", tau " << tau);
+      klgrad::logits_options opt;
+      opt.temperature = tau;
+      opt.log_probs = log_probs;
+      opt.lambda = 0.3;
+      if (workspace) opt.workspace = work.data(), opt.workspace_size = Index(work.size());
+      const bool kept = workspace && !log_probs;
+      over_logits::check_over_z(
+          b,
+          [&](const auto& batch, auto& value, auto& grad) {
+            return klgrad::logits_divergence(d, batch, value, grad, opt);
+          },
+          aligned || d != divergence::jensen_shannon || kept);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("logits: the gradient written over z is the gradient written apart",
+          "[logits][over-z]") {
+  // Packet tails (7, 1029 entries), and rows of 64 KiB and more, written with streaming
+  // stores: 16,400 floats / 8,200 doubles (every row aligned to any packet) and 16,387 floats
+  // / 8,195 doubles (rows at every offset: a scalar head before the aligned packets).
+  for (bool log_probs : {false, true}) {
+    for (double tau : {1.0, 0.7}) {
+      if (log_probs && tau != 1.0) continue;
+      for (Index V : {Index(7), Index(1029), Index(16400), Index(16387)})
+        check_divergences_over_z<float>(V, log_probs, tau);
+      for (Index V : {Index(7), Index(1029), Index(8200), Index(8195)})
+        check_divergences_over_z<double>(V, log_probs, tau);
+    }
+  }
+}
+
+TEST_CASE("logits: a gradient that overlaps z or z_ref without being z is refused",
+          "[logits][over-z]") {
+  const Index N = 4, V = 9;
+  Rows buffer = random_rows(N + 1, 2 * V, 1.0, 141), zr = random_rows(N, V, 1.0, 142);
+  using Map = Eigen::Map<Rows, Eigen::Unaligned, Eigen::OuterStride<>>;
+  const Map z(buffer.data(), N, V, Eigen::OuterStride<>(2 * V));
+  Vec value(N);
+  auto refused = [&](auto&& grad, const char* why) {
+    const std::string msg = message_of([&] {
+      klgrad::logits_divergence(divergence::reverse_kl, klgrad::logit_rows(z, zr), value, grad);
+    });
+    INFO(msg);
+    CHECK(msg.find(why) != std::string::npos);
+  };
+  // Shifted by one entry, or by one row with the same stride; z itself with another stride.
+  refused(Map(buffer.data() + 1, N, V, Eigen::OuterStride<>(2 * V)), "without being z itself");
+  refused(Map(buffer.data() + 2 * V, N, V, Eigen::OuterStride<>(2 * V)), "without being z itself");
+  refused(Map(buffer.data(), N, V, Eigen::OuterStride<>(V)), "row stride 9 against z's 18");
+  Eigen::Map<Rows> over_ref(zr.data(), N, V);
+  refused(over_ref, "grad overlaps z_ref's memory");
+  // Interleaved with z's rows, the gaps between them: no entry shared, accepted.
+  Map between(buffer.data() + V, N, V, Eigen::OuterStride<>(2 * V));
+  const Rows before = z;
+  klgrad::logits_divergence(divergence::reverse_kl, klgrad::logit_rows(z, zr), value, between);
+  CHECK((Rows(z) == before).all());
+  CHECK(between.allFinite());
 }

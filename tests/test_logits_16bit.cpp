@@ -328,6 +328,26 @@ TEST_CASE("16-bit full-vocabulary kernels refuse NaN and +inf naming argument, r
         }) == "z row 0, column 29 is inf; logits must be finite or -inf");
 }
 
+TEST_CASE("16-bit logits cannot take the float gradient over themselves", "[logits][16bit]") {
+  // The 16-bit rows in the first half of a float buffer that is the gradient: refused before
+  // anything is read or written, for the full-vocabulary and the top-k kernels.
+  Floats buffer = Floats::Zero(4, 30);
+  const Eigen::Map<rows_t<bf16>> z(reinterpret_cast<bf16*>(buffer.data()), 4, 30);
+  const rows_t<bf16> zr = random_rows<bf16>(4, 30, 5);
+  Eigen::ArrayXf v(4);
+  Eigen::Array<long, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> idx(4, 3);
+  const std::string want =
+      "grad overlaps z, whose 16-bit entries cannot hold the float gradient: pass a separate "
+      "float grad";
+  CHECK(message_of([&] {
+          klgrad::logits_divergence(klgrad::divergence::reverse_kl, klgrad::logit_rows(z, zr), v,
+                                    buffer);
+        }) == want);
+  CHECK(message_of([&] {
+          klgrad::top_k_divergence(klgrad::top_k_form::reverse_kl_tail,
+                                   klgrad::logit_rows(z, zr), idx, v, buffer);
+        }) == want);
+}
 
 TEST_CASE("16-bit sampled paths refuse NaN and +inf naming argument, row and value",
           "[logits][16bit][sampled]") {

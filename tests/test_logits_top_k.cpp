@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "gradient_over_logits.hpp"
 #include "logits_oracle.hpp"
 
 #include <cmath>
@@ -354,4 +355,47 @@ TEST_CASE("top-k forms: bad rows name the array that chooses K", "[logits][top-k
   }
   CHECK(klgrad::top_k_form_named("reverse-kl-top-k-tail") == top_k_form::reverse_kl_tail);
   CHECK(!klgrad::top_k_form_named("reverse-kl-top-k-head"));
+}
+
+namespace {
+
+/// Every top-k form over a batch_for() batch in T, the gradient over z against the gradient
+/// apart: the same K, values and gradient bit for bit (the entries off K are computed on the
+/// same packets either way, K's by the same scalar loop).
+template <class T>
+void check_top_k_over_z(Index V, Index k, bool log_probs, double tau) {
+  const auto b = over_logits::batch_for<T>(V, log_probs, 151);
+  for (top_k_form f : klgrad::top_k_forms) {
+    INFO(klgrad::to_string(f) << ", V = " << V << ", k = " << k << ", log_probs " << log_probs
+                              << ", tau " << tau);
+    klgrad::logits_options opt;
+    opt.temperature = tau;
+    opt.log_probs = log_probs;
+    std::vector<Idx> chosen;
+    over_logits::check_over_z(b, [&](const auto& batch, auto& value, auto& grad) {
+      chosen.emplace_back(b.rows_n(), k);
+      return klgrad::top_k_divergence(f, batch, chosen.back(), value, grad, opt);
+    });
+    REQUIRE(chosen.size() == 2);
+    CHECK((chosen[0] == chosen[1]).all());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("top-k forms: the gradient written over z is the gradient written apart",
+          "[logits][top-k][over-z]") {
+  // Row 3 of every batch holds small integers: entries tied with K's least entry on either
+  // side of K's boundary, in packets and in the tail.
+  for (bool log_probs : {false, true}) {
+    for (double tau : {1.0, 0.7}) {
+      if (log_probs && tau != 1.0) continue;
+      for (Index V : {Index(7), Index(1029), Index(16387)})
+        for (Index k : {Index(1), Index(5), Index(64), V}) {
+          if (k > V) continue;
+          check_top_k_over_z<float>(V, k, log_probs, tau);
+          check_top_k_over_z<double>(V, k, log_probs, tau);
+        }
+    }
+  }
 }

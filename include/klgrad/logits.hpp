@@ -84,6 +84,15 @@ logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
 ///   JSD: (1 - lambda) pi (log pi - log M - KL(pi || M)) / tau.
 /// This is the per-state ("part 1") gradient of docs/theory.md: each state's distribution
 /// is differentiated with the states held fixed. A second pass per row writes the gradient.
+///
+/// grad may be z itself (the same memory, row stride and type; float or double z): the
+/// gradient is then written over the logits, each entry after the kernel has read it for
+/// the last time, and no N x V buffer exists (docs/logits.md, "Gradient over the logits").
+/// It is the gradient a separate grad gets, bit for bit where the rows are under 64 KiB or
+/// both start every row at a packet-aligned address. Any other overlap of grad with z or
+/// z_ref is an input_error, as is grad over 16-bit z (its entries cannot hold a float
+/// gradient). A call that raises for a bad row may have written the gradients of other rows
+/// over their logits.
 template <class S, class M, class V, class G>
 logits_summary logits_divergence(divergence d, const logit_batch<S, M>& batch,
                                  const Eigen::DenseBase<V>& value, const Eigen::DenseBase<G>& grad,

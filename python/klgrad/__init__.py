@@ -322,10 +322,14 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
 
     The gradient goes to a new array, to grad= (an array of the logits' shape, float32 /
     float64 as the kernel computes or the logits' own dtype), or with grad_in_place=True
-    over the logits themselves. backend: "kernel" (the C++ kernel, CPU arrays), "triton"
-    (the Triton kernels: torch tensors on CUDA, or on the CPU under TRITON_INTERPRET=1;
-    float32 / bfloat16 / float16 logits, log_probs=False), "auto" (Triton for CUDA tensors,
-    else the C++ kernel). Every backend takes the same arguments and checks them alike.
+    over the logits themselves, with no N x V buffer (each entry written once it has been
+    read for the last time; a call that raises for a bad row may leave other rows holding
+    their gradients), but for 16-bit logits on the C++ kernel, whose entries cannot hold its
+    float gradient: a float32 one is made and copied over them. backend: "kernel" (the C++
+    kernel, CPU arrays), "triton" (the Triton kernels: torch tensors on CUDA, or on the CPU
+    under TRITON_INTERPRET=1; float32 / bfloat16 / float16 logits, log_probs=False), "auto"
+    (Triton for CUDA tensors, else the C++ kernel). Every backend takes the same arguments
+    and checks them alike.
 
     process_group= (a torch.distributed group, or True for the default one): logits and
     ref_logits are this rank's contiguous slice of the vocabulary, value and loss the full
@@ -388,18 +392,22 @@ def _gradient_target(logits, gradient, grad, grad_in_place, grad_dtype):
 def _kernel_divergence(logits, ref_logits, *, divergence, lam, top_k, temperature, mask,
                        log_probs, gradient, grad_dtype, target):
     """logits_divergence on the C++ kernel. A target in the kernel's own dtype is written
-    in place; a 16-bit one, or the logits (grad_in_place), get the kernel's gradient copied
-    in (the kernel reads the logits while it writes)."""
+    in place: float32 / float64 logits (grad_in_place) too, contiguous, the kernel writing
+    each entry's gradient over it once it has read it for the last time (no N x V buffer).
+    A 16-bit target, or non-contiguous logits, get the kernel's gradient copied in."""
     z, zr = _crossing(logits, "logits"), _crossing(ref_logits, "ref_logits")
     m = _row_mask(mask)
     compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
     value = grad = indices = None
-    direct = (target is not None and target is not logits
-              and _dtype_name(target) == compute)
+    over_z = target is logits
+    direct = (target is not None and _dtype_name(target) == compute
+              and (not over_z or _is_contiguous(z)))
     if compute is not None and rows is not None:  # else the binding refuses logits, naming it
         value = _empty(z, rows, compute)
-        if gradient:
-            grad = _crossing(target, "grad") if direct else _empty(z, tuple(z.shape), compute)
+        if gradient and direct:
+            grad = z if over_z else _crossing(target, "grad")
+        elif gradient:
+            grad = _empty(z, tuple(z.shape), compute)
         if top_k is not None and isinstance(top_k, int) and 0 < top_k <= z.shape[-1]:
             indices = _empty(z, rows + (top_k,), "int64")
     fields = _klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
@@ -409,8 +417,15 @@ def _kernel_divergence(logits, ref_logits, *, divergence, lam, top_k, temperatur
     else:
         if not direct:
             _copy_into(target, grad)
+        elif over_z and _is_tensor(target):  # as an in-place torch op would
+            _torch().autograd.graph.increment_version(target)
         grad = target
     return LogitsResult((value, grad, indices) + tuple(fields))
+
+
+def _is_contiguous(x):
+    """True for a C-contiguous torch tensor or numpy array."""
+    return x.is_contiguous() if _is_tensor(x) else bool(x.flags.c_contiguous)
 
 
 def _copy_into(target, source):

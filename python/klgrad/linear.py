@@ -118,10 +118,10 @@ def _fused(hidden, weight, bias, ref_logits, ref_hidden, ref_weight, ref_bias, d
     total = rows if valid is None else int(valid.sum())
     value = torch.zeros(rows, dtype=dtype, device=hidden.device)
     grads = _Gradients(student, hidden, weight, bias)
-    # The Triton kernels write the gradient over the chunk's own (new) logits, which holds
-    # one chunk less; the C++ kernel would copy its gradient over them, so it keeps its own.
-    in_place = "process_group" not in options and (
-        hidden.device.type == "cuda" or options.get("backend") == "triton")
+    # The gradient is written over the chunk's own (new) logits, by the Triton kernels and
+    # by the C++ kernel alike (float32 / float64 logits, contiguous): a chunk's logit
+    # gradient takes no memory of its own. The shards' path makes its own.
+    in_place = "process_group" not in options
     for start in _chunk_starts(rows, chunk_rows):
         stop = min(start + chunk_rows, rows)
         chunk_valid = None if valid is None else valid[start:stop]

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 import klgrad.torch as kt  # noqa: E402
 from klgrad import linear  # noqa: E402
+from memory import peak_allocated  # noqa: E402
 
 ROWS, FEATURES, VOCAB = 13, 6, 37
 TOP_K = 5
@@ -256,34 +257,20 @@ def test_no_row_still_refuses_a_bad_divergence():
 
 # ---- memory -------------------------------------------------------------------------------
 
-def peak_allocated(fn):
-    """The peak of the bytes that torch's CPU allocator holds while fn() runs, above what it
-    held when fn started, and fn's result. torch.profiler with profile_memory=True records
-    every allocation and free through c10's allocator (the "[memory]" events, with signed
-    byte counts); their running sum in time order is the bytes held. What does not go through
-    torch's allocator is not seen: the C++ kernel's Jensen-Shannon workspace (2 V floats) and
-    BLAS's internal buffers, none of them N x V."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    held = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        held += e.nbytes()
-        peak = max(peak, held)
-    return peak, out
-
-
 @pytest.mark.parametrize("divergence,top_k,teacher_form,chunks", [
-    ("jensen-shannon", None, "head", 3), ("forward-kl-top-k-tail", 8, "head", 3),
-    ("reverse-kl", None, "logits", 2)])
-def test_peak_memory_is_a_few_chunks_of_logits(divergence, top_k, teacher_form, chunks):
+    ("jensen-shannon", None, "head", 2), ("forward-kl-top-k-tail", 8, "head", 2),
+    ("reverse-kl", None, "logits", 1)])
+def test_peak_memory_is_the_chunks_of_logits_that_must_exist(divergence, top_k, teacher_form,
+                                                             chunks):
     """N = 2,048 rows at V = 4,096 in float32: the whole logits would be 32 MiB each (policy,
     teacher, gradient); the fused form with chunks of 64 rows (1 MiB of logits) holds, beyond
-    its outputs (the gradients of hidden, weight and bias, and the values), at most the
-    chunk's policy logits, teacher logits (made from the teacher's head; a view of the
-    teacher's logits when those are given, so not counted) and logit gradient, and some
-    small per-chunk tensors."""
+    its outputs (the gradients of hidden, weight and bias, and the values), the chunk's
+    policy logits, which the kernel overwrites with their gradient (grad_in_place), the
+    chunk's teacher logits when they are made from the teacher's head (a view of the
+    teacher's logits when those are given, so not counted), and the chunk's small tensors:
+    the gradient's product with the weight (chunk x H), its sum over rows for the bias (V),
+    the values and the top-k indices. Measured (torch 2.13, this machine): 2.000 and 2.004
+    chunks with the head, 1.016 with the logits."""
     rows, features, vocab, chunk = 2048, 64, 4096, 64
     h, w, b = (x.detach().requires_grad_(True)
                for x in head(seed=16, rows=rows, features=features, vocab=vocab,
@@ -294,11 +281,13 @@ def test_peak_memory_is_a_few_chunks_of_logits(divergence, top_k, teacher_form, 
     peak, (loss, _) = peak_allocated(lambda: kt.linear_logits_loss(
         h, w, ref, bias=b, divergence=divergence, top_k=top_k, chunk_rows=chunk))
     chunk_logits = chunk * vocab * 4
+    small = (chunk * features + vocab + chunk) * 4 + chunk * (top_k or 0) * 8
     outputs = (h.numel() + w.numel() + b.numel() + rows) * 4  # the gradients and the values
     extra = peak - outputs
     print(f"peak {peak} B, outputs {outputs} B, extra {extra} B = "
-          f"{extra / chunk_logits:.3f} chunk logits ({chunk_logits} B)")
-    assert extra <= (chunks + 0.25) * chunk_logits
+          f"{extra / chunk_logits:.3f} chunk logits ({chunk_logits} B); small {small} B")
+    assert extra <= chunks * chunk_logits + small
+    assert extra > chunks * chunk_logits  # the chunks counted do exist
     assert peak < rows * vocab * 4  # less than one whole N x V logits tensor
     loss.backward()
     assert h.grad is not None

@@ -12,6 +12,7 @@ import klgrad
 
 torch = pytest.importorskip("torch")
 import klgrad.torch as kt  # noqa: E402
+from memory import peak_allocated  # noqa: E402
 
 RNG = np.random.default_rng(11)
 
@@ -123,6 +124,69 @@ def test_top_k_forms_with_k_equal_v_are_the_full_divergence(divergence, full):
     if divergence.endswith("-tail"):  # k + 1 bins: at most the full divergence
         part = klgrad.logits_divergence(z, zr, divergence=divergence, top_k=2)
         assert (part.value <= whole.value).all()
+
+
+FORMS = [("reverse-kl", None), ("forward-kl", None), ("jensen-shannon", None),
+         ("forward-kl-top-k", 5), ("reverse-kl-top-k", 5), ("forward-kl-top-k-tail", 5),
+         ("reverse-kl-top-k-tail", 5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("divergence,top_k", FORMS)
+def test_gradient_in_place_writes_over_the_logits_with_no_copy(divergence, top_k, dtype):
+    """grad_in_place=True on float32 / float64 CPU tensors: the C++ kernel writes the gradient
+    over the logits themselves (B x T x V, a mask, temperature 0.7): the gradient a new array
+    gets, bit for bit, the same values and indices, the logits' version counter moved as by
+    an in-place op, and no N x V allocation (the peak stays under a tenth of the logits;
+    the values and indices are 1% of them)."""
+    z, zr = (torch.tensor(x, dtype=dtype).reshape(4, 64, 1000) for x in logits(256, 1000))
+    mask = torch.tensor(RNG.random((4, 64)) > 0.2)
+    kw = dict(divergence=divergence, top_k=top_k, temperature=0.7, lam=0.3, mask=mask)
+    expected = klgrad.logits_divergence(z, zr, **kw)
+    own = z.clone()
+    version = own._version
+    peak, r = peak_allocated(lambda: klgrad.logits_divergence(own, zr, grad_in_place=True,
+                                                              **kw))
+    assert r.grad is own and torch.equal(own, expected.grad)
+    assert torch.equal(r.value, expected.value) and r.loss == expected.loss
+    assert top_k is None or torch.equal(r.indices, expected.indices)
+    assert own._version > version
+    assert peak < own.numel() * own.element_size() / 10
+
+
+def test_gradient_in_place_copies_where_the_logits_cannot_take_it():
+    """16-bit logits cannot hold the kernel's float32 gradient, and logits whose rows are
+    not contiguous are not the gradient's layout: a float32 gradient is made (an N x V
+    allocation) and copied over them, the same gradient as asked for in their dtype."""
+    z, zr = (torch.tensor(x, dtype=torch.bfloat16) for x in logits(64, 1000))
+    expected = klgrad.logits_divergence(z, zr, grad_dtype=torch.bfloat16)
+    own = z.clone()
+    peak, r = peak_allocated(lambda: klgrad.logits_divergence(own, zr, grad_in_place=True))
+    assert r.grad is own and torch.equal(own, expected.grad)
+    assert peak >= own.numel() * 4
+    wide, zr32 = torch.zeros(64, 1024), zr.float()
+    own = wide[:, :1000]
+    own.copy_(z)
+    expected = klgrad.logits_divergence(own.contiguous(), zr32)
+    r = klgrad.logits_divergence(own, zr32, grad_in_place=True)
+    assert r.grad is own and torch.equal(own, expected.grad)
+    assert torch.equal(wide[:, 1000:], torch.zeros(64, 24))
+
+
+def test_a_gradient_overlapping_the_logits_is_refused():
+    """grad= over part of the logits' memory, or over the reference's, is the kernel's
+    InputError; over the logits exactly it is grad_in_place."""
+    z, zr = logits(4, 10)
+    buffer = np.zeros(41)
+    buffer[:40] = z.ravel()
+    with pytest.raises(klgrad.InputError, match="without being z itself"):
+        klgrad.logits_divergence(buffer[:40].reshape(4, 10), zr,
+                                 grad=buffer[1:].reshape(4, 10))
+    with pytest.raises(klgrad.InputError, match="grad overlaps z_ref's memory"):
+        klgrad.logits_divergence(z, zr, grad=zr)
+    expected = klgrad.logits_divergence(z, zr).grad
+    assert klgrad.logits_divergence(z, zr, grad=z).grad is z
+    np.testing.assert_array_equal(z, expected)
 
 
 @pytest.mark.parametrize("shape,mask_shape", [((0, 5), (0,)), ((0, 3, 5), (0, 3))])

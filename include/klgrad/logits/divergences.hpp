@@ -83,7 +83,9 @@ row_result forward_row(const S* z, const S* zr, Index V, T it, bool log_probs, d
 ///   dJSD/dz_j = it (1 - lambda) pi_j (u_j - U),  u_j = log pi_j - log M_j,
 ///   U = sum pi u = KL(pi || M),
 /// the RKL gradient with ref replaced by M, times (1 - lambda). Pass 1 gives the two
-/// log-sum-exps, pass 2 the value (and u into g), pass 3 the gradient.
+/// log-sum-exps, pass 2 the value (and u into g), pass 3 the gradient. With g over z
+/// itself and no kept exponentials, pass 3 reads z again: pass 2 then only sums, and pass 3
+/// computes u again from z and z_ref at the entry it writes.
 template <class S, class T = compute_t<S>>
 row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_probs,
                               double lambda, double scale, T* g, T* kept = nullptr) {
@@ -97,9 +99,12 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   if (!std::isfinite(state.lse_y()) || state.sy == 0) return {0, row_bad_ref};
   const T cx = state.cx, cy = state.cy, lsx = T(state.log_sx()), lsy = T(state.log_sy());
   const T lam = T(lambda), mu = T(1 - lambda), tiny = std::numeric_limits<T>::min();
-  // The terms of entries i.. given pi and ref there (p, q): u = log pi - log M into g,
-  // and p u, q v into the sums.
-  auto terms = [&](auto* acc, Index i, const auto& p, const auto& q) {
+  // u into g unless g is z itself and pass 3 reads z again (captured by value: GCC then
+  // tests it once, not per packet after each store).
+  T* const u_out = keep || !writes_over(z, g) ? g : nullptr;
+  // The terms of entries i.. given pi and ref there (p, q): u = log pi - log M into u_out
+  // (and returned), and p u, q v into the sums.
+  auto terms = [&, u_out](auto* acc, Index i, const auto& p, const auto& q) {
     using P = std::remove_pointer_t<decltype(acc)>;
     const P lp = log_softmax_at<P>(z, i, it, cx, lsx);
     const P lr = log_softmax_at<P>(zr, i, it, cy, lsy);
@@ -109,9 +114,10 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
     const P m = ei::pmax(ei::pmadd(splat<P>(lam), q, ei::pmul(splat<P>(mu), p)), splat<P>(tiny));
     const P lm = log_of_normal(m);
     const P u = where_exp_normal(lp, ei::psub(lp, lm)), v = where_exp_normal(lr, ei::psub(lr, lm));
-    if (g) store(g, i, u);
+    if (u_out) store(u_out, i, u);
     acc[0] = ei::pmadd(p, u, acc[0]);
     acc[1] = ei::pmadd(q, v, acc[1]);
+    return u;
   };
   double U = 0, Kr = 0;
   if (keep) {
@@ -155,11 +161,24 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
     }
     return {value, row_ok};
   }
-  write_row(g, V, [&](auto tag, Index i) {
-    using P = decltype(tag);
-    const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
-    return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g, i), splat<P>(Ut))));
-  });
+  // u_at(P{}, i): u at entries i.., stored by pass 2 or computed again.
+  auto gradient = [&](auto u_at) {
+    write_row(g, V, [&](auto tag, Index i) {
+      using P = decltype(tag);
+      const P u = u_at(tag, i);
+      const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
+      return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(u, splat<P>(Ut))));
+    });
+  };
+  if (u_out)
+    gradient([&](auto tag, Index i) { return load<decltype(tag)>(g, i); });
+  else
+    gradient([&](auto tag, Index i) {  // pass 2's u again; its sums are dropped
+      using P = decltype(tag);
+      P dropped[2] = {splat<P>(T(0)), splat<P>(T(0))};
+      return terms(dropped, i, pexp_or_exp(log_softmax_at<P>(z, i, it, cx, lsx)),
+                   pexp_or_exp(log_softmax_at<P>(zr, i, it, cy, lsy)));
+    });
   return {value, row_ok};
 }
 

@@ -204,13 +204,72 @@ const strided_rows<T>* gradient_rows(const strided_rows<T>& go) {
   return &go;
 }
 
+/// True where some byte of rows a lies in the memory of rows b. Each side's rows are taken
+/// as disjoint and in increasing address order (stride >= cols); a side whose rows are not
+/// is taken as overlapping wherever its address range meets the other's.
+template <class A, class B>
+bool rows_overlap(const strided_rows<A>& a, const strided_rows<B>& b) {
+  if (a.rows == 0 || a.cols == 0 || b.rows == 0 || b.cols == 0) return false;
+  using address = std::uintptr_t;
+  const address a0 = reinterpret_cast<address>(a.data), b0 = reinterpret_cast<address>(b.data);
+  const address a_len = address(a.cols) * sizeof(A), b_len = address(b.cols) * sizeof(B);
+  // A single row's stride is never used: its length serves.
+  const address a_step = a.rows > 1 ? address(a.stride) * sizeof(A) : a_len;
+  const address b_step = b.rows > 1 ? address(b.stride) * sizeof(B) : b_len;
+  const address a_end = a0 + address(a.rows - 1) * a_step + a_len;
+  const address b_end = b0 + address(b.rows - 1) * b_step + b_len;
+  if (a_end <= b0 || b_end <= a0) return false;
+  if (a_step < a_len || b_step < b_len) return true;
+  for (Index r = 0; r < a.rows; ++r) {
+    const address s = a0 + address(r) * a_step, e = s + a_len;
+    // b's first row that ends after s, then whether it starts before e
+    const address q = s < b0 + b_len ? 0 : (s - b0 - b_len) / b_step + 1;
+    if (q < address(b.rows) && b0 + q * b_step < e) return true;
+  }
+  return false;
+}
+
+/// True where a row kernel writes its gradient over z itself (grad_output allows no other
+/// overlap, so the same first address is the same memory).
+template <class S, class T>
+bool writes_over(const S* z, const T* g) {
+  return static_cast<const void*>(z) == static_cast<const void*>(g);
+}
+
+/// The gradient may be written over z itself: the same memory with the same row stride and
+/// scalar type (every row kernel reads an entry of z for the last time before it writes that
+/// entry's gradient). Any other overlap with z or z_ref is refused.
+template <class S, class M, class T>
+void check_gradient_memory(const logit_batch<S, M>& b, const strided_rows<T>& g) {
+  const bool over_z = std::is_same_v<S, T> && writes_over(b.z.data, g.data) &&
+                      (g.stride == b.z.stride || g.rows <= 1);
+  if (!over_z && rows_overlap(g, b.z)) {
+    if constexpr (!std::is_same_v<S, T>)
+      raise<input_error>("grad overlaps z, whose 16-bit entries cannot hold the float "
+                         "gradient: pass a separate float grad");
+    const auto offset = reinterpret_cast<std::intptr_t>(g.data) -
+                        reinterpret_cast<std::intptr_t>(b.z.data);
+    raise<input_error>(cat("grad overlaps z's memory without being z itself (", offset,
+                           " bytes from z's first entry, row stride ", g.stride, " against z's ",
+                           b.z.stride,
+                           "): the gradient can be written over z in place, the same memory "
+                           "with the same layout, but not over part of it"));
+  }
+  if (rows_overlap(g, b.ref))
+    raise<input_error>("grad overlaps z_ref's memory: the kernels read z_ref after writing "
+                       "grad; pass a grad apart from z_ref");
+}
+
+/// The caller's gradient rows, checked: z's shape, and z's memory or none of z's and z_ref's.
 template <class S, class M, class D, class T = compute_t<S>>
 strided_rows<T> grad_output(const logit_batch<S, M>& b, const Eigen::DenseBase<D>& grad) {
   static_assert(std::is_same_v<typename D::Scalar, T>,
                 "klgrad: grad must have z's type (float for 16-bit z)");
   const auto v = rows_of(grad, "grad");
   require_same_shape(b.z, "z", v, "grad");
-  return {const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+  const strided_rows<T> g{const_cast<T*>(v.data), v.rows, v.cols, v.stride};
+  check_gradient_memory(b, g);
+  return g;
 }
 
 }  // namespace klgrad::detail

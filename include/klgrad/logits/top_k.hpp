@@ -214,6 +214,35 @@ one_sided_top_k<T> one_sided_top_k_value(const S* inner, const S* outer, Index V
   return out;
 }
 
+/// write_row(g, V, f) for a gradient written over z itself, but for K's entries, which keep
+/// z's values for the loop over K that follows: a lane of f's packet at an entry of K gets
+/// z's entry back. K's entries are those that top_k_order of the chooser puts no later than
+/// idx[k - 1] (idx in that order): the very set select_top_k chose. f reads an entry of z
+/// only to write that entry, and K's last entry, which compares, is never written.
+template <class S, class I, class T, class F>
+void write_around_top_k(T* g, Index V, const S* chooser, const I* idx, Index k, F&& f) {
+  const top_k_order<S, I> better{chooser};
+  const I last = idx[k - 1];
+  const T least = widen(chooser[Index(last)]);
+  auto in_k = [&](Index i) { return I(i) == last || better(I(i), last); };
+  write_row(g, V, [&](auto tag, Index i) {
+    using P = decltype(tag);
+    const P out = f(tag, i);
+    if constexpr (std::is_same_v<P, T>) {
+      return in_k(i) ? g[i] : out;
+    } else {
+      // A packet whose entries are all below K's least holds none of K.
+      if (!(horizontal_max<T>(load<P>(chooser, i)) >= least)) return out;
+      constexpr Index L = ei::unpacket_traits<P>::size;
+      T lanes[std::size_t(L)];
+      ei::pstoreu(lanes, out);
+      for (Index l = 0; l < L; ++l)
+        if (in_k(i + l)) lanes[l] = g[i + l];
+      return ei::ploadu<P>(lanes);
+    }
+  });
+}
+
 /// forward_kl: value = binned_kl(ref renormalised over K, pi), gradient
 ///   dFKL_k/dz_j = it (pi_j - rt_j [j in K])   (since sum_K rt = 1).
 template <class S, class I, class T = compute_t<S>>
@@ -222,6 +251,7 @@ row_result forward_top_k_row(const S* z, const S* zr, Index V, T it, bool log_pr
   const auto v = one_sided_top_k_value(zr, z, V, it, log_probs, idx, k, row_bad_z);
   if (v.result.status != row_ok || !g) return v.result;
   const T c = T(scale) * it, cx = v.outer.cx, lsx = T(v.outer.log_sx());
+  // Over z itself as it is: the loop over K reads z_ref and g alone.
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     return ei::pmul(splat<P>(c), v_exp(log_softmax_at<P>(z, i, it, cx, lsx)));
@@ -243,12 +273,15 @@ row_result reverse_top_k_row(const S* z, const S* zr, Index V, T it, bool log_pr
   if (v.result.status != row_ok || !g) return v.result;
   const double value = v.result.value, lsk = v.lsk, lse_r = v.outer.lse_x();
   if (!std::isfinite(value)) return {value, row_infinite_rkl};
-  std::fill(g, g + V, T(0));
+  if (writes_over(z, g))  // zeros around K, whose logits the loop below reads
+    write_around_top_k(g, V, z, idx, k, [](auto tag, Index) { return splat<decltype(tag)>(T(0)); });
+  else
+    std::fill(g, g + V, T(0));
   const double c = scale * double(it);
   for (Index j = 0; j < k; ++j) {
     const Index i = Index(idx[j]);
     const double lp = double(widen(z[i]) * it) - lsk, p = std::exp(lp);
-    if (p > 0) g[i] = T(c * p * (lp - (double(widen(zr[i]) * it) - lse_r) - value));
+    g[i] = p > 0 ? T(c * p * (lp - (double(widen(zr[i]) * it) - lse_r) - value)) : T(0);
   }
   return v.result;
 }
@@ -280,10 +313,15 @@ row_result tail_top_k_row(bool reverse, const S* z, const S* zr, Index V, T it, 
   if (reverse && !std::isfinite(value)) return {value, row_infinite_rkl};
   const T c = T(scale) * it, cx = T(lse_z), lsx = T(lse_z - double(cx));
   constexpr double none = -std::numeric_limits<double>::infinity();
+  // The entries off K; over z itself K's logits are kept for the loop over K below.
+  auto write_off_k = [&](auto f) {
+    if (writes_over(z, g)) write_around_top_k(g, V, reverse ? z : zr, idx, k, f);
+    else write_row(g, V, f);
+  };
   if (reverse) {
     // Off K: it pi_j (lP - lR - value); where P = 0 every pi_j off K is 0.
     const T h = T(lP == none ? 0.0 : lP - lR - value);
-    write_row(g, V, [&](auto tag, Index i) {
+    write_off_k([&](auto tag, Index i) {
       using P = decltype(tag);
       const P p = v_exp(log_softmax_at<P>(z, i, it, cx, lsx));
       return where_positive(p, ei::pmul(splat<P>(c), ei::pmul(p, splat<P>(h))));
@@ -292,7 +330,7 @@ row_result tail_top_k_row(bool reverse, const S* z, const S* zr, Index V, T it, 
     // Off K: it (pi_j - exp(log pi_j + lR - lP)); pi_j / P <= 1 keeps the second term at
     // most R. Where P = 0 every pi_j off K is 0.
     const T d = T(lP == none ? none : lR - lP);
-    write_row(g, V, [&](auto tag, Index i) {
+    write_off_k([&](auto tag, Index i) {
       using P = decltype(tag);
       const P lp = log_softmax_at<P>(z, i, it, cx, lsx);
       return ei::pmul(splat<P>(c), ei::psub(v_exp(lp), v_exp(ei::padd(lp, splat<P>(d)))));
@@ -378,7 +416,8 @@ logits_summary top_k_divergence(top_k_form f, const logit_batch<T, M>& batch,
 
 /// The same, and grad = beta * a_{b,t} * d value / d z (N x V; zero in masked rows), with K
 /// held fixed (docs/logits.md gives each form's gradient). A reverse form whose value is
-/// +inf (ref = 0 on a bin where pi > 0) has no gradient: input_error naming the row.
+/// +inf (ref = 0 on a bin where pi > 0) has no gradient: input_error naming the row. grad
+/// may be z itself, as for logits_divergence (logits.hpp): the gradient over the logits.
 template <class T, class M, class I, class V, class G>
 logits_summary top_k_divergence(top_k_form f, const logit_batch<T, M>& batch,
                                 const Eigen::DenseBase<I>& indices,
