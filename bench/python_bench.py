@@ -15,7 +15,9 @@
 3. klgrad.torch.logits_loss (reverse KL) forward + backward at V = 151,936 against the
    eager and the compiled log_softmax + kl_div composite, and the floor: the exponentials
    of both rows (2 x rows x V) at the rate of a fused exp-and-sum measured in the same
-   rounds (or the bytes at the triad's rate, whichever is slower).
+   rounds (or the bytes at the triad's rate, whichever is slower); then the C++ bound of
+   the same exponentials, klgrad.bench's exp-sum floor (Eigen's packet exp), in its own
+   rounds: the C++ kernel's paired ratio to it, and logits_loss's ratio of medians.
 
 Timing: every candidate of a part, its floor included, runs once per round, in an order
 that rotates from round to round, for --rounds rounds after a warm-up (torch.compile's
@@ -327,6 +329,22 @@ def logits_loss_vs_torch(rounds, rows):
                paired(times["compiled"], times["klgrad"]))
     ratio_line("compiled of the floor (floor time / compiled time)",
                paired(floor, times["compiled"]))
+    exp_sum_bound(rows, V, statistics.median(times["klgrad"]))
+
+
+def exp_sum_bound(rows, V, klgrad_median):
+    """The C++ bound of the same exponentials: klgrad.bench's exp-sum floor (Eigen's packet
+    exp and sum over both rows, docs/performance.md), timed in its own paired rounds, not in
+    the rounds above: the C++ kernel's ratio to it is paired, logits_loss's is a ratio of
+    medians from separate rounds."""
+    cpp = klgrad.bench(logits="reverse-kl", shape=(1, rows), vocab=V, seconds=1.0)[0]
+    bound = rows / cpp["floor_items_per_second"]["median"]
+    q = cpp["of_floor"]
+    print(f"   against the C++ exp-sum bound (klgrad.bench, its own {cpp['rounds']} rounds: "
+          f"{bound * 1e3:.3f} ms for these rows):")
+    ratio_line("C++ kernel reverse-kl of the bound (paired)", (q["q1"], q["median"], q["q3"]))
+    print(f"   {'logits_loss of the bound (ratio of medians)':60s} "
+          f"{bound / klgrad_median:6.2f}")
 
 
 def cpu_model():
