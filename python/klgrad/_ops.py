@@ -87,9 +87,11 @@ def _kl_loss_fake(logp, ref, spec, behavior, mask, offsets, tokens, sequences,
     return logp.new_empty(()), _empty_like_rows(logp), _empty_like_rows(logp)
 
 
-def _kl_loss_setup(ctx, inputs, output):
-    # logp is saved only for its version counter: a backward after logp (or a tensor it is a
-    # view of) was changed in place is refused, as autograd refuses it for its own ops.
+def _loss_setup(ctx, inputs, output):
+    """The setup of the ops returning (loss, value, gradient-like output): kl_loss's coef,
+    logits_loss's grad. The first input is saved only for its version counter: a backward
+    after it (or a tensor it is a view of) was changed in place is refused, as autograd
+    refuses it for its own ops."""
     ctx.save_for_backward(inputs[0], output[2])
     ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)  # no zero tensors for the grads of value and coef
@@ -127,7 +129,7 @@ kl_loss_op = _define(
     "(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, Tensor? offsets, "
     "SymInt? tokens, SymInt? sequences, str backend=\"auto\") -> (Tensor, Tensor, Tensor)",
     _kl_loss, cuda=_kl_loss, fake=_kl_loss_fake, backward=_kl_loss_backward,
-    setup=_kl_loss_setup)
+    setup=_loss_setup)
 
 
 # ---- klgrad::kl_penalty -------------------------------------------------------------------
@@ -200,12 +202,6 @@ def _logits_loss_fake(logits, ref_logits, divergence, mask, temperature, lam, to
     return logits.new_empty((), dtype=kernel), value, _empty_like_rows(logits)
 
 
-def _logits_loss_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[2])
-    ctx.mark_non_differentiable(output[1], output[2])
-    ctx.set_materialize_grads(False)
-
-
 def _logits_loss_backward(ctx, grad_loss, grad_value, grad_grad):
     _, grad = ctx.saved_tensors
     # 16-bit logits: grad is already the logits' dtype (the float32 kernel gradient rounded
@@ -218,4 +214,4 @@ logits_loss_op = _define(
     "(Tensor logits, Tensor ref_logits, str divergence, Tensor? mask, float temperature, "
     "float lam, SymInt? top_k, str backend=\"auto\") -> (Tensor, Tensor, Tensor)",
     _logits_loss, cuda=_logits_loss_cuda, fake=_logits_loss_fake,
-    backward=_logits_loss_backward, setup=_logits_loss_setup)
+    backward=_logits_loss_backward, setup=_loss_setup)

@@ -372,14 +372,6 @@ struct padded_batch {
     detail::require_same_shape(logp, "logp", out.behavior, "behavior");
     return out;
   }
-
-  /// The same batch with lb = logp: the on-policy weight exp(lp - sg(lp)), value 1 and
-  /// derivative 1 (NeMo-RL's default).
-  padded_batch with_logp_as_behavior() const {
-    padded_batch out = *this;
-    out.behavior = logp;
-    return out;
-  }
 };
 
 /// Packed batch ("remove padding"): all tokens in one array; sequence b holds the tokens
@@ -423,13 +415,6 @@ struct packed_batch {
                                              " tokens but behavior has ", v.cols));
     packed_batch out = *this;
     out.behavior = v.data;
-    return out;
-  }
-
-  /// The same batch with lb = logp (padded_batch::with_logp_as_behavior).
-  packed_batch with_logp_as_behavior() const {
-    packed_batch out = *this;
-    out.behavior = logp;
     return out;
   }
 };
