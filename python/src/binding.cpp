@@ -194,6 +194,23 @@ std::string python_words(std::string message) {
   constexpr std::pair<std::string_view, std::string_view> words[] = {
       {"pass nonfinite_policy::propagate", "pass nonfinite=\"propagate\""},
       {"jensen-shannon needs 0 < lambda < 1", "divergence=\"jensen-shannon\" needs 0 < lam < 1"},
+      // logits/driver.hpp's check of the gradient's memory (grad= and grad_in_place=)
+      {"grad overlaps z, whose 16-bit entries cannot hold the float gradient: pass a "
+       "separate float grad",
+       "grad= overlaps logits=, whose 16-bit entries cannot hold the float gradient: pass a "
+       "separate float32 grad="},
+      {"grad overlaps z's memory without being z itself",
+       "grad= overlaps the memory of logits= without being logits= itself"},
+      {" bytes from z's first entry, row stride ", " bytes from the first entry of logits=, "
+                                                   "row stride "},
+      {" against z's ", " against that of logits=, "},
+      {"the gradient can be written over z in place, the same memory with the same layout",
+       "the gradient can be written over logits= in place (grad_in_place=True), the same "
+       "memory with the same layout"},
+      {"grad overlaps z_ref's memory: the kernels read z_ref after writing grad; pass a grad "
+       "apart from z_ref",
+       "grad= overlaps the memory of ref_logits=: the kernels read ref_logits= after writing "
+       "the gradient; pass a grad= apart from ref_logits="},
   };
   for (const auto& [from, to] : words) message = replaced(std::move(message), from, to);
   // The full-vocabulary kernels name their arrays z and z_ref at the start of a message.

@@ -179,10 +179,17 @@ def test_a_gradient_overlapping_the_logits_is_refused():
     z, zr = logits(4, 10)
     buffer = np.zeros(41)
     buffer[:40] = z.ravel()
-    with pytest.raises(klgrad.InputError, match="without being z itself"):
+    with pytest.raises(klgrad.InputError,
+                       match=r"^grad= overlaps the memory of logits= without being logits= "
+                             r"itself \(8 bytes from the first entry of logits=, row stride "
+                             r"10 against that of logits=, 10\): the gradient can be written "
+                             r"over logits= in place \(grad_in_place=True\)"):
         klgrad.logits_divergence(buffer[:40].reshape(4, 10), zr,
                                  grad=buffer[1:].reshape(4, 10))
-    with pytest.raises(klgrad.InputError, match="grad overlaps z_ref's memory"):
+    with pytest.raises(klgrad.InputError,
+                       match=r"^grad= overlaps the memory of ref_logits=: the kernels read "
+                             r"ref_logits= after writing the gradient; pass a grad= apart "
+                             r"from ref_logits=$"):
         klgrad.logits_divergence(z, zr, grad=zr)
     expected = klgrad.logits_divergence(z, zr).grad
     assert klgrad.logits_divergence(z, zr, grad=z).grad is z
