@@ -134,10 +134,10 @@ EIGEN_ALWAYS_INLINE chunk_checks<T> log_ratio_packets(chunk<T>& c, const sequenc
   chunk_checks<T> out;
   const T all_bits = Eigen::numext::bit_cast<T>(~unsigned_of<T>(0));
   if (q.mask) {
-    const M* mk = q.mask + i0;
+    const auto* mk = mask_entries(q.mask) + i0;
     std::uint32_t count = 0;
     for (Index i = 0; i < n; ++i) {
-      const bool valid = mk[i] != M(0);
+      const bool valid = mk[i] != 0;
       c.lanes[i] = valid ? all_bits : T(0);
       count += valid;
     }
