@@ -74,19 +74,30 @@ inline double where_exp_normal(double x, double a) { return x > exp_floor<double
 
 /// Calls f(acc, i) for i = 0, L, 2L, ... over whole packets of n elements with acc an array
 /// of K packet accumulators, then f(acc, i) over the remaining elements with K scalar ones;
-/// f adds its terms into acc. Returns the K totals in double.
+/// f adds its terms into acc. Returns the K totals in double. The even packets and the odd
+/// ones add into two sets of accumulators (the loop unrolled by two), summed at the end:
+/// with one set, each packet's add waits for the end of the previous packet's terms
+/// (docs/performance.md, "Two running sums").
 template <class T, std::size_t K, class F>
 std::array<double, K> reduce_row(Index n, F&& f) {
   using P = packet_of<T>;
   constexpr Index L = ei::packet_traits<T>::size;
-  P acc[K];
-  for (std::size_t k = 0; k < K; ++k) acc[k] = ei::pset1<P>(T(0));
+  P even[K], odd[K];
+  for (std::size_t k = 0; k < K; ++k) even[k] = odd[k] = ei::pset1<P>(T(0));
   Index i = 0;
-  for (; i + L <= n; i += L) f(acc, i);
+  for (; i + 2 * L <= n; i += 2 * L) {
+    f(even, i);
+    f(odd, i + L);
+  }
+  if (i + L <= n) {
+    f(even, i);
+    i += L;
+  }
   T tail[K] = {};
   for (; i < n; ++i) f(tail, i);
   std::array<double, K> out;
-  for (std::size_t k = 0; k < K; ++k) out[k] = double(ei::predux(acc[k])) + double(tail[k]);
+  for (std::size_t k = 0; k < K; ++k)
+    out[k] = double(ei::predux(ei::padd(even[k], odd[k]))) + double(tail[k]);
   return out;
 }
 
@@ -346,29 +357,46 @@ online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, comput
       }
       const T cx = state.cx, cy = state.cy;
       const P itp = splat<P>(it), ncxp = splat<P>(-cx), ncyp = splat<P>(-cy);
-      P ax = splat<P>(T(0)), ay = ax, aw = ax, mx = splat<P>(lowest), my = mx;
-      Index i = 0;
-      for (; i + L <= n; i += L) {
+      // Two sets of running sums, the even packets' and the odd ones' (the loop unrolled by
+      // two): with one, each packet's add waits for the end of the previous packet's
+      // exponential (docs/performance.md, "Two running sums").
+      struct sums {
+        P x, y, w;
+      };
+      const P zero = splat<P>(T(0));
+      sums even{zero, zero, zero}, odd = even;
+      P mx = splat<P>(lowest), my = mx;
+      auto packet = [&](Index i, sums& a) {
         const P xr = load<P>(xb, i);
         mx = ei::pmax(mx, xr);
         const P X = ei::pmadd(xr, itp, ncxp);
         const P ex = v_exp(X);
-        ax = ei::padd(ax, ex);
+        a.x = ei::padd(a.x, ex);
         if constexpr (HasY) {
           const P yr = load<P>(yb, i);
           my = ei::pmax(my, yr);
           const P Y = ei::pmadd(yr, itp, ncyp);
           const P ey = v_exp(Y);
-          ay = ei::padd(ay, ey);
+          a.y = ei::padd(a.y, ey);
           if constexpr (Keep) {
             store(kept, i0 + i, ex);
             store(kept, V + i0 + i, ey);
           }
-          if constexpr (Weighted) aw = ei::padd(aw, where_positive(ex, ei::pmul(ex, ei::psub(X, Y))));
+          if constexpr (Weighted) a.w = ei::padd(a.w, where_positive(ex, ei::pmul(ex, ei::psub(X, Y))));
         }
+      };
+      Index i = 0;
+      for (; i + 2 * L <= n; i += 2 * L) {
+        packet(i, even);
+        packet(i + L, odd);
       }
-      double bsx = double(ei::predux(ax)), bsy = double(ei::predux(ay)),
-             bw = double(ei::predux(aw));
+      if (i + L <= n) {
+        packet(i, even);
+        i += L;
+      }
+      double bsx = double(ei::predux(ei::padd(even.x, odd.x))),
+             bsy = double(ei::predux(ei::padd(even.y, odd.y))),
+             bw = double(ei::predux(ei::padd(even.w, odd.w)));
       T bmx = horizontal_max<T>(mx), bmy = horizontal_max<T>(my);
       for (; i < n; ++i) {
         const T X = widen(xb[i]) * it - cx, ex = std::exp(X);
