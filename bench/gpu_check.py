@@ -11,7 +11,7 @@ float32 and bfloat16 log-probs (bf16 widened to float32, as a trainer passes the
   from its published formula: verl's low_var_kl (k3 of the clamped log-ratio, the value
   clamped; bench/python_bench.py's verl_low_var_kl) as a masked mean, and k1 in the reward
   at level to-go (r_t = -(lp_t - lr_t) summed to go, sg(R_t) * lp_t as the loss, token mean).
-  Timing: every candidate once per round in a rotating order (python_bench.interleaved),
+  Timing: every candidate once per round in a shuffled order (python_bench.interleaved),
   after a warm-up that includes torch.compile's compilation; the median over rounds.
 
 Section "logits": bench/gpu_check_logits.py's run(cpu) when that file exists.

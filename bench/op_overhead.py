@@ -10,6 +10,10 @@ op_overhead_us(repeats) -> dict of microseconds per call (the least of several b
     kl_loss_op          torch.ops.klgrad.kl_loss (no gradient)      the op path
     kl_loss             klgrad.torch.kl_loss (no gradient)          op + the Python wrapper
     kl_loss_autograd    klgrad.torch.kl_loss, logp requires grad    + the autograd node
+    function_autograd   the same through a torch.autograd.Function  option (c) below
+                        calling klgrad.evaluate, logp requires grad
+    kl_loss_step        klgrad.torch.kl_loss forward + backward     a training step's share
+    function_step       the autograd.Function forward + backward
     logits_divergence   klgrad.logits_divergence (1 x 2 logits)     the direct call
     logits_loss_op      torch.ops.klgrad.logits_loss (no gradient)  the op path
     logits_loss         klgrad.torch.logits_loss (no gradient)
@@ -17,6 +21,11 @@ op_overhead_us(repeats) -> dict of microseconds per call (the least of several b
 and the differences kl_loss_op - evaluate, kl_loss - evaluate, logits_loss_op -
 logits_divergence (keys ending in _minus_...). issue 23 asks that the op path stay within
 5 us of the direct call.
+
+function_autograd and function_step measure option (c) of the decision that target left
+open (docs/python.md, "Overhead"): in eager mode, call the binding under a
+torch.autograd.Function (_EagerKL below, written for this measurement only) instead of the
+op, whose dispatcher and Python autograd kernel are what the op costs.
 """
 import argparse
 import time
@@ -36,6 +45,32 @@ def _block_us(fn, repeats):
     return (time.perf_counter_ns() - start) / repeats / 1e3
 
 
+class _EagerKL(torch.autograd.Function):
+    """kl_loss as option (c) would run it in eager mode: the binding under an
+    autograd.Function, no dispatcher (the loss and value of klgrad.evaluate, d loss / d logp
+    = grad * coef)."""
+
+    @staticmethod
+    def forward(ctx, logp, ref, spec):
+        r = klgrad.evaluate(spec, logp.detach(), ref, backend="kernel")
+        ctx.save_for_backward(r.coef)
+        ctx.mark_non_differentiable(r.value)
+        return torch.tensor(r.loss, dtype=logp.dtype), r.value
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_value):
+        (coef,) = ctx.saved_tensors
+        return grad_loss * coef, None, None
+
+
+def _step(forward):
+    """forward() -> (loss, value), then loss.backward(): a training step's share."""
+    def run():
+        loss, _ = forward()
+        loss.backward()
+    return run
+
+
 def op_overhead_us(repeats=20000, blocks=7):
     """Microseconds per call of each path (see the module docstring), and the differences."""
     spec = klgrad.Spec(SPEC)
@@ -51,6 +86,9 @@ def op_overhead_us(repeats=20000, blocks=7):
         "kl_loss_op": lambda: kl_op(logp, ref, SPEC, None, None, None, None, None),
         "kl_loss": lambda: kt.kl_loss(SPEC, logp, ref),
         "kl_loss_autograd": lambda: kt.kl_loss(SPEC, logp_grad, ref),
+        "function_autograd": lambda: _EagerKL.apply(logp_grad, ref, spec),
+        "kl_loss_step": _step(lambda: kt.kl_loss(SPEC, logp_grad, ref)),
+        "function_step": _step(lambda: _EagerKL.apply(logp_grad, ref, spec)),
         "logits_divergence": lambda: klgrad.logits_divergence(z, zr),
         "logits_loss_op": lambda: logits_op(z, zr, "reverse-kl", None, 1.0, 0.5, None),
         "logits_loss": lambda: kt.logits_loss(z, zr),
@@ -65,6 +103,7 @@ def op_overhead_us(repeats=20000, blocks=7):
     best["kl_loss_op_minus_evaluate"] = best["kl_loss_op"] - best["evaluate"]
     best["kl_loss_minus_evaluate"] = best["kl_loss"] - best["evaluate"]
     best["kl_loss_autograd_minus_evaluate"] = best["kl_loss_autograd"] - best["evaluate"]
+    best["function_autograd_minus_evaluate"] = best["function_autograd"] - best["evaluate"]
     best["logits_loss_op_minus_logits_divergence"] = (best["logits_loss_op"]
                                                       - best["logits_divergence"])
     best["logits_loss_minus_logits_divergence"] = (best["logits_loss"]

@@ -20,8 +20,8 @@
    rounds: the C++ kernel's paired ratio to it, and logits_loss's ratio of medians.
 
 Timing: every candidate of a part, its floor included, runs once per round, in an order
-that rotates from round to round, for --rounds rounds after a warm-up (torch.compile's
-compilation happens in the warm-up and is excluded). A table row gives the median and the
+shuffled from round to round (a fixed seed), for --rounds rounds after a warm-up
+(torch.compile's compilation happens in the warm-up and is excluded). A table row gives the median and the
 least of its rounds; a ratio is the median over rounds of the ratio of the two times
 measured in the same round (so the machine's drift cancels), with its quartiles.
     PYTHONPATH=python python bench/python_bench.py
@@ -54,7 +54,7 @@ def least_seconds(fn, repeats):
 
 def interleaved(candidates, rounds, warmup=2):
     """{name: [seconds per round]}: each candidate (name -> callable) once per round, the
-    order rotating by one every round, after `warmup` untimed calls of each; wall-clock
+    order shuffled every round, after `warmup` untimed calls of each; wall-clock
     times. The rounds of klgrad.bench (klgrad._bench._interleaved), a fixed number of them."""
     return _interleaved(candidates, 0.0, _clock(torch.device("cpu")), min_rounds=rounds,
                         warmup=warmup)
