@@ -21,9 +21,10 @@
 
 Timing: every candidate of a part, its floor included, runs once per round, in an order
 shuffled from round to round (a fixed seed), for --rounds rounds after a warm-up
-(torch.compile's compilation happens in the warm-up and is excluded). A table row gives the median and the
-least of its rounds; a ratio is the median over rounds of the ratio of the two times
-measured in the same round (so the machine's drift cancels), with its quartiles.
+(torch.compile's compilation happens in the warm-up and is excluded). A table row gives
+the median and the least of its rounds; a ratio is the median over rounds of the ratio of
+the two times measured in the same round (so the machine's drift cancels), with its
+quartiles.
     PYTHONPATH=python python bench/python_bench.py
 """
 import argparse
