@@ -24,8 +24,9 @@ logits_divergence (keys ending in _minus_...). issue 23 asks that the op path st
 
 function_autograd and function_step measure option (c) of the decision that target left
 open (docs/python.md, "Overhead"): in eager mode, call the binding under a
-torch.autograd.Function (_EagerKL below, written for this measurement only) instead of the
-op, whose dispatcher and Python autograd kernel are what the op costs.
+torch.autograd.Function (_EagerKL below: the op's own kernel and backward formula, written
+for this measurement only) instead of the op, whose dispatcher and Python autograd kernel
+are what the op costs.
 """
 import argparse
 import time
@@ -34,6 +35,7 @@ import torch
 
 import klgrad
 import klgrad.torch as kt
+from klgrad import _ops
 
 SPEC = "k3-as-loss,beta=0.04"
 
@@ -46,21 +48,22 @@ def _block_us(fn, repeats):
 
 
 class _EagerKL(torch.autograd.Function):
-    """kl_loss as option (c) would run it in eager mode: the binding under an
-    autograd.Function, no dispatcher (the loss and value of klgrad.evaluate, d loss / d logp
-    = grad * coef)."""
+    """kl_loss as option (c) would run it in eager mode: the op's own CPU kernel
+    (_ops._kl_loss) and backward formula (_ops._scaled) under an autograd.Function, without
+    the dispatcher."""
 
     @staticmethod
     def forward(ctx, logp, ref, spec):
-        r = klgrad.evaluate(spec, logp.detach(), ref, backend="kernel")
-        ctx.save_for_backward(r.coef)
-        ctx.mark_non_differentiable(r.value)
-        return torch.tensor(r.loss, dtype=logp.dtype), r.value
+        loss, value, coef = _ops._kl_loss(logp.detach(), ref, spec, None, None, None, None,
+                                          None)
+        ctx.save_for_backward(coef)
+        ctx.mark_non_differentiable(value)
+        return loss, value
 
     @staticmethod
     def backward(ctx, grad_loss, grad_value):
         (coef,) = ctx.saved_tensors
-        return grad_loss * coef, None, None
+        return _ops._scaled(grad_loss, coef), None, None
 
 
 def _step(forward):
@@ -86,9 +89,9 @@ def op_overhead_us(repeats=20000, blocks=7):
         "kl_loss_op": lambda: kl_op(logp, ref, SPEC, None, None, None, None, None),
         "kl_loss": lambda: kt.kl_loss(SPEC, logp, ref),
         "kl_loss_autograd": lambda: kt.kl_loss(SPEC, logp_grad, ref),
-        "function_autograd": lambda: _EagerKL.apply(logp_grad, ref, spec),
+        "function_autograd": lambda: _EagerKL.apply(logp_grad, ref, SPEC),
         "kl_loss_step": _step(lambda: kt.kl_loss(SPEC, logp_grad, ref)),
-        "function_step": _step(lambda: _EagerKL.apply(logp_grad, ref, spec)),
+        "function_step": _step(lambda: _EagerKL.apply(logp_grad, ref, SPEC)),
         "logits_divergence": lambda: klgrad.logits_divergence(z, zr),
         "logits_loss_op": lambda: logits_op(z, zr, "reverse-kl", None, 1.0, 0.5, None),
         "logits_loss": lambda: kt.logits_loss(z, zr),

@@ -110,7 +110,7 @@ def _interleaved(candidates, seconds, clock, min_rounds=5, warmup=2):
     kl_loss after the compiled composite's frees measured 1.7x its kernel, the same op after
     another kl_loss 1.3x)."""
     names = list(candidates)
-    order = random.Random(0)
+    shuffler = random.Random(0)
     for name in names:
         for _ in range(warmup):
             clock(candidates[name])
@@ -118,7 +118,7 @@ def _interleaved(candidates, seconds, clock, min_rounds=5, warmup=2):
     budget, begin, r = seconds * len(names), time.perf_counter(), 0
     while r < min_rounds or time.perf_counter() - begin < budget:
         round_names = names[:]
-        order.shuffle(round_names)
+        shuffler.shuffle(round_names)
         for name in round_names:
             times[name].append(clock(candidates[name]))
         r += 1
