@@ -144,17 +144,17 @@ void check_full_vocabulary_paths() {
     CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, opt); }) == 0);
     CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, grad, opt); }) == 0);
   }
-  // Jensen-Shannon with the caller's workspace.
-  std::vector<T> work(std::size_t(klgrad::jensen_shannon_workspace_size<T>(V)));
+  // With the caller's workspace.
+  std::vector<T> work(std::size_t(klgrad::logits_workspace_size<T>(V)));
   klgrad::logits_options with = opt;
   with.workspace = work.data();
   with.workspace_size = Index(work.size());
-  CHECK(allocations_in([&] {
-          klgrad::logits_divergence(divergence::jensen_shannon, batch, value, with);
-        }) == 0);
-  CHECK(allocations_in([&] {
-          klgrad::logits_divergence(divergence::jensen_shannon, batch, value, grad, with);
-        }) == 0);
+  for (divergence d :
+       {divergence::reverse_kl, divergence::forward_kl, divergence::jensen_shannon}) {
+    INFO(klgrad::to_string(d) << " with a workspace");
+    CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, with); }) == 0);
+    CHECK(allocations_in([&] { klgrad::logits_divergence(d, batch, value, grad, with); }) == 0);
+  }
   CHECK(allocations_in([&] { klgrad::forward_kl_top_k(batch, top, value, opt); }) == 0);
   CHECK(allocations_in([&] { klgrad::forward_kl_top_k(batch, top, value, grad, opt); }) == 0);
   for (klgrad::top_k_form f : klgrad::top_k_forms) {

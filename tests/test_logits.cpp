@@ -156,40 +156,46 @@ TEST_CASE("logits: values and gradients match the two-pass oracle in double", "[
   }
 }
 
-TEST_CASE("logits: Jensen-Shannon with a workspace matches the long-double oracle and the "
-          "path without one", "[logits][workspace]") {
+TEST_CASE("logits: forward KL and Jensen-Shannon with a workspace match the long-double "
+          "oracle and the path without one", "[logits][workspace]") {
   // Rows over several 8 KiB blocks (double: 1,024 entries each) and a packet tail; row 1
   // rises (a re-shift in every block), row 2 has -inf blocks first and then entries far
-  // below 0 (the blocks kept before the row started carry the shift 0: their factor is
-  // capped), row 3 is ordinary.
-  for (Index V : {Index(1), Index(7), Index(5003)}) {
-    Rows z = random_rows(4, V, 3.0, 21), zr = random_rows(4, V, 2.0, 22);
-    std::sort(z.row(1).data(), z.row(1).data() + V);
-    for (Index j = 0; j < V; ++j) {
-      if (j < V / 2) z(2, j) = -inf;
-      else z(2, j) -= 1000;
-      if (j % 5 == 0 && j > 0) zr(3, j) = -inf;
-    }
-    std::vector<double> work(std::size_t(klgrad::jensen_shannon_workspace_size<double>(V)));
-    for (double tau : {1.0, 0.7}) {
-      for (double lambda : {0.1, 0.5, 0.9}) {
-        klgrad::logits_options opt, with;
-        opt.temperature = with.temperature = tau;
-        opt.lambda = with.lambda = lambda;
-        opt.aggregation = with.aggregation = klgrad::aggregation::token_sum;
-        with.workspace = work.data();
-        with.workspace_size = Index(work.size());
-        Vec value(4), plain(4), value_only(4);
-        Rows grad(4, V), plain_grad(4, V);
-        const auto b = klgrad::logit_rows(z, zr);
-        const auto s = klgrad::logits_divergence(divergence::jensen_shannon, b, value, grad, with);
-        klgrad::logits_divergence(divergence::jensen_shannon, b, value_only, with);
-        klgrad::logits_divergence(divergence::jensen_shannon, b, plain, plain_grad, opt);
-        INFO("V = " << V << ", tau = " << tau << ", lambda = " << lambda);
-        check_rows(divergence::jensen_shannon, z, zr, value, grad, tau, lambda, 1e-12);
-        CHECK((value == value_only).all());
-        for (Index r = 0; r < 4; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-13));
-        CHECK(s.loss == Approx(value.sum()).epsilon(1e-14));
+  // below 0 in the row the first pass takes as x (z for Jensen-Shannon, z_ref for forward
+  // KL; the blocks kept before the row started carry the shift 0: their factor is capped),
+  // row 3 is ordinary but for -inf reference entries.
+  for (divergence d : {divergence::forward_kl, divergence::jensen_shannon}) {
+    for (Index V : {Index(1), Index(7), Index(5003)}) {
+      Rows z = random_rows(4, V, 3.0, 21), zr = random_rows(4, V, 2.0, 22);
+      Rows& x = d == divergence::forward_kl ? zr : z;
+      std::sort(z.row(1).data(), z.row(1).data() + V);
+      for (Index j = 0; j < V; ++j) {
+        if (j < V / 2) x(2, j) = -inf;
+        else x(2, j) -= 1000;
+        if (j % 5 == 0 && j > 0) zr(3, j) = -inf;
+      }
+      std::vector<double> work(std::size_t(klgrad::logits_workspace_size<double>(V)));
+      for (double tau : {1.0, 0.7}) {
+        for (double lambda : {0.1, 0.5, 0.9}) {
+          if (d == divergence::forward_kl && lambda != 0.5) continue;
+          klgrad::logits_options opt, with;
+          opt.temperature = with.temperature = tau;
+          opt.lambda = with.lambda = lambda;
+          opt.aggregation = with.aggregation = klgrad::aggregation::token_sum;
+          with.workspace = work.data();
+          with.workspace_size = Index(work.size());
+          Vec value(4), plain(4), value_only(4);
+          Rows grad(4, V), plain_grad(4, V);
+          const auto b = klgrad::logit_rows(z, zr);
+          const auto s = klgrad::logits_divergence(d, b, value, grad, with);
+          klgrad::logits_divergence(d, b, value_only, with);
+          klgrad::logits_divergence(d, b, plain, plain_grad, opt);
+          INFO(klgrad::to_string(d) << ", V = " << V << ", tau = " << tau
+                                    << ", lambda = " << lambda);
+          check_rows(d, z, zr, value, grad, tau, lambda, 1e-12);
+          CHECK((value == value_only).all());
+          for (Index r = 0; r < 4; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-13));
+          CHECK(s.loss == Approx(value.sum()).epsilon(1e-14));
+        }
       }
     }
   }
@@ -199,25 +205,35 @@ TEST_CASE("logits: Jensen-Shannon with a workspace matches the long-double oracl
       grad(3, V), plain_grad(3, V);
   z = random_rows(3, V, 3.0, 23).cast<float>();
   zr = random_rows(3, V, 2.0, 24).cast<float>();
-  std::vector<float> work(std::size_t(klgrad::jensen_shannon_workspace_size<float>(V)));
+  std::vector<float> work(std::size_t(klgrad::logits_workspace_size<float>(V)));
+  CHECK(klgrad::jensen_shannon_workspace_size<float>(V) == Index(work.size()));  // old name
   klgrad::logits_options with;
   with.workspace = work.data();
   with.workspace_size = Index(work.size());
   Eigen::ArrayXf value(3), plain(3);
   const auto b = klgrad::logit_rows(z, zr);
-  klgrad::logits_divergence(divergence::jensen_shannon, b, value, grad, with);
-  klgrad::logits_divergence(divergence::jensen_shannon, b, plain, plain_grad);
-  for (Index r = 0; r < 3; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-5));
-  CHECK(((grad - plain_grad).abs() <= 1e-5f * plain_grad.abs().maxCoeff()).all());
-  // Too small a workspace is refused, naming the sizes; other divergences ignore it.
+  for (divergence d : {divergence::forward_kl, divergence::jensen_shannon}) {
+    INFO(klgrad::to_string(d));
+    klgrad::logits_divergence(d, b, value, grad, with);
+    klgrad::logits_divergence(d, b, plain, plain_grad);
+    for (Index r = 0; r < 3; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-5));
+    CHECK(((grad - plain_grad).abs() <= 1e-5f * plain_grad.abs().maxCoeff()).all());
+  }
+  // Reverse KL takes no kept exponentials: the same bits with a workspace as without.
+  klgrad::logits_divergence(divergence::reverse_kl, b, value, grad, with);
+  klgrad::logits_divergence(divergence::reverse_kl, b, plain, plain_grad);
+  CHECK((value == plain).all());
+  CHECK((grad == plain_grad).all());
+  // Too small a workspace is refused whatever the divergence, naming the sizes.
   with.workspace_size = Index(work.size()) - 1;
-  const std::string msg = message_of(
-      [&] { klgrad::logits_divergence(divergence::jensen_shannon, b, value, with); });
-  CHECK(msg.find("logits_options.workspace_size = " + std::to_string(work.size() - 1)) !=
-        std::string::npos);
-  CHECK(msg.find("needs " + std::to_string(work.size())) != std::string::npos);
-  klgrad::logits_divergence(divergence::reverse_kl, b, value, with);
-  CHECK(value.allFinite());
+  for (divergence d : all_divergences) {
+    INFO(klgrad::to_string(d));
+    const std::string msg =
+        message_of([&] { klgrad::logits_divergence(d, b, value, with); });
+    CHECK(msg.find("logits_options.workspace_size = " + std::to_string(work.size() - 1)) !=
+          std::string::npos);
+    CHECK(msg.find("need " + std::to_string(work.size())) != std::string::npos);
+  }
 }
 
 TEST_CASE("logits: a maximum rising across blocks re-shifts the online sums", "[logits]") {
@@ -820,7 +836,7 @@ TEST_CASE("logits: the batch sums are added in row order, with any number of thr
 
 namespace {
 
-/// Every divergence (Jensen-Shannon with and without the workspace) over a batch_for()
+/// Every divergence, with and without the workspace, over a batch_for()
 /// batch in T: the gradient over z against the gradient apart. Bit for bit, but for
 /// Jensen-Shannon without kept exponentials on rows that do not start at a packet-aligned
 /// address and are long enough for streaming stores: over z it computes u = log pi - log M
@@ -831,10 +847,9 @@ void check_divergences_over_z(Index V, bool log_probs, double tau) {
   const auto b = over_logits::batch_for<T>(V, log_probs, 131);
   const bool aligned = V * Index(sizeof(T)) < klgrad::detail::stream_store_bytes ||
                        (V * Index(sizeof(T))) % 64 == 0;
-  std::vector<T> work(std::size_t(klgrad::jensen_shannon_workspace_size<T>(V)));
+  std::vector<T> work(std::size_t(klgrad::logits_workspace_size<T>(V)));
   for (divergence d : all_divergences) {
     for (bool workspace : {false, true}) {
-      if (workspace && d != divergence::jensen_shannon) continue;
       INFO(klgrad::to_string(d) << (workspace ? " with" : " without") << " workspace, V = "
                                 << V << ", log_probs " << log_probs << ", tau " << tau);
       klgrad::logits_options opt;

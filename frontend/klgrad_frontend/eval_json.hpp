@@ -492,14 +492,9 @@ nlohmann::json evaluate_logits_json(const nlohmann::json& in, logits_options opt
     dims.push_back(k);
     out["indices"] = to_json(indices.data(), dims);
   } else {
-    // The tool is the caller: it owns Jensen-Shannon's workspace (the kernel never
-    // allocates), so that each row's exponentials are computed once.
-    std::vector<T> work;
-    if (d == divergence::jensen_shannon) {
-      work.resize(std::size_t(jensen_shannon_workspace_size<T>(V)));
-      opt.workspace = work.data();
-      opt.workspace_size = Index(work.size());
-    }
+    // The tool is the caller: it owns the workspace (the kernel never allocates), so that
+    // each row's exponentials are computed once.
+    const auto work = lend_workspace<T>(d, gradient, V, opt);
     r = in_cli_words([&] {
       return gradient ? logits_divergence(d, batch, value, grad, opt)
                       : logits_divergence(d, batch, value, opt);

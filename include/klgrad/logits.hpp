@@ -39,7 +39,7 @@ logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* 
   const Index V = batch.vocabulary();
   const T it = T(1.0 / opt.temperature);
   const bool lp = opt.log_probs;
-  T* const work = d == divergence::jensen_shannon ? jensen_shannon_workspace<T>(opt, V) : nullptr;
+  T* const work = logits_workspace<T>(opt, V);
   auto rows = [&](auto kernel) {
     return run_rows(batch, out, go, opt, [&](Index r, double scale, T* g) {
       return kernel(batch.z.row(r), batch.ref.row(r), scale, Gradient ? g : nullptr);
@@ -52,7 +52,7 @@ logits_summary divergence_rows(divergence d, const logit_batch<S, M>& batch, T* 
       });
     case divergence::forward_kl:
       return rows([&](const S* z, const S* zr, double scale, T* g) {
-        return forward_row(z, zr, V, it, lp, scale, g);
+        return forward_row(z, zr, V, it, lp, scale, g, thread_slice(work, V));
       });
     case divergence::jensen_shannon:
       return rows([&](const S* z, const S* zr, double scale, T* g) {

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
-#include <vector>
 
 namespace klgrad::python {
 namespace {
@@ -143,15 +142,10 @@ logits_summary run_divergence(const divergence_args& c) {
   const Eigen::Map<Eigen::Array<std::int64_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>
       idx(c.top_k > 0 ? mutable_data_of<std::int64_t>(c.indices) : nullptr,
           c.top_k > 0 ? c.z.rows : 0, c.top_k);
-  // The binding is the caller: it owns Jensen-Shannon's workspace (the kernel never
-  // allocates), so that each row's exponentials are computed once.
+  // The binding is the caller: it owns the workspace (the kernel never allocates), so that
+  // each row's exponentials are computed once.
   logits_options opt = c.opt;
-  std::vector<T> work;
-  if (c.top_k == 0 && c.d == divergence::jensen_shannon) {
-    work.resize(std::size_t(jensen_shannon_workspace_size<T>(c.z.cols)));
-    opt.workspace = work.data();
-    opt.workspace_size = Index(work.size());
-  }
+  const auto work = c.top_k == 0 ? lend_workspace<T>(c.d, c.gradient, c.z.cols, opt) : nullptr;
   auto run = [&](const auto& batch) {
     nb::gil_scoped_release unlocked;
     if (c.top_k > 0)

@@ -8,7 +8,7 @@ def peak_allocated(fn):
     held when fn started, and fn's result. torch.profiler with profile_memory=True records
     every allocation and free through c10's allocator (the "[memory]" events, with signed
     byte counts); their running sum in time order is the bytes held. What does not go through
-    torch's allocator is not seen: the C++ kernel's Jensen-Shannon workspace (2 V floats) and
+    torch's allocator is not seen: the C++ kernel's workspace for JSD and FKL (2 V floats) and
     BLAS's internal buffers, none of them N x V."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()

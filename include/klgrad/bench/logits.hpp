@@ -44,7 +44,8 @@ struct logits_data {
   }
 };
 
-/// The exponentials of rows [first, last) of z and ref summed (the floor's work).
+/// The exponentials of rows [first, last) of z and ref summed (the floor's work), the rows
+/// read with the kernels' own prefetching loads.
 template <class S>
 double exp_sum(const logits_data<S>& d, Index first, Index last) {
   using T = klgrad::detail::compute_t<S>;
@@ -55,8 +56,8 @@ double exp_sum(const logits_data<S>& d, Index first, Index last) {
     const S* ref = d.ref.get() + r * d.vocabulary;
     const auto sums = klgrad::detail::reduce_row<T, 2>(d.vocabulary, [&](auto* acc, Index i) {
       using P = std::remove_pointer_t<decltype(acc)>;
-      acc[0] = ei::padd(acc[0], klgrad::detail::pexp_or_exp(klgrad::detail::load<P>(z, i)));
-      acc[1] = ei::padd(acc[1], klgrad::detail::pexp_or_exp(klgrad::detail::load<P>(ref, i)));
+      acc[0] = ei::padd(acc[0], klgrad::detail::pexp_or_exp(klgrad::detail::load_ahead<P>(z, i)));
+      acc[1] = ei::padd(acc[1], klgrad::detail::pexp_or_exp(klgrad::detail::load_ahead<P>(ref, i)));
     });
     total += sums[0] + sums[1];
   }
@@ -76,8 +77,14 @@ result measure_logits(divergence which, const batch_shape& shape, const settings
   // Rows are independent: each thread takes a run of them, seen as one sequence, with the
   // whole batch's counts.
   const int slices = int(std::min<Index>(how.threads, d.rows));
-  logits_options opt;
-  if (slices > 1) opt.counts = {d.rows, d.sequences()};
+  // Each slice's options, with its own workspace where the divergence uses one (as the
+  // Python package and the CLI lend one), allocated before the timing.
+  std::vector<logits_options> opts(static_cast<std::size_t>(slices));
+  std::vector<std::unique_ptr<T[]>> works;
+  for (logits_options& opt : opts) {
+    if (slices > 1) opt.counts = {d.rows, d.sequences()};
+    works.push_back(lend_workspace<T>(which, true, d.vocabulary, opt));
+  }
   workers team(slices);
   std::vector<double> sums(static_cast<std::size_t>(slices));  // each slice's, stored as volatile
   auto kernel_slice = [&](int i) {
@@ -86,7 +93,8 @@ result measure_logits(divergence which, const batch_shape& shape, const settings
     const Eigen::Map<const rows> z(d.z.get() + r0 * v, n, v), ref(d.ref.get() + r0 * v, n, v);
     Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> value(d.value.get() + r0, n);
     Eigen::Map<out_rows> grad(d.grad.get() + r0 * v, n, v);
-    logits_divergence(which, logit_rows(z, ref, slices > 1 ? 0 : d.positions), value, grad, opt);
+    logits_divergence(which, logit_rows(z, ref, slices > 1 ? 0 : d.positions), value, grad,
+                      opts[std::size_t(i)]);
   };
   auto floor_slice = [&](int i) {
     const auto [r0, r1] = slice_of(d.rows, i, slices);

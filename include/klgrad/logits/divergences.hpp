@@ -22,10 +22,21 @@ double kl_of(const online_state<T>& state) {
   return state.w / state.sx - state.log_sx() + state.log_sy();
 }
 
+/// The first pass over a row pair, keeping both rows' exponentials in `kept` where there is
+/// a workspace and the rows are logits (log-probabilities run without it).
+template <bool Weighted, class S, class T = compute_t<S>>
+online_state<T> first_pass_keeping(const S* x, const S* y, Index V, T it, bool log_probs,
+                                   T* kept) {
+  return kept && !log_probs ? online_pass<true, Weighted, true>(x, y, V, it, kept)
+                            : first_pass<true, Weighted>(x, y, V, it, log_probs);
+}
+
 /// RKL of a row (pi = softmax(z it), ref = softmax(z_ref it)) and, with g, its gradient
 ///   dRKL/dz_j = it * pi_j (log pi_j - log ref_j - RKL)
 ///            = it * pi_j (t_j - w / sx),  t_j = (x_j - cx) - (y_j - cy),
-/// written as g = scale * dRKL/dz.
+/// written as g = scale * dRKL/dz. The gradient pass reads z and z_ref again and computes
+/// pi_j again: kept exponentials would spare that exponential but not the reads, and were
+/// no faster (docs/performance.md, "Prefetching").
 template <class S, class T = compute_t<S>>
 row_result reverse_row(const S* z, const S* zr, Index V, T it, bool log_probs, double scale,
                        T* g) {
@@ -50,18 +61,30 @@ row_result reverse_row(const S* z, const S* zr, Index V, T it, bool log_probs, d
 }
 
 /// FKL of a row and, with g, its gradient dFKL/dz_j = it * (pi_j - ref_j), written as
-/// g = scale * dFKL/dz. The first pass runs with the roles swapped (x = z_ref, y = z).
+/// g = scale * dFKL/dz. The first pass runs with the roles swapped (x = z_ref, y = z). With
+/// a workspace the gradient pass reads pi and ref from the kept exponentials (and neither
+/// row again), else it computes them again.
 template <class S, class T = compute_t<S>>
 row_result forward_row(const S* z, const S* zr, Index V, T it, bool log_probs, double scale,
-                       T* g) {
-  const online_state<T> state = first_pass<true, true>(zr, z, V, it, log_probs);
+                       T* g, T* kept = nullptr) {
+  const online_state<T> state =
+      first_pass_keeping<true>(zr, z, V, it, log_probs, g ? kept : nullptr);
   if (!std::isfinite(state.lse_y()) || state.sy == 0) return {0, row_bad_z};
   if (!std::isfinite(state.lse_x()) || state.sx == 0) return {0, row_bad_ref};
   const double value = kl_of(state);
   if (std::isnan(value)) return {0, row_nan};
   if (!g) return {value, row_ok};
-  const T cz = state.cy, cr = state.cx, lsz = T(state.log_sy()), lsr = T(state.log_sx());
   const T c = T(scale) * it;
+  if (kept && !log_probs) {
+    // x is z_ref here: its kept exponentials give ref, y's give pi.
+    write_from_kept(g, kept, V, state, streams<T>(V),
+                    [&](auto tag, Index, const auto& r, const auto& p) {
+                      using P = decltype(tag);
+                      return ei::pmul(splat<P>(c), ei::psub(p, r));
+                    });
+    return {value, row_ok};
+  }
+  const T cz = state.cy, cr = state.cx, lsz = T(state.log_sy()), lsr = T(state.log_sx());
   write_row(g, V, [&](auto tag, Index i) {
     using P = decltype(tag);
     const P lp = log_softmax_at<P>(z, i, it, cz, lsz);
@@ -93,8 +116,7 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   // later passes read pi and ref from it instead of computing them again: 2 V exponentials
   // per row instead of 4 V (5 V with the gradient).
   const bool keep = kept && !log_probs;
-  online_state<T> state = keep ? online_pass<true, false, true>(z, zr, V, it, kept)
-                           : first_pass<true, false>(z, zr, V, it, log_probs);
+  const online_state<T> state = first_pass_keeping<false>(z, zr, V, it, log_probs, kept);
   if (!std::isfinite(state.lse_x()) || state.sx == 0) return {0, row_bad_z};
   if (!std::isfinite(state.lse_y()) || state.sy == 0) return {0, row_bad_ref};
   const T cx = state.cx, cy = state.cy, lsx = T(state.log_sx()), lsy = T(state.log_sy());
@@ -121,11 +143,8 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   };
   double U = 0, Kr = 0;
   if (keep) {
-    for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
-      // Plain copies, not structured bindings: C++17 lambdas cannot capture those.
-      const std::pair<T, T> factors = kept_scale(kept, V, b, state);
-      const T fx = factors.first, fy = factors.second;
-      const auto r = reduce_row<T, 2>(std::min(stream_block<T>, V - b0), [&](auto* acc, Index j) {
+    for_kept_blocks(kept, V, state, [&](Index b0, Index n, T fx, T fy) {
+      const auto r = reduce_row<T, 2>(n, [&](auto* acc, Index j) {
         using P = std::remove_pointer_t<decltype(acc)>;
         const Index i = b0 + j;
         terms(acc, i, ei::pmul(load<P>(kept, i), splat<P>(fx)),
@@ -133,7 +152,7 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
       });
       U += r[0];
       Kr += r[1];
-    }
+    });
   } else {
     const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
       using P = std::remove_pointer_t<decltype(acc)>;
@@ -149,16 +168,13 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
   if (!g) return {value, row_ok};
   const T c = T(scale * (1 - lambda)) * it, Ut = T(U);
   if (keep) {
-    for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
-      const T fx = kept_scale(kept, V, b, state).first;
-      T* g_block = g + b0;
-      const T* p_block = kept + b0;
-      write_row(g_block, std::min(stream_block<T>, V - b0), [&](auto tag, Index j) {
-        using P = decltype(tag);
-        const P p = ei::pmul(load<P>(p_block, j), splat<P>(fx));
-        return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(load<P>(g_block, j), splat<P>(Ut))));
-      });
-    }
+    // Ordinary stores: each line of g is read (u) before it is written, so it is in cache.
+    write_from_kept(g, kept, V, state, false,
+                    [&](auto tag, Index i, const auto& p, const auto&) {
+                      using P = decltype(tag);
+                      const P u = load_ahead<P>(g, i);
+                      return ei::pmul(splat<P>(c), ei::pmul(p, ei::psub(u, splat<P>(Ut))));
+                    });
     return {value, row_ok};
   }
   // u_at(P{}, i): u at entries i.., stored by pass 2 or computed again.

@@ -140,16 +140,16 @@ logits_summary run_rows(const logit_batch<S, M>& b, T* value, const strided_rows
   return sum;
 }
 
-/// The caller's Jensen-Shannon workspace as T*, checked: nullptr when there is none.
+/// The caller's workspace as T*, checked: nullptr when there is none.
 template <class T>
-T* jensen_shannon_workspace(const logits_options& opt, Index V) {
+T* logits_workspace(const logits_options& opt, Index V) {
   if (!opt.workspace) return nullptr;
-  const Index need = jensen_shannon_workspace_size<T>(V);
+  const Index need = logits_workspace_size<T>(V);
   if (opt.workspace_size < need) {
     input_error e(cat("logits_options.workspace_size = ", opt.workspace_size,
-                      " elements, but jensen-shannon on rows of ", V, " entries with ",
-                      logits_threads(), " thread(s) needs ", need,
-                      " (jensen_shannon_workspace_size<T>(V)); pass a larger workspace, or "
+                      " elements, but rows of ", V, " entries with ", logits_threads(),
+                      " thread(s) need ", need,
+                      " (logits_workspace_size<T>(V)); pass a larger workspace, or "
                       "none"),
                   input_reason::too_large, "workspace");
     e.value = double(opt.workspace_size) * double(sizeof(T));  // bytes, as too_large's limit
@@ -162,7 +162,7 @@ T* jensen_shannon_workspace(const logits_options& opt, Index V) {
   return static_cast<T*>(opt.workspace);
 }
 
-/// This thread's slice of a Jensen-Shannon workspace (nullptr without one).
+/// This thread's slice of a workspace (nullptr without one).
 template <class T>
 T* thread_slice(T* work, Index V) {
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)

@@ -1,5 +1,5 @@
 // The settings and the summary of a full-vocabulary call, the divergences it computes, and
-// the size of the Jensen-Shannon workspace a caller may lend it.
+// the size of the workspace a caller may lend it.
 #pragma once
 
 #include "../core/aggregation.hpp"
@@ -7,6 +7,7 @@
 #include "../views/batch.hpp"
 #include "streaming.hpp"
 
+#include <memory>
 #include <string_view>
 #if defined(KLGRAD_OPENMP) && defined(_OPENMP)
 #include <omp.h>
@@ -51,12 +52,12 @@ struct logits_options {
   klgrad::aggregation_constants aggregation_constants;
   double beta = 1.0;
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
-  /// Optional, Jensen-Shannon only: caller-owned memory of `workspace_size` elements of the
-  /// type the kernels compute in (z's scalar type; float for 16-bit z), at least
-  /// jensen_shannon_workspace_size<T>(V) for that type (one slice per OpenMP
-  /// thread). With it the kernel keeps each row's exponentials between its passes instead
-  /// of computing them again; without it (nullptr) it runs without one. Never allocated by
-  /// the kernel; other divergences ignore it.
+  /// Optional: caller-owned memory of `workspace_size` elements of the type the kernels
+  /// compute in (z's scalar type; float for 16-bit z), at least logits_workspace_size<T>(V)
+  /// for that type (one slice per OpenMP thread). With it the full-vocabulary divergences
+  /// (reverse KL, forward KL, Jensen-Shannon) keep each row's exponentials between their
+  /// passes instead of computing them again; without it (nullptr) they compute them again.
+  /// Never allocated by the kernel; the top-k forms and rows of log-probabilities ignore it.
   void* workspace = nullptr;
   Index workspace_size = 0;
 };
@@ -78,11 +79,40 @@ struct logits_summary {
   Index sequences = 0;   ///< non-empty sequences
 };
 
-/// Elements of T the Jensen-Shannon workspace needs for rows of V entries on `threads`
-/// threads: per thread both rows' exponentials (2 V) and two shifts per 8 KiB block.
+/// Elements of T the workspace (logits_options::workspace) needs for rows of V entries on
+/// `threads` threads: per thread both rows' exponentials (2 V) and two shifts per 8 KiB
+/// block.
+template <class T>
+Index logits_workspace_size(Index V, int threads = logits_threads()) {
+  return Index(threads) * detail::kept_size<T>(V);
+}
+
+/// The same size under its first name, from when Jensen-Shannon alone took the workspace.
 template <class T>
 Index jensen_shannon_workspace_size(Index V, int threads = logits_threads()) {
-  return Index(threads) * detail::kept_size<T>(V);
+  return logits_workspace_size<T>(V, threads);
+}
+
+/// Whether divergence d's kernel uses a workspace for rows as opt describes them: forward KL
+/// with a gradient and Jensen-Shannon, over logits (rows of log-probabilities have no
+/// exponentials worth keeping). Reverse KL's gradient pass reads both rows again whatever it
+/// keeps, and ran no faster with kept exponentials (docs/performance.md, "Prefetching").
+inline bool uses_workspace(divergence d, const logits_options& opt, bool gradient) {
+  if (opt.log_probs) return false;
+  return d == divergence::jensen_shannon || (d == divergence::forward_kl && gradient);
+}
+
+/// For a caller that owns the workspace of one call (the Python binding, the CLI): memory
+/// for it where divergence d uses one, lent to opt (nullptr, and opt untouched, elsewhere).
+/// Not zeroed: the kernels write every element they read.
+template <class T>
+std::unique_ptr<T[]> lend_workspace(divergence d, bool gradient, Index V, logits_options& opt) {
+  if (!uses_workspace(d, opt, gradient)) return nullptr;
+  const Index n = logits_workspace_size<T>(V);
+  std::unique_ptr<T[]> work(new T[std::size_t(n)]);
+  opt.workspace = work.get();
+  opt.workspace_size = n;
+  return work;
 }
 
 }  // namespace klgrad

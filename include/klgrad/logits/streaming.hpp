@@ -116,6 +116,31 @@ P load(const T* p, Index i) {
   return ei::ploadu<P>(p + i);
 }
 
+/// Bytes ahead of the entry being read that the streaming passes ask the cache to fetch
+/// (define KLGRAD_PREFETCH_BYTES to change it; 0 turns the prefetches off). On this
+/// project's machines the hardware prefetcher alone left a pass over rows in memory at
+/// less than half the speed of the same pass over rows in cache (docs/performance.md,
+/// "Prefetching").
+#ifndef KLGRAD_PREFETCH_BYTES
+#define KLGRAD_PREFETCH_BYTES 2048
+#endif
+inline constexpr std::uintptr_t prefetch_bytes = KLGRAD_PREFETCH_BYTES;
+
+/// Asks for the cache line prefetch_bytes past entry i of row p: a hint, which never faults,
+/// so that the address may lie past the row's end (it is formed as an integer, not as a
+/// pointer past the array).
+template <class T>
+void prefetch_ahead(const T* p, Index i) {
+#if defined(__GNUC__)
+  if constexpr (prefetch_bytes > 0)
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p + i) +
+                                                     prefetch_bytes));
+#else
+  (void)p, (void)i;
+#endif
+}
+
+
 // 16-bit logits (bf16, fp16; support/scalars.hpp): stored as Eigen::bfloat16 / Eigen::half,
 // widened to float as they are loaded, so that every pass computes and accumulates in
 // float exactly as it does for float rows holding the same values. Eigen's own bfloat16 /
@@ -176,6 +201,14 @@ P load(const Eigen::half* p, Index i) {
 #endif
   else return widen_lanes<P>(p + i);
 }
+
+/// load<P>(p, i) of a row read from start to end, prefetching prefetch_bytes ahead.
+template <class P, class T>
+P load_ahead(const T* p, Index i) {
+  prefetch_ahead(p, i);
+  return load<P>(p, i);
+}
+
 template <class P, class T>
 void store(T* p, Index i, const P& x) {
   ei::pstoreu(p + i, x);
@@ -204,14 +237,21 @@ inline void store_stream(double* p, __m512d x) { _mm512_stream_pd(p, x); }
 #endif
 inline constexpr Index stream_store_bytes = Index(KLGRAD_STREAM_STORE_BYTES);
 
+/// Whether a row of n entries is written with streaming stores: at least
+/// stream_store_bytes long, and packets of more than one lane.
+template <class T>
+bool streams(Index n) {
+  return n * Index(sizeof(T)) >= stream_store_bytes && ei::packet_traits<T>::size > 1;
+}
+
 /// Calls f(P{}, i) or f(T{}, i) over 0..n-1 so that out + i is packet-aligned for every
 /// packet call (scalar calls peel the unaligned head and the tail); f returns the value to
-/// store at out + i. Long rows are stored with streaming stores, short ones normally.
+/// store at out + i. With `streaming` (by default: a long row) the packets are stored with
+/// streaming stores, else normally.
 template <class T, class F>
-void write_row(T* out, Index n, F&& f) {
+void write_row(T* out, Index n, F&& f, bool streaming) {
   using P = packet_of<T>;
   constexpr Index L = ei::packet_traits<T>::size;
-  const bool streaming = n * Index(sizeof(T)) >= stream_store_bytes && L > 1;
   Index i = 0;
   if (streaming) {
     const auto address = reinterpret_cast<std::uintptr_t>(out);
@@ -228,16 +268,21 @@ void write_row(T* out, Index n, F&& f) {
   for (; i + L <= n; i += L) ei::pstoreu(out + i, f(P{}, i));
   for (; i < n; ++i) out[i] = f(T{}, i);
 }
+template <class T, class F>
+void write_row(T* out, Index n, F&& f) {
+  write_row(out, n, std::forward<F>(f), streams<T>(n));
+}
 
 template <class P, class T>
 P splat(T x) {
   return ei::pset1<P>(x);
 }
 
-/// x_i it - shift of a row at entries i.. (a packet or a scalar), in one rounding.
+/// x_i it - shift of a row at entries i.. (a packet or a scalar), in one rounding; the row
+/// is read in order (load_ahead).
 template <class P, class S, class T = compute_t<S>>
 P shifted_at(const S* x, Index i, T it, T shift) {
-  return ei::pmadd(load<P>(x, i), splat<P>(it), splat<P>(-shift));
+  return ei::pmadd(load_ahead<P>(x, i), splat<P>(it), splat<P>(-shift));
 }
 
 /// log softmax of a row at entries i..: (x_i it - shift) - log_sum, the shift subtracted
@@ -367,13 +412,13 @@ online_state<compute_t<S>> online_pass(const S* xs, const S* ys, Index V, comput
       sums even{zero, zero, zero}, odd = even;
       P mx = splat<P>(lowest), my = mx;
       auto packet = [&](Index i, sums& a) {
-        const P xr = load<P>(xb, i);
+        const P xr = load_ahead<P>(xb, i);
         mx = ei::pmax(mx, xr);
         const P X = ei::pmadd(xr, itp, ncxp);
         const P ex = v_exp(X);
         a.x = ei::padd(a.x, ex);
         if constexpr (HasY) {
-          const P yr = load<P>(yb, i);
+          const P yr = load_ahead<P>(yb, i);
           my = ei::pmax(my, yr);
           const P Y = ei::pmadd(yr, itp, ncyp);
           const P ey = v_exp(Y);
@@ -453,6 +498,33 @@ std::pair<T, T> kept_scale(const T* kept, Index V, Index b, const online_state<T
   return {factor(shift[0], state.cx, state.sx), factor(shift[1], state.cy, state.sy)};
 }
 
+/// Calls f(b0, n, fx, fy) for each block of a kept row: its first entry b0, its length n and
+/// its factors (kept_scale).
+template <class T, class F>
+void for_kept_blocks(const T* kept, Index V, const online_state<T>& state, F&& f) {
+  for (Index b0 = 0, b = 0; b0 < V; b0 += stream_block<T>, ++b) {
+    const std::pair<T, T> factors = kept_scale(kept, V, b, state);
+    f(b0, std::min(stream_block<T>, V - b0), factors.first, factors.second);
+  }
+}
+
+/// write_row(g, V, f) from kept exponentials: f(tag, i, p, q) returns the entry at i given
+/// softmax(x) and softmax(y) there (p, q: the kept exponentials times their block's
+/// factors), with no exponential of its own. The row is written block by block, with
+/// streaming stores or not as `streaming` says.
+template <class T, class F>
+void write_from_kept(T* g, const T* kept, Index V, const online_state<T>& state,
+                     bool streaming, F&& f) {
+  for_kept_blocks(kept, V, state, [&](Index b0, Index n, T fx, T fy) {
+    write_row(g + b0, n, [&](auto tag, Index j) {
+      using P = decltype(tag);
+      const Index i = b0 + j;
+      return f(tag, i, ei::pmul(load_ahead<P>(kept, i), splat<P>(fx)),
+               ei::pmul(load_ahead<P>(kept + V, i), splat<P>(fy)));
+    }, streaming);
+  });
+}
+
 /// The same for rows that already hold normalised log-probabilities, taken as they are:
 /// no maxima, shifts 0, sx = sy = 1 (sx = 0 flags a row with no positive probability or a
 /// NaN), w = sum exp(x) (x - y).
@@ -462,11 +534,12 @@ online_state<compute_t<S>> normalized_pass(const S* xs, const S* ys, Index V) {
   online_state<T> state;
   const auto r = reduce_row<T, 2>(V, [&](auto* acc, Index i) {
     using P = std::remove_pointer_t<decltype(acc)>;
-    const P X = load<P>(xs, i);
+    const P X = load_ahead<P>(xs, i);
     const P ex = v_exp(X);
     acc[0] = ei::padd(acc[0], ex);
     if constexpr (Weighted)
-      acc[1] = ei::padd(acc[1], where_positive(ex, ei::pmul(ex, ei::psub(X, load<P>(ys, i)))));
+      acc[1] = ei::padd(acc[1],
+                        where_positive(ex, ei::pmul(ex, ei::psub(X, load_ahead<P>(ys, i)))));
   });
   // Trusted as normalised: no renormalisation (sx = 1), but an all -inf or NaN row still
   // shows as sx = 0.
