@@ -213,6 +213,9 @@ def kl_loss_vs_torch(rounds, op_steps=False):
         "verl kernel": kernel_only("k3-as-loss,preset=verl"),
         "plain kernel": kernel_only("k3-as-loss"),
         "triad": tri,
+        # What returning two new tensors costs with nothing computed: the op path's outputs
+        # are new each call, the floor's triad writes into one it reuses.
+        "two new": lambda: (torch.add(lp0, lr), torch.sub(lp0, lr)),
     }, rounds)
     # The least kl_loss can move: read logp, ref (4 bytes each) and the mask (1), write value
     # and coef (4 each); backward hands coef over without a pass. At the triad's rate of the
@@ -230,6 +233,7 @@ def kl_loss_vs_torch(rounds, op_steps=False):
     row("klgrad.evaluate(k3-as-loss, value=, coef=): no op path", times["plain kernel"], n)
     row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
         f"(triad {12 * (1 << 22) / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
+    row("(reference: logp + ref, logp - ref into two new tensors)", times["two new"], n)
     print("   ratios, median over rounds [quartiles]:")
     ratio_line("kl_loss(verl) of its floor (floor time / kl_loss time)",
                paired(floor, times["verl"]))
@@ -242,6 +246,8 @@ def kl_loss_vs_torch(rounds, op_steps=False):
                paired(times["verl"], times["verl kernel"]))
     ratio_line("kl_loss(plain) / evaluate(plain, value=, coef=)",
                paired(times["plain"], times["plain kernel"]))
+    ratio_line("kl_loss(plain) / the two new tensors (reference)",
+               paired(times["plain"], times["two new"]))
     if op_steps:
         for name in OP_STEPS:
             ratio_line(f"{name} / the kernel alone",
