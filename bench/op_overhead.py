@@ -1,7 +1,7 @@
 """Per-call overhead of klgrad's torch.library ops against the direct Python call, on a
 1 x 1 float32 batch (the kernel's own work is nil, so the time is the call's overhead).
 
-    PYTHONPATH=python python bench/op_overhead.py [--repeats N]
+    PYTHONPATH=python python bench/op_overhead.py [--repeats N] [--cpp]
 
 op_overhead_us(repeats) -> dict of microseconds per call (the least of several blocks of
 `repeats` calls, the blocks of each path interleaved):
@@ -27,7 +27,19 @@ open (docs/python.md, "Overhead"): in eager mode, call the binding under a
 torch.autograd.Function (_EagerKL below: the op's own kernel and backward formula, written
 for this measurement only) instead of the op, whose dispatcher and Python autograd kernel
 are what the op costs.
+
+With --cpp (cpp=True) it also measures option (a): bench/op_overhead_cpp/kl_loss_op.cpp,
+an operator klgrad_cpp::kl_loss registered from C++ with a C++ autograd kernel (a
+prototype, float32, no mask), compiled here by torch.utils.cpp_extension against this
+torch (about 35 s):
+
+    cpp_op              torch.ops.klgrad_cpp.kl_loss (no gradient)
+    cpp_op_autograd     the same, logp requires grad
+    cpp_op_step         its forward + backward
+
+and cpp_op_minus_evaluate, cpp_op_autograd_minus_evaluate.
 """
+import os
 import argparse
 import time
 
@@ -74,8 +86,23 @@ def _step(forward):
     return run
 
 
-def op_overhead_us(repeats=20000, blocks=7):
-    """Microseconds per call of each path (see the module docstring), and the differences."""
+def _cpp_op():
+    """torch.ops.klgrad_cpp.kl_loss, compiled from bench/op_overhead_cpp/kl_loss_op.cpp on
+    first use."""
+    from torch.utils import cpp_extension
+    here = os.path.dirname(os.path.abspath(__file__))
+    cpp_extension.load(name="klgrad_op_overhead_cpp",
+                       sources=[os.path.join(here, "op_overhead_cpp", "kl_loss_op.cpp")],
+                       extra_include_paths=[os.path.join(here, "..", "include"),
+                                            "/usr/include/eigen3"],
+                       extra_cflags=["-O3", "-march=native", "-DNDEBUG"],
+                       is_python_module=False)
+    return torch.ops.klgrad_cpp.kl_loss.default
+
+
+def op_overhead_us(repeats=20000, blocks=7, cpp=False):
+    """Microseconds per call of each path (see the module docstring), and the differences;
+    with cpp, option (a)'s C++-registered prototype too."""
     spec = klgrad.Spec(SPEC)
     logp = torch.full((1, 1), -0.5)
     ref = torch.full((1, 1), -0.7)
@@ -96,6 +123,11 @@ def op_overhead_us(repeats=20000, blocks=7):
         "logits_loss_op": lambda: logits_op(z, zr, "reverse-kl", None, 1.0, 0.5, None),
         "logits_loss": lambda: kt.logits_loss(z, zr),
     }
+    if cpp:
+        cpp_op = _cpp_op()
+        paths["cpp_op"] = lambda: cpp_op(logp, ref, SPEC)
+        paths["cpp_op_autograd"] = lambda: cpp_op(logp_grad, ref, SPEC)
+        paths["cpp_op_step"] = _step(lambda: cpp_op(logp_grad, ref, SPEC)[:2])
     for fn in paths.values():  # warm up: caches, first dispatch
         for _ in range(max(1, repeats // 10)):
             fn()
@@ -111,14 +143,20 @@ def op_overhead_us(repeats=20000, blocks=7):
                                                       - best["logits_divergence"])
     best["logits_loss_minus_logits_divergence"] = (best["logits_loss"]
                                                    - best["logits_divergence"])
+    if cpp:
+        best["cpp_op_minus_evaluate"] = best["cpp_op"] - best["evaluate"]
+        best["cpp_op_autograd_minus_evaluate"] = best["cpp_op_autograd"] - best["evaluate"]
     return best
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20000)
+    parser.add_argument("--cpp", action="store_true",
+                        help="also build and time option (a), "
+                             "bench/op_overhead_cpp/kl_loss_op.cpp")
     args = parser.parse_args()
-    us = op_overhead_us(args.repeats)
+    us = op_overhead_us(args.repeats, cpp=args.cpp)
     print(f"per-call time, 1 x 1 float32 batch, torch {torch.__version__} "
           f"(least of 7 blocks of {args.repeats} calls)")
     for name, value in us.items():
