@@ -91,4 +91,13 @@ void check_over_z(const batch<T>& b, Run&& run, bool bitwise = true) {
   }
 }
 
+/// Calls f(log_probs, tau) for the settings the over-z tests sweep: logits at temperatures
+/// 1 and 0.7, and log-probabilities (whose temperature is 1).
+template <class F>
+void for_each_setting(F&& f) {
+  f(false, 1.0);
+  f(false, 0.7);
+  f(true, 1.0);
+}
+
 }  // namespace over_logits

@@ -875,15 +875,12 @@ TEST_CASE("logits: the gradient written over z is the gradient written apart",
   // Packet tails (7, 1029 entries), and rows of 64 KiB and more, written with streaming
   // stores: 16,400 floats / 8,200 doubles (every row aligned to any packet) and 16,387 floats
   // / 8,195 doubles (rows at every offset: a scalar head before the aligned packets).
-  for (bool log_probs : {false, true}) {
-    for (double tau : {1.0, 0.7}) {
-      if (log_probs && tau != 1.0) continue;
-      for (Index V : {Index(7), Index(1029), Index(16400), Index(16387)})
-        check_divergences_over_z<float>(V, log_probs, tau);
-      for (Index V : {Index(7), Index(1029), Index(8200), Index(8195)})
-        check_divergences_over_z<double>(V, log_probs, tau);
-    }
-  }
+  over_logits::for_each_setting([](bool log_probs, double tau) {
+    for (Index V : {Index(7), Index(1029), Index(16400), Index(16387)})
+      check_divergences_over_z<float>(V, log_probs, tau);
+    for (Index V : {Index(7), Index(1029), Index(8200), Index(8195)})
+      check_divergences_over_z<double>(V, log_probs, tau);
+  });
 }
 
 TEST_CASE("logits: a gradient that overlaps z or z_ref without being z is refused",

@@ -147,8 +147,8 @@ row_result jensen_shannon_row(const S* z, const S* zr, Index V, T it, bool log_p
       const auto r = reduce_row<T, 2>(n, [&](auto* acc, Index j) {
         using P = std::remove_pointer_t<decltype(acc)>;
         const Index i = b0 + j;
-        terms(acc, i, ei::pmul(load<P>(kept, i), splat<P>(fx)),
-              ei::pmul(load<P>(kept + V, i), splat<P>(fy)));
+        terms(acc, i, ei::pmul(load_ahead<P>(kept, i), splat<P>(fx)),
+              ei::pmul(load_ahead<P>(kept + V, i), splat<P>(fy)));
       });
       U += r[0];
       Kr += r[1];

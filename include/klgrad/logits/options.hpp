@@ -54,10 +54,11 @@ struct logits_options {
   batch_counts counts;  ///< global N_tokens / B_nonempty (data-parallel shards)
   /// Optional: caller-owned memory of `workspace_size` elements of the type the kernels
   /// compute in (z's scalar type; float for 16-bit z), at least logits_workspace_size<T>(V)
-  /// for that type (one slice per OpenMP thread). With it the full-vocabulary divergences
-  /// (reverse KL, forward KL, Jensen-Shannon) keep each row's exponentials between their
-  /// passes instead of computing them again; without it (nullptr) they compute them again.
-  /// Never allocated by the kernel; the top-k forms and rows of log-probabilities ignore it.
+  /// for that type (one slice per OpenMP thread), checked whenever given to
+  /// logits_divergence. With it Jensen-Shannon, and forward KL with a gradient, keep each
+  /// row's exponentials between their passes instead of computing them again
+  /// (uses_workspace); without it (nullptr) they compute them again. Never allocated by the
+  /// kernel; reverse KL, the top-k forms and rows of log-probabilities do not use it.
   void* workspace = nullptr;
   Index workspace_size = 0;
 };

@@ -140,7 +140,6 @@ void prefetch_ahead(const T* p, Index i) {
 #endif
 }
 
-
 // 16-bit logits (bf16, fp16; support/scalars.hpp): stored as Eigen::bfloat16 / Eigen::half,
 // widened to float as they are loaded, so that every pass computes and accumulates in
 // float exactly as it does for float rows holding the same values. Eigen's own bfloat16 /
