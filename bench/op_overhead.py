@@ -39,8 +39,8 @@ torch (about 35 s):
 
 and cpp_op_minus_evaluate, cpp_op_autograd_minus_evaluate.
 """
-import os
 import argparse
+import os
 import time
 
 import torch

@@ -13,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -219,7 +220,22 @@ TEST_CASE("logits: forward KL and Jensen-Shannon with a workspace match the long
     for (Index r = 0; r < 3; ++r) CHECK(value(r) == Approx(plain(r)).epsilon(1e-5));
     CHECK(((grad - plain_grad).abs() <= 1e-5f * plain_grad.abs().maxCoeff()).all());
   }
-  // Reverse KL takes no kept exponentials: the same bits with a workspace as without.
+  // The kernels use the workspace where uses_workspace says (it holds exponentials after
+  // the call) and leave it alone elsewhere. Reverse KL takes no kept exponentials: the same
+  // bits with a workspace as without.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (divergence d : all_divergences) {
+    for (bool gradient : {false, true}) {
+      INFO(klgrad::to_string(d) << (gradient ? ", value and gradient" : ", value"));
+      std::fill(work.begin(), work.end(), nan);
+      if (gradient) klgrad::logits_divergence(d, b, value, grad, with);
+      else klgrad::logits_divergence(d, b, value, with);
+      CHECK(klgrad::uses_workspace(d, with, gradient) == !std::isnan(work[0]));
+    }
+  }
+  klgrad::logits_options log_probs;
+  log_probs.log_probs = true;
+  CHECK_FALSE(klgrad::uses_workspace(divergence::jensen_shannon, log_probs, true));
   klgrad::logits_divergence(divergence::reverse_kl, b, value, grad, with);
   klgrad::logits_divergence(divergence::reverse_kl, b, plain, plain_grad);
   CHECK((value == plain).all());
