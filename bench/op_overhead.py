@@ -38,9 +38,15 @@ torch (about 35 s):
     cpp_op_step         its forward + backward
 
 and cpp_op_minus_evaluate, cpp_op_autograd_minus_evaluate.
+
+With --cold, cold_us() times every path again with cold caches, as between a trainer's
+batches: a hot loop keeps the interpreter's and the dispatcher's code and data in cache,
+which a batch's bytes evict.
 """
 import argparse
 import os
+import random
+import statistics
 import time
 
 import torch
@@ -100,9 +106,9 @@ def _cpp_op():
     return torch.ops.klgrad_cpp.kl_loss.default
 
 
-def op_overhead_us(repeats=20000, blocks=7, cpp=False):
-    """Microseconds per call of each path (see the module docstring), and the differences;
-    with cpp, option (a)'s C++-registered prototype too."""
+def _paths(cpp):
+    """{name: a call of that path} (see the module docstring); with cpp, option (a)'s
+    C++-registered prototype too."""
     spec = klgrad.Spec(SPEC)
     logp = torch.full((1, 1), -0.5)
     ref = torch.full((1, 1), -0.7)
@@ -128,6 +134,13 @@ def op_overhead_us(repeats=20000, blocks=7, cpp=False):
         paths["cpp_op"] = lambda: cpp_op(logp, ref, SPEC)
         paths["cpp_op_autograd"] = lambda: cpp_op(logp_grad, ref, SPEC)
         paths["cpp_op_step"] = _step(lambda: cpp_op(logp_grad, ref, SPEC)[:2])
+    return paths
+
+
+def op_overhead_us(repeats=20000, blocks=7, cpp=False):
+    """Microseconds per call of each path (see the module docstring), and the differences;
+    with cpp, option (a)'s C++-registered prototype too."""
+    paths = _paths(cpp)
     for fn in paths.values():  # warm up: caches, first dispatch
         for _ in range(max(1, repeats // 10)):
             fn()
@@ -149,18 +162,45 @@ def op_overhead_us(repeats=20000, blocks=7, cpp=False):
     return best
 
 
+def cold_us(calls=2000, cpp=False, seed=0):
+    """Median microseconds per call of each path when the caches are cold, as between a
+    trainer's batches: before every call (untimed) a pass streams 8 MB through them, and the
+    paths' order is shuffled each round."""
+    paths = _paths(cpp)
+    big = torch.rand(1 << 20)
+    out = torch.empty_like(big)
+    times = {name: [] for name in paths}
+    shuffler = random.Random(seed)
+    for _ in range(calls):
+        names = list(paths)
+        shuffler.shuffle(names)
+        for name in names:
+            torch.mul(big, 1.0001, out=out)
+            start = time.perf_counter_ns()
+            paths[name]()
+            times[name].append((time.perf_counter_ns() - start) / 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20000)
     parser.add_argument("--cpp", action="store_true",
                         help="also build and time option (a), "
                              "bench/op_overhead_cpp/kl_loss_op.cpp")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time each path with cold caches (cold_us)")
     args = parser.parse_args()
     us = op_overhead_us(args.repeats, cpp=args.cpp)
     print(f"per-call time, 1 x 1 float32 batch, torch {torch.__version__} "
           f"(least of 7 blocks of {args.repeats} calls)")
     for name, value in us.items():
         print(f"  {name:42s} {value:8.2f} us")
+    if args.cold:
+        print("per-call time with cold caches (8 MB streamed before each call; median of "
+              "2,000 calls)")
+        for name, value in cold_us(cpp=args.cpp).items():
+            print(f"  {name:42s} {value:8.2f} us")
 
 
 if __name__ == "__main__":
