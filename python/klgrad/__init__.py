@@ -81,6 +81,21 @@ def _crossing(x, name):
     return x
 
 
+def _capsule(x):
+    """x as the binding reads it: a torch tensor as a DLPack capsule
+    (torch.utils.dlpack.to_dlpack), anything else unchanged. The binding's own import of a
+    tensor, through its __dlpack__ method, took 8 of the 10 us of a 1 x 1 evaluate call on
+    torch 2.13 (measured: 9.7 us with tensors, 1.5 with capsules). A tensor torch will not
+    export as it is (to_dlpack raises) crosses as itself, so that the binding refuses it by
+    name as before."""
+    if _is_tensor(x):
+        try:
+            return _torch().utils.dlpack.to_dlpack(x)
+        except (RuntimeError, TypeError, BufferError):
+            return x
+    return x
+
+
 def _empty(like, shape, dtype):
     """A new array of `shape` in like's framework: a torch tensor for a tensor, else numpy.
     dtype: a numpy dtype name ("float32", "int64", ...)."""
@@ -166,8 +181,9 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
         shape = tuple(logp.shape)
         value = _empty(logp, shape, dtype) if value is None else value
         coef = _empty(logp, shape, dtype) if coef is None else coef
-    fields = _klgrad.evaluate(spec, logp, args[0], args[1], mask, offsets, tokens, sequences,
-                              nonfinite, value, coef)
+    fields = _klgrad.evaluate(spec, _capsule(logp), _capsule(args[0]), _capsule(args[1]),
+                              _capsule(mask), _capsule(offsets), tokens, sequences, nonfinite,
+                              _capsule(value), _capsule(coef))
     return Result((value, coef) + tuple(fields))
 
 
@@ -410,8 +426,9 @@ def _kernel_divergence(logits, ref_logits, *, divergence, lam, top_k, temperatur
             grad = _empty(z, tuple(z.shape), compute)
         if top_k is not None and isinstance(top_k, int) and 0 < top_k <= z.shape[-1]:
             indices = _empty(z, rows + (top_k,), "int64")
-    fields = _klgrad.logits_divergence(z, zr, divergence, lam, top_k, temperature, m,
-                                       log_probs, value, grad, indices)
+    fields = _klgrad.logits_divergence(_capsule(z), _capsule(zr), divergence, lam, top_k,
+                                       temperature, _capsule(m), log_probs, _capsule(value),
+                                       _capsule(grad), _capsule(indices))
     if target is None:
         grad = _grad_as(logits, grad, grad_dtype)
     else:
@@ -503,7 +520,8 @@ def selective_log_softmax(logits, ids, *, mask=None, temperature=1.0):
     z, y, m = _sampled_args(logits, ids, mask)
     compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
     out = _empty(z, rows, compute) if compute and rows is not None else None
-    _klgrad.selective_log_softmax(z, y, m, temperature, out)
+    _klgrad.selective_log_softmax(_capsule(z), _capsule(y), _capsule(m), temperature,
+                                  _capsule(out))
     return out
 
 
@@ -520,5 +538,6 @@ def sampled_logits_gradient(logits, ids, coef, *, mask=None, temperature=1.0, gr
         c = c.float() if _is_tensor(c) else c.astype(_np.float32)  # 16-bit coef, N entries
     grad = (_empty(z, tuple(z.shape), compute)
             if compute and _row_shape(z) is not None else None)
-    _klgrad.sampled_logits_gradient(z, y, c, m, temperature, grad)
+    _klgrad.sampled_logits_gradient(_capsule(z), _capsule(y), _capsule(c), _capsule(m),
+                                    temperature, _capsule(grad))
     return _grad_as(logits, grad, grad_dtype)
