@@ -65,9 +65,16 @@ def _is_tensor(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def _is_neg(x):
+    """True for a torch tensor with torch's lazy negation bit (tensor.is_neg(), e.g. the .imag
+    of a conjugated complex tensor): DLPack exports its memory without the negation."""
+    return _is_tensor(x) and x.is_neg()
+
+
 def _crossing(x, name):
     """x as it crosses to the kernel: a torch tensor detached (nothing flows into klgrad's
-    inputs; DLPack refuses a tensor that requires grad) and refused, naming the argument,
+    inputs; DLPack refuses a tensor that requires grad), its lazy negation materialised (a
+    copy: DLPack would export the memory without it), and refused, naming the argument,
     when it is not on the CPU; another DLPack producer as a numpy view of its memory
     (numpy.from_dlpack, no copy); numpy arrays and None unchanged. The binding reads what
     crosses by DLPack."""
@@ -75,7 +82,8 @@ def _crossing(x, name):
         if x.device.type != "cpu":
             raise TypeError(f"{name}= is on device {x.device}; klgrad's C++ kernel computes "
                             f"on the CPU (pass {name}.cpu())")
-        return x.detach()
+        x = x.detach()
+        return x.resolve_neg() if x.is_neg() else x
     if x is not None and not isinstance(x, _np.ndarray) and hasattr(x, "__dlpack__"):
         return _np.from_dlpack(x)  # another producer: a numpy view of the same memory
     return x
@@ -176,6 +184,11 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
     logp = _crossing(logp, "logp")
     args = [_crossing(x, n) for x, n in ((ref, "ref"), (behavior, "behavior"))]
     mask, offsets = _mask_of(_crossing(mask, "mask")), _int64_of(_crossing(offsets, "offsets"))
+    for out, name in ((value, "value"), (coef, "coef")):
+        if _is_neg(out):
+            raise ValueError(f"{name}= is a negated view (tensor.is_neg()): klgrad would "
+                             f"write the memory under it without the negation; pass a tensor "
+                             f"without it")
     dtype = _float_name(logp)
     if dtype is not None:  # else the binding refuses logp, naming it
         shape = tuple(logp.shape)
@@ -416,7 +429,8 @@ def _kernel_divergence(logits, ref_logits, *, divergence, lam, top_k, temperatur
     compute, rows = _COMPUTE.get(_dtype_name(z)), _row_shape(z)
     value = grad = indices = None
     over_z = target is logits
-    direct = (target is not None and _dtype_name(target) == compute
+    # A negated view (tensor.is_neg()) gets the gradient copied in, as a torch op writes it.
+    direct = (target is not None and _dtype_name(target) == compute and not _is_neg(target)
               and (not over_z or _is_contiguous(z)))
     if compute is not None and rows is not None:  # else the binding refuses logits, naming it
         value = _empty(z, rows, compute)
@@ -465,19 +479,24 @@ def _triton_divergence(logits, ref_logits, *, divergence, lam, top_k, temperatur
     if not _is_tensor(ref_logits) or (mask is not None and not _is_tensor(mask)):
         raise TypeError("backend='triton' takes torch tensors (ref_logits=, mask=)")
     _check_on_empty(logits, ref_logits, divergence, lam, top_k, temperature, mask)
-    z = logits.detach()
+    # The kernels read and write memory: a lazy negation (tensor.is_neg()) is materialised
+    # in an input, and a negated target gets the gradient copied in.
+    z = logits.detach().resolve_neg()
     grad = None
     if target is not None:
-        grad = target.detach()
+        grad = (_torch().empty(target.shape, dtype=target.dtype, device=target.device)
+                if _is_neg(target) else target.detach())
     elif gradient:  # a new gradient, written by the kernel in the dtype asked for
         dtype = _torch().float32 if grad_dtype is None else grad_dtype
         if dtype not in (_torch().float32, z.dtype):
             _refuse_grad_dtype(logits, grad_dtype)
         grad = _torch().empty(z.shape, dtype=dtype, device=z.device)
     value, indices, loss, rows, sequences = triton_logits.divergence_rows(
-        z, ref_logits.detach(), divergence=divergence, lam=lam, top_k=top_k,
+        z, ref_logits.detach().resolve_neg(), divergence=divergence, lam=lam, top_k=top_k,
         temperature=temperature, mask=None if mask is None else mask.detach(), grad=grad)
     loss = float(loss)
+    if _is_neg(target):
+        target.detach().copy_(grad)
     grad = grad if target is None else target
     return LogitsResult((value, grad, indices, loss, loss, int(rows), int(sequences)))
 

@@ -53,6 +53,35 @@ def test_any_dlpack_producer_is_read():
     np.testing.assert_array_equal(other.coef, plain.coef)
 
 
+def test_negated_views_cross_with_their_negation():
+    """torch's lazy negation (tensor.is_neg(): the .imag of a conjugated complex tensor, or
+    torch._neg_view) is not carried by DLPack, which exports the memory under it: inputs
+    are materialised, a logits gradient target gets the gradient copied in, and an evaluate
+    output is refused by name. The expected values are those of the same tensors made
+    plain (.clone()); the contiguous views gave the un-negated values before."""
+    logp, ref, mask = _batch()
+    minus = -torch.from_numpy(logp)
+    for negated in (torch._neg_view(minus),
+                    torch.complex(torch.zeros_like(minus), minus).conj().imag):
+        assert negated.is_neg()
+        got = klgrad.evaluate("k3-as-loss", negated, ref, mask=mask)
+        plain = klgrad.evaluate("k3-as-loss", negated.clone(), ref, mask=mask)
+        torch.testing.assert_close(got.coef, plain.coef, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="coef= is a negated view"):
+        klgrad.evaluate("k3-as-loss", logp, ref,
+                        coef=torch._neg_view(torch.zeros(3, 5, dtype=torch.float64)))
+    z = torch.randn(4, 9, dtype=torch.float64)
+    zr = torch.randn(4, 9, dtype=torch.float64)
+    expected = klgrad.logits_divergence(z, zr).grad
+    negated_z = torch._neg_view(-z)
+    torch.testing.assert_close(klgrad.logits_divergence(negated_z, zr).grad, expected,
+                               rtol=0, atol=0)
+    target = torch._neg_view(torch.zeros_like(z))
+    r = klgrad.logits_divergence(z, zr, grad=target)
+    torch.testing.assert_close(target, expected, rtol=0, atol=0)
+    torch.testing.assert_close(r.grad, expected, rtol=0, atol=0)
+
+
 def test_refusals_name_the_argument():
     logp, ref, mask = _batch()
     with pytest.raises(TypeError, match="ref="):

@@ -168,6 +168,19 @@ def test_gradient_in_place_and_into_a_buffer(divergence, dtype):
         assert r.grad is buffer and torch.equal(buffer, expected.grad)
 
 
+def test_negated_views_are_read_and_written_with_their_negation():
+    """torch's lazy negation (tensor.is_neg()) is no property of the memory the kernels read
+    and write: a negated input is materialised, a negated grad= gets the gradient copied in.
+    Expected: the same call on plain tensors (.clone()), bit for bit."""
+    z, zr = logits(rows=3, vocab=300, seed=9)
+    expected = klgrad.logits_divergence(z, zr, backend="triton")
+    r = klgrad.logits_divergence(torch._neg_view(-z), torch._neg_view(-zr), backend="triton")
+    assert torch.equal(r.grad, expected.grad) and torch.equal(r.value, expected.value)
+    target = torch._neg_view(torch.zeros_like(z))
+    r = klgrad.logits_divergence(z, zr, backend="triton", grad=target)
+    assert r.grad is target and torch.equal(target, expected.grad)
+
+
 def test_the_gradient_buffer_is_checked():
     z, zr = logits(rows=2, vocab=50)
     with pytest.raises(klgrad.ShapeError, match=r"grad= has shape \(2, 49\) but logits="):
