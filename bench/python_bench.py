@@ -2,8 +2,8 @@
 
 1. klgrad.evaluate from numpy, 64 x 2048 float32, k3-as-loss with a mask, against the C++
    kernel's own time on the same arrays (klgrad._klgrad.kernel_seconds: the same compiled
-   kernel called from C++), and the fixed overhead of a call (a 1 x 1 batch); then, when
-   bench/op_overhead.py exists, its op_overhead_us() (the torch.library op path's overhead);
+   kernel called from C++), and the fixed overhead of a call (a 1 x 1 batch); then
+   bench/op_overhead.py's op_overhead_us() (the torch.library op path's overhead);
 2. klgrad.torch.kl_loss forward + backward on 2^20 float32 tokens against PyTorch eager
    autograd of verl's low_var_kl (k3 with the log-ratio clamped to [-20, 20] and the value
    to [-10, 10], masked mean) and against the same formula under torch.compile, and the
@@ -111,15 +111,10 @@ def evaluate_vs_kernel(repeats):
 
 
 def op_overhead(repeats):
-    """bench/op_overhead.py's op_overhead_us(repeats) -> dict, when that file exists (the
-    torch.library custom ops' per-call overhead, issue 23 item 3). OPTIONAL: absent until
-    the custom ops land."""
+    """bench/op_overhead.py's op_overhead_us(repeats): the torch.library ops' per-call
+    overhead (issue 23 item 3), beside torch's own cost of an op registered alike."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    try:
-        from op_overhead import op_overhead_us
-    except ImportError as e:
-        print(f"1b. op overhead: bench/op_overhead.py absent ({e}); skipped")
-        return
+    from op_overhead import op_overhead_us
     print("1b. per-call overhead of the op path (bench/op_overhead.py)")
     for name, us in op_overhead_us(repeats).items():
         print(f"   {name:60s} {us:9.2f} us" if isinstance(us, (int, float))

@@ -60,9 +60,19 @@ def _torch():
     return sys.modules.get("torch")
 
 
+# torch.Tensor and torch.utils.dlpack.to_dlpack, looked up once the caller has imported torch
+# (klgrad never imports it): on a small call the lookups cost more than the kernel.
+_tensor_type = _to_dlpack = None
+
+
 def _is_tensor(x):
-    torch = _torch()
-    return torch is not None and isinstance(x, torch.Tensor)
+    global _tensor_type, _to_dlpack
+    if _tensor_type is None:
+        torch = _torch()
+        if torch is None or not hasattr(torch, "Tensor"):
+            return False
+        _tensor_type, _to_dlpack = torch.Tensor, torch.utils.dlpack.to_dlpack
+    return isinstance(x, _tensor_type)
 
 
 def _is_neg(x):
@@ -79,10 +89,11 @@ def _crossing(x, name):
     (numpy.from_dlpack, no copy); numpy arrays and None unchanged. The binding reads what
     crosses by DLPack."""
     if _is_tensor(x):
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise TypeError(f"{name}= is on device {x.device}; klgrad's C++ kernel computes "
                             f"on the CPU (pass {name}.cpu())")
-        x = x.detach()
+        if x.requires_grad:
+            x = x.detach()
         return x.resolve_neg() if x.is_neg() else x
     if x is not None and not isinstance(x, _np.ndarray) and hasattr(x, "__dlpack__"):
         return _np.from_dlpack(x)  # another producer: a numpy view of the same memory
@@ -98,7 +109,7 @@ def _capsule(x):
     name as before."""
     if _is_tensor(x):
         try:
-            return _torch().utils.dlpack.to_dlpack(x)
+            return _to_dlpack(x)
         except (RuntimeError, TypeError, BufferError):
             return x
     return x
@@ -110,6 +121,14 @@ def _empty(like, shape, dtype):
     if _is_tensor(like):
         return _torch().empty(shape, dtype=getattr(_torch(), dtype))
     return _np.empty(shape, dtype=dtype)
+
+
+def _empty_like(x):
+    """A new row-major array of x's shape and dtype in x's framework (a torch tensor on the
+    CPU, or numpy)."""
+    if _is_tensor(x):
+        return _torch().empty_like(x, memory_format=_torch().contiguous_format)
+    return _np.empty_like(x, order="C")
 
 
 def _float_name(x):
@@ -189,11 +208,9 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
             raise ValueError(f"{name}= is a negated view (tensor.is_neg()): klgrad would "
                              f"write the memory under it without the negation; pass a tensor "
                              f"without it")
-    dtype = _float_name(logp)
-    if dtype is not None:  # else the binding refuses logp, naming it
-        shape = tuple(logp.shape)
-        value = _empty(logp, shape, dtype) if value is None else value
-        coef = _empty(logp, shape, dtype) if coef is None else coef
+    if _float_name(logp) is not None:  # else the binding refuses logp, naming it
+        value = _empty_like(logp) if value is None else value
+        coef = _empty_like(logp) if coef is None else coef
     fields = _klgrad.evaluate(spec, _capsule(logp), _capsule(args[0]), _capsule(args[1]),
                               _capsule(mask), _capsule(offsets), tokens, sequences, nonfinite,
                               _capsule(value), _capsule(coef))
@@ -203,19 +220,27 @@ def evaluate(spec, logp, ref, *, behavior=None, mask=None, offsets=None, tokens=
 def _chosen_backend(backend, x, accelerated, runs_on):
     """The backend a call on x runs on: "kernel" or `accelerated` ("device" for the sampled
     paths, "triton" for logits), as backend= asks; "auto" takes `accelerated` for a torch
-    tensor on a device type runs_on accepts."""
+    tensor that runs_on accepts."""
     if not isinstance(backend, str) or backend not in ("auto", "kernel", accelerated):
         raise ValueError(f'backend= must be "auto", "kernel" or "{accelerated}", '
                          f"got {backend!r}")
     if backend == "auto":
-        return accelerated if _is_tensor(x) and runs_on(x.device.type) else "kernel"
+        return accelerated if _is_tensor(x) and runs_on(x) else "kernel"
     return backend
+
+
+def _off_cpu(x):
+    return not x.is_cpu
+
+
+def _on_cuda(x):
+    return x.is_cuda
 
 
 def uses_device(backend, logp):
     """Whether backend= sends a call with this logp to the device path: "device" always,
     "auto" for a torch tensor that is not on the CPU, "kernel" never."""
-    return _chosen_backend(backend, logp, "device", lambda kind: kind != "cpu") == "device"
+    return _chosen_backend(backend, logp, "device", _off_cpu) == "device"
 
 
 def _evaluate_on_device(spec, logp, ref, behavior, mask, offsets, tokens, sequences,
@@ -387,7 +412,7 @@ def logits_divergence(logits, ref_logits, *, divergence="reverse-kl", lam=0.5, t
 def _backend_of(backend, logits):
     """The backend a logits_divergence call runs on: "kernel" or "triton" (for "auto":
     Triton for CUDA tensors)."""
-    chosen = _chosen_backend(backend, logits, "triton", lambda kind: kind == "cuda")
+    chosen = _chosen_backend(backend, logits, "triton", _on_cuda)
     if chosen == "triton" and not _is_tensor(logits):
         raise TypeError(f"backend='triton' takes torch tensors; logits= is a "
                         f"{type(logits).__name__}")

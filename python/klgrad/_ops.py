@@ -51,19 +51,19 @@ def _empty_like_rows(x, dtype=None):
     return x.new_empty(x.shape, dtype=x.dtype if dtype is None else dtype)
 
 
-def _define(name, schema, kernel, *, cuda=None, fake, backward, setup):
-    """Defines the op klgrad::name with torch.library's define / impl / register_fake /
+def _define(name, schema, kernel, *, cuda=None, fake, backward, setup, namespace="klgrad"):
+    """Defines the op namespace::name with torch.library's define / impl / register_fake /
     register_autograd, and returns it (an OpOverload). kernel serves every device, cuda (if
     given) CUDA tensors. Not torch.library.custom_op, whose wrapper about doubles the
     per-call time of a small call (bench/op_overhead.py); the registrations are the same."""
-    qualname = "klgrad::" + name
+    qualname = f"{namespace}::{name}"
     torch.library.define(qualname, schema)
     torch.library.impl(qualname, "default", kernel)
     if cuda is not None:
         torch.library.impl(qualname, "cuda", cuda)
     torch.library.register_fake(qualname, fake)
     torch.library.register_autograd(qualname, backward, setup_context=setup)
-    return getattr(torch.ops.klgrad, name).default
+    return getattr(getattr(torch.ops, namespace), name).default
 
 
 # ---- klgrad::kl_loss ----------------------------------------------------------------------
@@ -78,7 +78,7 @@ def _kl_loss(logp, ref, spec, behavior, mask, offsets, tokens, sequences, backen
         return r.loss.to(logp.dtype), r.value, r.coef
     r = klgrad.evaluate(_parsed(spec), logp, ref, behavior=behavior, mask=mask,
                         offsets=offsets, tokens=tokens, sequences=sequences, backend="kernel")
-    return torch.tensor(r.loss, dtype=logp.dtype), r.value, r.coef
+    return torch.scalar_tensor(r.loss, dtype=logp.dtype), r.value, r.coef
 
 
 def _kl_loss_fake(logp, ref, spec, behavior, mask, offsets, tokens, sequences,
@@ -124,12 +124,12 @@ def _kl_loss_backward(ctx, grad_loss, grad_value, grad_coef):
 
 # One implementation for every device, CUDA named (the device path's registration): there
 # backend="auto" takes the device path and "kernel" refuses the tensor.
-kl_loss_op = _define(
-    "kl_loss",
+KL_LOSS_SCHEMA = (
     "(Tensor logp, Tensor ref, str spec, Tensor? behavior, Tensor? mask, Tensor? offsets, "
-    "SymInt? tokens, SymInt? sequences, str backend=\"auto\") -> (Tensor, Tensor, Tensor)",
-    _kl_loss, cuda=_kl_loss, fake=_kl_loss_fake, backward=_kl_loss_backward,
-    setup=_loss_setup)
+    "SymInt? tokens, SymInt? sequences, str backend=\"auto\") -> (Tensor, Tensor, Tensor)")
+
+kl_loss_op = _define("kl_loss", KL_LOSS_SCHEMA, _kl_loss, cuda=_kl_loss, fake=_kl_loss_fake,
+                     backward=_kl_loss_backward, setup=_loss_setup)
 
 
 # ---- klgrad::kl_penalty -------------------------------------------------------------------
@@ -180,7 +180,7 @@ def _logits_loss(logits, ref_logits, divergence, mask, temperature, lam, top_k,
     r = klgrad.logits_divergence(logits, ref_logits, divergence=divergence, lam=lam,
                                  top_k=top_k, temperature=temperature, mask=mask,
                                  gradient=True, grad_dtype=logits.dtype, backend=backend)
-    loss = torch.tensor(r.loss, dtype=r.value.dtype, device=logits.device)
+    loss = torch.scalar_tensor(r.loss, dtype=r.value.dtype, device=logits.device)
     return loss, r.value, r.grad
 
 
