@@ -14,9 +14,9 @@ op_overhead_us(repeats) -> dict of microseconds per call (the least of several b
                         calling klgrad.evaluate, logp requires grad
     kl_loss_step        klgrad.torch.kl_loss forward + backward     a training step's share
     function_step       the autograd.Function forward + backward
-    registered_op       an op with kl_loss's schema and registrations  torch's own cost of a
-    registered_autograd (define, impl, register_fake, register_autograd: Python-registered op
-    registered_step     _ops._define) whose kernel only makes its outputs
+    registered_op       an op with kl_loss's schema and registrations   torch's own cost of
+    registered_autograd (the same _ops._define) whose kernel only makes a Python-registered
+    registered_step     its outputs: no gradient, with grad, a step     op
     logits_divergence   klgrad.logits_divergence (1 x 2 logits)     the direct call
     logits_loss_op      torch.ops.klgrad.logits_loss (no gradient)  the op path
     logits_loss         klgrad.torch.logits_loss (no gradient)
