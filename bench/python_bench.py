@@ -144,9 +144,11 @@ OP_STEPS = ("k3-as-loss: evaluate, new outputs", "k3-as-loss: kl_loss op, no aut
             "k3-as-loss: kl_loss forward only")
 
 
-def kl_loss_vs_torch(rounds, op_steps=False):
+def kl_loss_vs_torch(rounds, op_steps=False, rows=256):
+    """Part 2 on rows x 4096 tokens (256: 2^20, the issue's size; more rows show how much of
+    the distance to the floor is a fixed cost per call)."""
     g = torch.Generator().manual_seed(0)
-    shape = (256, 4096)  # 2^20 tokens
+    shape = (rows, 4096)
     lp0 = -torch.rand(shape, generator=g) * 3
     lr = lp0 + 0.1 * torch.randn(shape, generator=g)
     mask = torch.rand(shape, generator=g) < 0.9
@@ -217,7 +219,7 @@ def kl_loss_vs_torch(rounds, op_steps=False):
     # same round, the floor's time is triad time * 17 n / (12 n_triad).
     n = lp.numel()
     floor = [t * 17 * n / tri_bytes for t in times["triad"]]
-    print(f"2. kl_loss forward + backward, 2^20 tokens float32 (256 x 4096), bool mask; "
+    print(f"2. kl_loss forward + backward, {n:,} tokens float32 ({rows} x 4096), bool mask; "
           f"{rounds} rounds (compiled warm: one more call took {warm * 1e3:.1f} ms)")
     header("")
     row("PyTorch eager autograd of verl low_var_kl (masked mean)", times["eager"], n)
@@ -366,6 +368,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=15, help="parts 2 and 3: rounds")
     parser.add_argument("--rows", type=int, default=16, help="logits rows for part 3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (klgrad: 1)")
+    parser.add_argument("--kl-rows", type=int, default=256,
+                        help="part 2: rows of 4096 tokens (256: 2^20 tokens, issue 23's size)")
     parser.add_argument("--op-steps", action="store_true",
                         help="part 2: also time kl_loss's op path step by step")
     args = parser.parse_args()
@@ -377,7 +381,7 @@ def main():
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     evaluate_vs_kernel(args.repeats)
     op_overhead(args.repeats)
-    kl_loss_vs_torch(args.rounds, args.op_steps)
+    kl_loss_vs_torch(args.rounds, args.op_steps, args.kl_rows)
     logits_loss_vs_torch(max(3, args.rounds * 2 // 3), args.rows)
 
 
