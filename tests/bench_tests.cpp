@@ -10,9 +10,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kb = klgrad::bench;
@@ -78,6 +81,36 @@ TEST_CASE("without a counter allocations are not counted (NaN)", "[bench]") {
                                kb::number_format::float32, tiny());
   CHECK(std::isnan(r.allocations_per_call));
   CHECK(r.rounds == 5);
+}
+
+TEST_CASE("vector sets: the build's is Eigen's packet width, the CPU runs it, rows carry both",
+          "[bench]") {
+  const std::string_view built = kb::compiled_vector_isa(), cpu = kb::cpu_vector_isa();
+  const int lanes = Eigen::internal::packet_traits<float>::size;  // floats per packet
+  if (built == "avx512")
+    CHECK(lanes == 16);
+  else if (built == "avx2" || built == "avx")
+    CHECK(lanes == 8);
+  else if (built == "none")
+    CHECK(lanes == 1);
+  else if (built != "sve" && built != "other")  // SVE's width is the machine's
+    CHECK(lanes == 4);                          // the 128-bit sets
+  // On x86 this program runs, so the CPU offers at least the build's set.
+  const std::vector<std::string_view> x86 = {"sse2", "sse4", "avx", "avx2", "avx512"};
+  const auto rank = [&](std::string_view name) {
+    return std::find(x86.begin(), x86.end(), name) - x86.begin();
+  };
+  if (rank(built) < std::ptrdiff_t(x86.size())) {
+    CHECK(rank(cpu) < std::ptrdiff_t(x86.size()));
+    CHECK(rank(cpu) >= rank(built));
+  }
+  const kb::result r = kb::run(klgrad::parse_spec("k1-in-reward"), padded(2, 8),
+                               kb::number_format::float32, tiny());
+  CHECK(r.vector_isa == built);
+  CHECK(r.cpu_vector_isa == cpu);
+  const kb::result z = kb::run_logits(klgrad::divergence::reverse_kl, padded(1, 2, 8),
+                                      kb::number_format::float32, tiny());
+  CHECK(z.vector_isa == built);
 }
 
 TEST_CASE("sampled tokens: items, bytes per token and the floor's bytes", "[bench]") {

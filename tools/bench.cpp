@@ -188,11 +188,23 @@ std::string allocations_text(const nlohmann::json& a) {
   return text;
 }
 
+/// The header: the batch, the format, the vectors the kernels ran on, threads and budget;
+/// then, where this CPU offers wider vectors than the build uses, a line saying so.
+void print_header(const nlohmann::json& out) {
+  const nlohmann::json& first = out["rows"].at(0);
+  const auto compiled = first["vector_isa"].get<std::string>();
+  const auto cpu = first["cpu_vector_isa"].get<std::string>();
+  std::printf("klgrad bench: %s, %s, %s vectors, %d thread(s), %.3g s per kernel; the floor "
+              "timed in the same rounds\n", out["batch"].get<std::string>().c_str(),
+              out["dtype"].get<std::string>().c_str(), compiled.c_str(),
+              out["threads"].get<int>(), out["seconds"].get<double>());
+  if (cpu != compiled && cpu != "unknown")
+    std::printf("note: this CPU offers %s vectors, which a build with -march=native uses "
+                "(docs/performance.md)\n", cpu.c_str());
+}
+
 void print_table(const nlohmann::json& out) {
-  std::printf("klgrad bench: %s, %s, %d thread(s), %.3g s per kernel; the floor timed in the "
-              "same rounds\n", out["batch"].get<std::string>().c_str(),
-              out["dtype"].get<std::string>().c_str(), out["threads"].get<int>(),
-              out["seconds"].get<double>());
+  print_header(out);
   auto label = [](const nlohmann::json& r) {
     return r["kernel"].get<std::string>() + " (" + r["unit"].get<std::string>() + ")";
   };

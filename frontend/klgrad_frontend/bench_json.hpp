@@ -74,7 +74,9 @@ inline nlohmann::json result_json(kind k, const bench::result& r) {
       {"floor", r.floor},
       {"floor_bytes_per_item", r.floor_bytes_per_item},
       {"floor_items_per_second", quartiles_json(r.floor_items_per_second)},
-      {"of_floor", quartiles_json(r.of_floor)}};
+      {"of_floor", quartiles_json(r.of_floor)},
+      {"vector_isa", std::string(r.vector_isa)},
+      {"cpu_vector_isa", std::string(r.cpu_vector_isa)}};
   out["allocations_per_call"] =
       std::isnan(r.allocations_per_call) ? nlohmann::json(nullptr) : nlohmann::json(r.allocations_per_call);
   return out;

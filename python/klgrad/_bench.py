@@ -201,6 +201,16 @@ def _si(x):
     return f"{x:.4g} T"
 
 
+def _vectors(row):
+    """The vectors the C++ rows ran on and, where this CPU offers wider ones, what uses them
+    (the extension is built for its machine unless KLGRAD_PYTHON_NATIVE=OFF)."""
+    built, cpu = row["vector_isa"], row["cpu_vector_isa"]
+    if cpu in (built, "unknown"):
+        return f"C++ rows: {built} vectors"
+    return (f"C++ rows: {built} vectors; this CPU offers {cpu} vectors, which an extension "
+            f"built for this machine uses (docs/python.md)")
+
+
 class BenchResult(list):
     """The rows of klgrad.bench, each a dict: kernel, kind, device, unit (tokens or rows),
     items, rounds, items_per_second and of_floor (each {q1, median, q3} over the rounds),
@@ -213,9 +223,10 @@ class BenchResult(list):
     def __str__(self):
         labels = [f"{r['kernel']} ({r['unit']})" for r in self]
         width = max([32] + [len(label) for label in labels])
-        lines = [self.title,
-                 f"{'row (unit)':{width}s} {'per second':>10s} {'[q1, q3]':>22s} "
-                 f"{'of floor':>8s} {'[q1, q3]':>14s} {'rounds':>6s}"]
+        kernel = next((r for r in self if "vector_isa" in r), None)
+        lines = [self.title] + ([] if kernel is None else [_vectors(kernel)]) + [
+            f"{'row (unit)':{width}s} {'per second':>10s} {'[q1, q3]':>22s} "
+            f"{'of floor':>8s} {'[q1, q3]':>14s} {'rounds':>6s}"]
         for label, r in zip(labels, self):
             rate, ratio = r["items_per_second"], r["of_floor"]
             interval = f"[{_si(rate['q1'])}, {_si(rate['q3'])}]"

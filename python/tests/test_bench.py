@@ -39,6 +39,19 @@ def test_kernel_row_padded_float():
     assert sane(row)
 
 
+def test_the_vectors_the_kernel_ran_on():
+    """The C++ rows name the vector set they ran on and this CPU's widest (the names and their
+    consistency with Eigen's packets: tests/bench_tests.cpp), and the table says them."""
+    rows = klgrad.bench("k1-in-reward", shape=(1, 8), seconds=TINY)
+    names = {"avx512", "avx2", "avx", "sse4", "sse2", "neon", "sve", "vsx", "altivec", "other",
+             "none"}
+    built, cpu = rows[0]["vector_isa"], rows[0]["cpu_vector_isa"]
+    assert built in names and cpu in names | {"unknown"}
+    text = str(rows)
+    assert f"C++ rows: {built} vectors" in text
+    assert ("this CPU offers" in text) == (cpu not in (built, "unknown"))
+
+
 def test_kernel_rows_packed_double_and_several_specs():
     rows = klgrad.bench(["k1-in-reward", klgrad.Spec("k2-as-loss")], tokens=100, lengths=[30, 20],
                         dtype="double", seconds=TINY)

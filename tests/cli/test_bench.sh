@@ -42,6 +42,14 @@ check "padded: fields" fields "$out" \
   'all(abs(r["floor_bytes_per_item"] - 17) <= 3 * 4 * 3 / 256 for r in rows)' \
   "$sane" "$no_allocations"
 check "padded: this build counts allocations (glibc)" fields "$out" 'out["allocations_counted"]'
+# The vectors each row ran on (the build's, fixed when it was compiled) and this CPU's widest,
+# by name; bench_tests.cpp checks the names against Eigen's packets and the CPU.
+isas='{"avx512", "avx2", "avx", "sse4", "sse2", "neon", "sve", "vsx", "altivec", "other", "none"}'
+check "padded: vector sets" fields "$out" \
+  "all(r['vector_isa'] in $isas and r['cpu_vector_isa'] in $isas | {'unknown'} for r in rows)"
+vectors=$(/usr/bin/python3 -c 'import json, sys; r = json.loads(sys.argv[1])["rows"][0]; print(r["vector_isa"], r["cpu_vector_isa"])' "$out")
+built=${vectors% *}
+cpu=${vectors#* }
 
 # ---- packed double, lengths cycled: no mask byte, 8-byte numbers (4 x 8)
 out=$("$klgrad" bench --spec k1-in-reward --tokens 1000 --lengths 300,200 --dtype double "${tiny[@]}" --format json)
@@ -82,7 +90,13 @@ out=$("$klgrad" bench --spec k3-as-loss --shape 4x64 "${tiny[@]}")
 check "table: exits 0" test $? -eq 0
 check "table: header" contains "$out" "of floor       [q1, q3]  allocs rounds"
 check "table: the row" contains "$out" "k3-as-loss (tokens)"
-check "table: the batch" contains "$out" "4 x 64 padded tokens (90% valid), float"
+check "table: the batch" contains "$out" "4 x 64 padded tokens (90% valid), float, $built vectors, 1 thread(s)"
+# A line says so where this CPU offers wider vectors than the build uses, and only there.
+if [[ $cpu != "$built" && $cpu != unknown ]]; then
+  check "table: wider vectors named" contains "$out" "note: this CPU offers $cpu vectors, which a build with -march=native uses"
+else
+  check "table: no note on vectors" test -z "$(grep -F 'note: this CPU offers' <<<"$out")"
+fi
 check "table: how to read it" contains "$out" "1 = as fast as this machine's floor"
 check "table: no progress line off a terminal" test -z "$("$klgrad" bench --spec k1-in-reward --shape 1x8 "${tiny[@]}" 2>&1 >/dev/null)"
 

@@ -3,6 +3,7 @@
 // alike and the ratio of the two times in one round is steadier than either time.
 #pragma once
 
+#include "instruction_set.hpp"
 #include "settings.hpp"
 
 #include <algorithm>
@@ -84,6 +85,8 @@ inline result summarise(const paired_times& t, Index items) {
   r.floor_items_per_second = quartiles_of(floor_rate);
   r.of_floor = quartiles_of(ratio);
   if (t.counted) r.allocations_per_call = double(t.allocations) / double(t.kernel.size());
+  r.vector_isa = compiled_vector_isa();
+  r.cpu_vector_isa = cpu_vector_isa();
   return r;
 }
 

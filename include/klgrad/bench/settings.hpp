@@ -88,6 +88,9 @@ struct result {
   quartiles of_floor;
   /// Heap allocations per kernel call, NaN when the program counts none.
   double allocations_per_call = std::numeric_limits<double>::quiet_NaN();
+  /// The vector instructions the kernel ran on, and the widest this CPU offers
+  /// (bench/instruction_set.hpp): "sse2" beside "avx512" says a native build would be wider.
+  std::string_view vector_isa, cpu_vector_isa;
 };
 
 namespace detail {
