@@ -6,6 +6,7 @@
 // estimator type is measured the same way (bench/settings.hpp, docs/performance.md).
 #pragma once
 
+#include "bench/instruction_set.hpp"
 #include "bench/logits.hpp"
 #include "bench/paired.hpp"
 #include "bench/sampled.hpp"
