@@ -11,7 +11,10 @@
    same rounds; beside them klgrad.evaluate into given value and coef tensors (the kernel
    without the op path: no new outputs, no dispatcher, no autograd), so that the op path's
    share is a ratio of the same rounds (with --op-steps, that path step by step: new
-   outputs, the op without autograd, its forward with autograd);
+   outputs, the op without autograd, its forward with autograd); 2b. kl_loss, the k3
+   kernel (given and new outputs), the k1 kernel and the triad each called 20 times back to
+   back, as a loop calls them (the floor at the triad's rate with nothing between its
+   calls), with the page faults per call;
 3. klgrad.torch.logits_loss (reverse KL) forward + backward at V = 151,936 against the
    eager and the compiled log_softmax + kl_div composite, and the floor: the exponentials
    of both rows (2 x rows x V) at the rate of a fused exp-and-sum measured in the same
@@ -30,6 +33,7 @@ quartiles.
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -258,6 +262,53 @@ def kl_loss_vs_torch(rounds, op_steps=False, rows=256):
     ratio_line("compiled / kl_loss(plain)", paired(times["compiled"], times["plain"]))
     ratio_line("compiled of the floor (floor time / compiled time)",
                paired(floor, times["compiled"]))
+    back_to_back(rounds, {"kl_loss": klgrad_loss("k3-as-loss"),
+                          "k3 kernel": kernel_only("k3-as-loss"),
+                          "k3 kernel, new outputs": steps("k3-as-loss")[OP_STEPS[0]],
+                          "k1 kernel": kernel_only("k1-as-loss")}, tri, tri_bytes, n)
+
+
+def minor_faults():
+    """Page faults of this process that the kernel served without I/O (first touches of
+    newly mapped memory), so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def back_to_back(rounds, candidates, tri, tri_bytes, n, calls=20):
+    """Part 2b: each call `calls` times in a row, as a loop makes it, so that each call finds
+    what the previous one left in the caches (part 2's rounds shuffle the calls, each after
+    another's traffic): kl_loss (k3-as-loss), the k3 kernel into given outputs and into new
+    ones, the k1 kernel (no exp), and the triad; with the page faults per call (first
+    touches of memory the allocator has just mapped: a new output's pages, where glibc
+    returned the previous one's to the system)."""
+    faults = {}
+
+    def block(name, fn):
+        def run():
+            before = minor_faults()
+            for _ in range(calls):
+                fn()
+            faults.setdefault(name, []).append((minor_faults() - before) / calls)
+        return run
+
+    times = interleaved({name: block(name, fn) for name, fn in
+                         {**candidates, "triad": tri}.items()}, rounds)
+    times = {k: [t / calls for t in v] for k, v in times.items()}
+    floor = [t * 17 * n / tri_bytes for t in times["triad"]]
+    print(f"2b. the same calls, each {calls} times back to back (time per call; page faults "
+          f"per call, median)")
+    header("")
+    for name, label in (("kl_loss", "klgrad.torch.kl_loss('k3-as-loss')"),
+                        ("k3 kernel", "klgrad.evaluate(k3-as-loss, value=, coef=)"),
+                        ("k3 kernel, new outputs", "klgrad.evaluate(k3-as-loss), new outputs"),
+                        ("k1 kernel", "klgrad.evaluate(k1-as-loss, value=, coef=): no exp")):
+        row(label, times[name], n, f"{statistics.median(faults[name]):7.0f} faults")
+    row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
+        f"(triad {tri_bytes / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
+    print("   ratios, median over rounds [quartiles]:")
+    for name in candidates:
+        ratio_line(f"{name} of the floor", paired(floor, times[name]))
+    ratio_line("kl_loss / k3 kernel  (op path)", paired(times["kl_loss"], times["k3 kernel"]))
 
 
 def reverse_kl_composite(z, zr):
