@@ -15,6 +15,9 @@ It mirrors the C++ kernel's layers (docs/design.md, include/klgrad/kernel/):
                       tokens or sequences: the scans take log2(length) whole-batch steps)
     pass -> summary   loss, kl, kl_sequence and the counts, as device tensors
 
+On CUDA tensors the tensor work (computed()) runs compiled by torch.compile, which fuses its
+some 200 operations into a few kernels; set_compiled() chooses per device type.
+
 The inputs are checked in klgrad.device_checks, with the kernel's messages. Nothing of size
 B x T crosses to the host; the summary and the checks' flags cross as one small vector
 (`Run.fetch`), or, where the caller needs no number on the host, are asserted on the device
@@ -22,6 +25,7 @@ B x T crosses to the host; the summary and the checks' flags cross as one small 
 which.
 """
 import functools
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -30,7 +34,8 @@ from . import _int64_of, _klgrad
 from ._klgrad import Aggregation, Estimator, Placement, Weighting, WeightLevel
 from . import device_checks
 
-__all__ = ["run", "computed", "settled", "counts", "Run", "plan_of"]
+__all__ = ["run", "computed", "settled", "counts", "Run", "plan_of", "set_compiled",
+           "computation"]
 
 
 # ---- spec -> plan -------------------------------------------------------------------------
@@ -510,7 +515,8 @@ def run(spec, logp, ref, behavior=None, mask=None, offsets=None, tokens=None,
         check.raise_missing_behavior()
     if plan.weighted and behavior is None:
         behavior = logp  # spec/presets.hpp: the preset's weight is exp(lp - sg(lp))
-    return computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences)
+    return computation(logp.device.type)(plan, check, logp, ref, behavior, mask, offsets,
+                                          tokens, sequences)
 
 
 def computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences):
@@ -541,6 +547,55 @@ def computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences)
     coef = torch.where(nonempty_token, coef, torch.zeros_like(coef))
     return Run(value.reshape(logp.shape), coef.reshape(logp.shape), loss, summary, flags,
                check)
+
+
+# ---- compiled runs ------------------------------------------------------------------------
+# computed() is some 200 torch operations for a verl k3 step (a CPU profile counts 210 aten
+# calls for forward and backward): in eager mode a GPU launches each. Compiled by
+# torch.compile, inductor fuses them into a few kernels. Runs on CUDA tensors take the
+# compiled form, others the eager one, unless set_compiled() says otherwise
+# (docs/python.md, "Devices"). Shapes are dynamic: a new batch size or length does not
+# recompile; a new spec, dtype, layout or the presence of tokens= / sequences= does.
+
+_compiled_devices = {"cuda"}
+_compiled_computed = None
+
+
+def set_compiled(enabled, device_type="cuda"):
+    """Whether the device path's runs on `device_type` tensors ("cuda", "cpu", ...) take
+    computed() compiled by torch.compile (the first run of each spec, dtype and layout
+    compiles it: seconds) or run it eagerly; returns the previous setting. Default: compiled
+    on CUDA, eager elsewhere."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_compiled: enabled= must be True or False, got {enabled!r}")
+    before = device_type in _compiled_devices
+    (_compiled_devices.add if enabled else _compiled_devices.discard)(device_type)
+    return before
+
+
+def computation(device_type):
+    """computed(), compiled or not as set_compiled() says for `device_type`."""
+    global _compiled_computed
+    if device_type not in _compiled_devices:
+        return computed
+    if _compiled_computed is None:
+        _compiled_computed = torch.compile(computed, dynamic=True)
+    return functools.partial(_compiled_or_eager, device_type)
+
+
+def _compiled_or_eager(device_type, *args):
+    """The compiled computed(); where torch.compile itself fails (its exceptions, never the
+    data's: computed() raises nothing of its own), a warning, and computed() eagerly from
+    then on for that device."""
+    try:
+        return _compiled_computed(*args)
+    except torch._dynamo.exc.TorchDynamoException as e:
+        set_compiled(False, device_type)
+        warnings.warn(f"klgrad: torch.compile of the device path failed on {device_type} "
+                      f"tensors ({type(e).__name__}); it runs eagerly from now on "
+                      f"(klgrad.device.set_compiled(False, {device_type!r}) chooses that "
+                      f"without trying)", RuntimeWarning, stacklevel=2)
+        return computed(*args)
 
 
 def needs_counts(plan, tokens, sequences):
