@@ -8,10 +8,11 @@ float32 and bfloat16 log-probs (bf16 widened to float32, as a trainer passes the
   max |kernel| per array; the loss relative to itself);
 * time of forward + backward: klgrad.torch.kl_loss (the device path: backend="auto" on a
   GPU, "device" with --cpu; its runs compiled by torch.compile, klgrad.device.set_compiled,
-  and beside it the same run eager) against PyTorch eager and torch.compile of the same loss written
-  from its published formula: verl's low_var_kl (k3 of the clamped log-ratio, the value
-  clamped; bench/python_bench.py's verl_low_var_kl) as a masked mean, and k1 in the reward
-  at level to-go (r_t = -(lp_t - lr_t) summed to go, sg(R_t) * lp_t as the loss, token mean).
+  and beside it the same run eager) against PyTorch eager and torch.compile of the same
+  loss written from its published formula: verl's low_var_kl (k3 of the clamped log-ratio,
+  the value clamped; bench/python_bench.py's verl_low_var_kl) as a masked mean, and k1 in
+  the reward at level to-go (r_t = -(lp_t - lr_t) summed to go, sg(R_t) * lp_t as the
+  loss, token mean).
   Timing: every candidate once per round in a shuffled order (python_bench.interleaved),
   after a warm-up that includes torch.compile's compilation; the median over rounds.
 
