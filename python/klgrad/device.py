@@ -35,7 +35,7 @@ from ._klgrad import Aggregation, Estimator, Placement, Weighting, WeightLevel
 from . import device_checks
 
 __all__ = ["run", "computed", "settled", "counts", "Run", "plan_of", "set_compiled",
-           "computation"]
+           "is_compiled", "computation"]
 
 
 # ---- spec -> plan -------------------------------------------------------------------------
@@ -568,15 +568,21 @@ def set_compiled(enabled, device_type="cuda"):
     on CUDA, eager elsewhere."""
     if not isinstance(enabled, bool):
         raise TypeError(f"set_compiled: enabled= must be True or False, got {enabled!r}")
-    before = device_type in _compiled_devices
+    before = is_compiled(device_type)
     (_compiled_devices.add if enabled else _compiled_devices.discard)(device_type)
     return before
+
+
+def is_compiled(device_type="cuda"):
+    """Whether the device path's runs on `device_type` tensors take the compiled computed()
+    (set_compiled; a failure of torch.compile turns it off)."""
+    return device_type in _compiled_devices
 
 
 def computation(device_type):
     """computed(), compiled or not as set_compiled() says for `device_type`."""
     global _compiled_computed
-    if device_type not in _compiled_devices:
+    if not is_compiled(device_type):
         return computed
     if _compiled_computed is None:
         _compiled_computed = torch.compile(computed, dynamic=True)

@@ -474,7 +474,17 @@ def test_no_transfer_when_the_counts_are_given():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_auto_takes_the_device_path_and_matches_the_kernel():
     """On a GPU (skipped here): backend="auto" runs the device path where the tensors are, and
-    every pass gives the kernel's results on the same inputs copied to the CPU."""
+    every pass gives the kernel's results on the same inputs copied to the CPU. Its runs
+    eager here: compiled, these 32 forms would each compile (test_device_compiled.py checks
+    the compiled runs on CUDA, three passes)."""
+    before = device.set_compiled(False, "cuda")
+    try:
+        every_pass_on_cuda_matches_the_kernel()
+    finally:
+        device.set_compiled(before, "cuda")
+
+
+def every_pass_on_cuda_matches_the_kernel():
     by_pass = {}
     for spec in sweep_specs()[0]:
         by_pass.setdefault(klgrad._klgrad.device_plan(spec, "float64")["pass"], spec)
