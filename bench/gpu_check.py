@@ -92,17 +92,6 @@ def exactness(spec, lp, lr, mask, backend):
             abs(loss.item() - kernel.loss) / max(abs(kernel.loss), 1e-300))
 
 
-def eager_runs(fn, device_type):
-    """fn with the device path's runs eager on `device_type` (klgrad.device.set_compiled)."""
-    def run():
-        before = klgrad_device.set_compiled(False, device_type)
-        try:
-            return fn()
-        finally:
-            klgrad_device.set_compiled(before, device_type)
-    return run
-
-
 def timed(name, spec, lp, lr, mask, backend, rounds):
     """Median seconds of forward + backward for klgrad (its device path's runs compiled, and
     eager) and the two baselines."""
@@ -122,9 +111,16 @@ def timed(name, spec, lp, lr, mask, backend, rounds):
     def klgrad_loss():
         return kt.kl_loss(spec, x, lr, mask=mask, backend=backend)[0]
 
+    def eager(fn, device_type):
+        """fn with the device path's runs eager on `device_type`."""
+        def run():
+            with klgrad_device.compiled_runs(False, device_type):
+                return fn()
+        return run
+
     times = interleaved({
         "klgrad": step(klgrad_loss),
-        "klgrad eager": step(eager_runs(klgrad_loss, x.device.type)),
+        "klgrad eager": step(eager(klgrad_loss, x.device.type)),
         "eager": step(lambda: baseline(x, lr, maskf)),
         "compiled": step(lambda: compiled(x, lr, maskf)),
     }, rounds)

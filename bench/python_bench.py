@@ -218,11 +218,8 @@ def kl_loss_vs_torch(rounds, op_steps=False, rows=256):
         # are new each call, the floor's triad writes into one it reuses.
         "two new": lambda: (torch.add(lp0, lr), torch.sub(lp0, lr)),
     }, rounds)
-    # The least kl_loss can move: read logp, ref (4 bytes each) and the mask (1), write value
-    # and coef (4 each); backward hands coef over without a pass. At the triad's rate of the
-    # same round, the floor's time is triad time * 17 n / (12 n_triad).
     n = lp.numel()
-    floor = [t * 17 * n / tri_bytes for t in times["triad"]]
+    floor = kl_floor(times["triad"], tri_bytes, n)
     print(f"2. kl_loss forward + backward, {n:,} tokens float32 ({rows} x 4096), bool mask; "
           f"{rounds} rounds (compiled warm: one more call took {warm * 1e3:.1f} ms)")
     header("")
@@ -232,8 +229,7 @@ def kl_loss_vs_torch(rounds, op_steps=False, rows=256):
     row("klgrad.torch.kl_loss('k3-as-loss')", times["plain"], n)
     row("klgrad.evaluate(verl, value=, coef=): no op path", times["verl kernel"], n)
     row("klgrad.evaluate(k3-as-loss, value=, coef=): no op path", times["plain kernel"], n)
-    row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
-        f"(triad {12 * (1 << 22) / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
+    kl_floor_row(floor, times["triad"], tri_bytes, n)
     row("(reference: logp + ref, logp - ref into two new tensors)", times["two new"], n)
     print("   ratios, median over rounds [quartiles]:")
     ratio_line("kl_loss(verl) of its floor (floor time / kl_loss time)",
@@ -268,6 +264,18 @@ def kl_loss_vs_torch(rounds, op_steps=False, rows=256):
                           "k1 kernel": kernel_only("k1-as-loss")}, tri, tri_bytes, n)
 
 
+def kl_floor(triad_times, tri_bytes, n):
+    """kl_loss's floor in each round: the least it can move (read logp, ref, 4 bytes each,
+    and the mask, 1; write value and coef, 4 each; backward hands coef over without a pass)
+    at the triad's bytes/s of the same round: triad time * 17 n / tri_bytes."""
+    return [t * 17 * n / tri_bytes for t in triad_times]
+
+
+def kl_floor_row(floor, triad_times, tri_bytes, n):
+    row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
+        f"(triad {tri_bytes / statistics.median(triad_times) / 1e9:.1f} GB/s)")
+
+
 def minor_faults():
     """Page faults of this process that the kernel served without I/O (first touches of
     newly mapped memory), so far."""
@@ -294,7 +302,7 @@ def back_to_back(rounds, candidates, tri, tri_bytes, n, calls=20):
     times = interleaved({name: block(name, fn) for name, fn in
                          {**candidates, "triad": tri}.items()}, rounds)
     times = {k: [t / calls for t in v] for k, v in times.items()}
-    floor = [t * 17 * n / tri_bytes for t in times["triad"]]
+    floor = kl_floor(times["triad"], tri_bytes, n)
     print(f"2b. the same calls, each {calls} times back to back (time per call; page faults "
           f"per call, median)")
     header("")
@@ -303,8 +311,7 @@ def back_to_back(rounds, candidates, tri, tri_bytes, n, calls=20):
                         ("k3 kernel, new outputs", "klgrad.evaluate(k3-as-loss), new outputs"),
                         ("k1 kernel", "klgrad.evaluate(k1-as-loss, value=, coef=): no exp")):
         row(label, times[name], n, f"{statistics.median(faults[name]):7.0f} faults")
-    row("floor: 17 bytes/token at the triad's bytes/s", floor, n,
-        f"(triad {tri_bytes / statistics.median(times['triad']) / 1e9:.1f} GB/s)")
+    kl_floor_row(floor, times["triad"], tri_bytes, n)
     print("   ratios, median over rounds [quartiles]:")
     for name in candidates:
         ratio_line(f"{name} of the floor", paired(floor, times[name]))

@@ -24,6 +24,7 @@ B x T crosses to the host; the summary and the checks' flags cross as one small 
 (`Run.assert_valid`, torch._assert_async). docs/python.md, "Devices", says which call does
 which.
 """
+import contextlib
 import functools
 import warnings
 from typing import NamedTuple, Optional
@@ -35,7 +36,7 @@ from ._klgrad import Aggregation, Estimator, Placement, Weighting, WeightLevel
 from . import device_checks
 
 __all__ = ["run", "computed", "settled", "counts", "Run", "plan_of", "set_compiled",
-           "is_compiled", "computation"]
+           "compiled_runs", "is_compiled"]
 
 
 # ---- spec -> plan -------------------------------------------------------------------------
@@ -515,8 +516,8 @@ def run(spec, logp, ref, behavior=None, mask=None, offsets=None, tokens=None,
         check.raise_missing_behavior()
     if plan.weighted and behavior is None:
         behavior = logp  # spec/presets.hpp: the preset's weight is exp(lp - sg(lp))
-    return computation(logp.device.type)(plan, check, logp, ref, behavior, mask, offsets,
-                                          tokens, sequences)
+    return _computed_on(logp.device.type, plan, check, logp, ref, behavior, mask, offsets,
+                        tokens, sequences)
 
 
 def computed(plan, check, logp, ref, behavior, mask, offsets, tokens, sequences):
@@ -568,9 +569,31 @@ def set_compiled(enabled, device_type="cuda"):
     on CUDA, eager elsewhere."""
     if not isinstance(enabled, bool):
         raise TypeError(f"set_compiled: enabled= must be True or False, got {enabled!r}")
+    if not _is_device_type(device_type):
+        raise ValueError(f"set_compiled: device_type= must be a torch device type (\"cuda\", "
+                         f"\"cpu\", ...), got {device_type!r}")
     before = is_compiled(device_type)
     (_compiled_devices.add if enabled else _compiled_devices.discard)(device_type)
     return before
+
+
+@contextlib.contextmanager
+def compiled_runs(enabled, device_type="cuda"):
+    """set_compiled(enabled, device_type) for the body of a with statement, the previous
+    setting restored after it."""
+    before = set_compiled(enabled, device_type)
+    try:
+        yield
+    finally:
+        set_compiled(before, device_type)
+
+
+def _is_device_type(name):
+    """True for the name of a torch device type ("cuda", "cpu", "xpu", ...; not "cuda:0")."""
+    try:
+        return isinstance(name, str) and torch.device(name).type == name
+    except RuntimeError:
+        return False
 
 
 def is_compiled(device_type="cuda"):
@@ -579,20 +602,15 @@ def is_compiled(device_type="cuda"):
     return device_type in _compiled_devices
 
 
-def computation(device_type):
-    """computed(), compiled or not as set_compiled() says for `device_type`."""
+def _computed_on(device_type, *args):
+    """computed(*args), compiled where set_compiled() says so for `device_type`; where
+    torch.compile itself fails (its exceptions, never the data's: computed() raises nothing
+    of its own), a warning, and computed() eagerly from then on for that device."""
     global _compiled_computed
     if not is_compiled(device_type):
-        return computed
+        return computed(*args)
     if _compiled_computed is None:
         _compiled_computed = torch.compile(computed, dynamic=True)
-    return functools.partial(_compiled_or_eager, device_type)
-
-
-def _compiled_or_eager(device_type, *args):
-    """The compiled computed(); where torch.compile itself fails (its exceptions, never the
-    data's: computed() raises nothing of its own), a warning, and computed() eagerly from
-    then on for that device."""
     try:
         return _compiled_computed(*args)
     except torch._dynamo.exc.TorchDynamoException as e:

@@ -477,11 +477,8 @@ def test_on_cuda_auto_takes_the_device_path_and_matches_the_kernel():
     every pass gives the kernel's results on the same inputs copied to the CPU. Its runs
     eager here: compiled, these 32 forms would each compile (test_device_compiled.py checks
     the compiled runs on CUDA, three passes)."""
-    before = device.set_compiled(False, "cuda")
-    try:
+    with device.compiled_runs(False, "cuda"):
         every_pass_on_cuda_matches_the_kernel()
-    finally:
-        device.set_compiled(before, "cuda")
 
 
 def every_pass_on_cuda_matches_the_kernel():

@@ -32,9 +32,8 @@ def compiled_on(request):
     """A device type whose runs are compiled for the test (dynamo's caches fresh, so that each
     form compiles here and counts), set back after it."""
     torch._dynamo.reset()
-    before = device.set_compiled(True, request.param)
-    yield request.param
-    device.set_compiled(before, request.param)
+    with device.compiled_runs(True, request.param):
+        yield request.param
     torch._dynamo.reset()
 
 
@@ -45,11 +44,8 @@ def graphs():
 
 def eager(fn, device_type):
     """fn() with the runs on `device_type` eager."""
-    before = device.set_compiled(False, device_type)
-    try:
+    with device.compiled_runs(False, device_type):
         return fn()
-    finally:
-        device.set_compiled(before, device_type)
 
 
 def on(device_type, batch):
@@ -121,16 +117,13 @@ def test_a_compiler_failure_falls_back_to_the_eager_run(monkeypatch):
     def failing(*args):
         raise torch._dynamo.exc.TorchDynamoException("no compiler here")
 
-    before = device.set_compiled(True, "cpu")
     monkeypatch.setattr(device, "_compiled_computed", failing)
     batch = padded_batch(torch.float64)
-    try:
+    with device.compiled_runs(True, "cpu"):
         with pytest.warns(RuntimeWarning, match="torch.compile of the device path failed on "
                                                 r"cpu tensors \(TorchDynamoException\)"):
             r = klgrad.evaluate(CASES[0][0], **batch, backend="device")
         assert not device.is_compiled("cpu")  # the failure turned it off
-    finally:
-        device.set_compiled(before, "cpu")
     k = klgrad.evaluate(CASES[0][0], **batch, backend="kernel")
     assert normwise(r.coef, k.coef) <= TOLERANCE[torch.float64]
 
@@ -141,3 +134,11 @@ def test_defaults_and_a_bad_setting():
     with pytest.raises(TypeError, match=r"set_compiled: enabled= must be True or False, "
                                         r"got 1"):
         device.set_compiled(1)
+    for name in ("cdua", "cuda:0", "", None):
+        with pytest.raises(ValueError, match=r"set_compiled: device_type= must be a torch "
+                                             r"device type \("):
+            device.set_compiled(True, name)
+    assert device.is_compiled("cuda") and not device.is_compiled("cpu")  # nothing changed
+    with device.compiled_runs(True, "cpu"):
+        assert device.is_compiled("cpu")
+    assert not device.is_compiled("cpu")  # restored
